@@ -1,0 +1,3 @@
+from qemuvm.cli import main
+
+main()

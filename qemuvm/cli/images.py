@@ -1,0 +1,3 @@
+"""Commands: images."""
+
+from qemuvm.cli import app  # noqa: F401

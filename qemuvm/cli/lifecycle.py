@@ -1,0 +1,3 @@
+"""Commands: lifecycle."""
+
+from qemuvm.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands: monitor."""
+
+from qemuvm.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands: profile_cmds."""
+
+from qemuvm.cli import app  # noqa: F401

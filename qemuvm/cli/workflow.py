@@ -1,0 +1,3 @@
+"""Commands: workflow."""
+
+from qemuvm.cli import app  # noqa: F401

@@ -1,0 +1,312 @@
+"""Typed models for every section of the profile format (shared/PROFILE.md is the contract).
+
+Descriptions here become the JSON schema (`qemuvm schema`, `qemuvm/profile.schema.json`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from qemuvm.profile.types import NAME_PATTERN, Duration, MemoryMiB, Regex, SafeStr, SizeBytes
+
+# Options qemuvm always or conditionally generates that QEMU accepts only once; repeating one in
+# `qemu.extra_args` is an error rather than a silent override (PROFILE.md).
+SINGLE_VALUED_OPTIONS = frozenset({
+    "-machine", "-M", "-accel", "-enable-kvm", "-cpu", "-smp", "-m", "-name", "-pidfile", "-nodefaults",
+    "-no-user-config", "-display", "-nographic", "-vnc", "-sandbox", "-msg", "-kernel", "-initrd",
+    "-append", "-boot", "-bios", "-mem-path",
+})
+# Options that would break supervision outright.
+FORBIDDEN_OPTIONS = frozenset({"-daemonize"})
+
+
+class Section(BaseModel):
+    """Base of every profile section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Machine(Section):
+    type: SafeStr = Field("q35", description="q35 (default) | pc | microvm | any machine name QEMU lists")
+    accel: Literal["kvm", "tcg", "auto"] = Field(
+        "kvm",
+        description="kvm (-enable-kvm; an error if /dev/kvm is unusable) | tcg | auto (kvm where the host's "
+        "KVM is hardware-assisted and usable, else tcg with a notice)",
+    )
+    cpu: SafeStr | None = Field(None, description="CPU model; default host under kvm, max under tcg")
+    cpus: int = Field(1, ge=1, le=288, description="Number of vCPUs (-smp)")
+    memory: MemoryMiB = Field(512, description="Guest RAM; a bare integer means MiB, as in QEMU's -m")
+    hugepages: bool = Field(False, description="Back guest RAM with hugetlbfs (/dev/hugepages)")
+    mem_merge: bool = Field(True, description="KSM page merging (-machine mem-merge=on|off)")
+    firmware: Literal["bios", "uefi"] = Field(
+        "bios", description="bios (SeaBIOS) | uefi (OVMF; the variables file is copied per instance)"
+    )
+
+
+BootDevice = Literal["disk", "cdrom", "network"]
+
+
+class Boot(Section):
+    kernel: SafeStr | None = Field(None, description="Direct kernel boot: the kernel image")
+    initrd: SafeStr | None = Field(None, description="Initial ramdisk for direct kernel boot")
+    cmdline: SafeStr | None = Field(None, description="Kernel command line for direct kernel boot")
+    order: list[BootDevice] | None = Field(None, description="Firmware boot order, e.g. [disk, cdrom, network]")
+    once: BootDevice | None = Field(None, description="Boot this device once (an install), then follow order")
+
+    @model_validator(mode="after")
+    def _kernel_parts(self) -> Boot:
+        if (self.initrd or self.cmdline) and not self.kernel:
+            raise ValueError("initrd and cmdline need boot.kernel (direct kernel boot)")
+        if self.order and len(set(self.order)) != len(self.order):
+            raise ValueError("boot.order lists a device twice")
+        return self
+
+
+class Disk(Section):
+    file: SafeStr = Field(description="Image file; relative to the profile that names it")
+    format: Literal["raw", "qcow2"] | None = Field(
+        None, description="raw | qcow2; default from the extension (.qcow2 -> qcow2, else raw)"
+    )
+    size: SizeBytes | None = Field(
+        None, description="Create the file with this size if it does not exist; never resizes an existing one"
+    )
+    interface: Literal["virtio", "scsi", "nvme", "ide", "sata"] = "virtio"
+    media: Literal["disk", "cdrom"] = Field("disk", description="cdrom media are read-only")
+    readonly: bool = False
+    cache: Literal["none", "writeback", "writethrough", "directsync", "unsafe"] = "writeback"
+    discard: bool = Field(False, description="Pass guest TRIM/discard through to the image (discard=unmap)")
+    ephemeral: bool = Field(
+        False, description="Writes go to a per-instance qcow2 overlay; the file itself is never written"
+    )
+    serial: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,20}$")] | None = Field(
+        None, description="Drive serial number (letters, digits, _ . -; at most 20)"
+    )
+
+    @property
+    def image_format(self) -> str:
+        if self.format:
+            return self.format
+        return "qcow2" if self.file.lower().endswith(".qcow2") else "raw"
+
+    @property
+    def is_cdrom(self) -> bool:
+        return self.media == "cdrom"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Disk:
+        if self.is_cdrom and self.size is not None:
+            raise ValueError("a cdrom cannot be created with size")
+        if self.is_cdrom and self.interface in ("virtio", "nvme"):
+            raise ValueError(f"a cdrom cannot use interface {self.interface!r}: use scsi, ide or sata")
+        if self.ephemeral and self.size is not None:
+            raise ValueError("an ephemeral disk needs an existing file to overlay, not size")
+        return self
+
+
+class CloudInit(Section):
+    user_data: str | dict[str, Any] | None = Field(
+        None, description="A path to a user-data file, or an inline mapping written as #cloud-config"
+    )
+    meta_data: dict[str, Any] | None = Field(
+        None, description="Default: instance-id and local-hostname = the instance name"
+    )
+    network_config: str | dict[str, Any] | None = Field(None, description="A path or an inline mapping")
+
+
+class Forward(Section):
+    host: int = Field(ge=0, le=65535, description="Host port; 0 picks a free one")
+    guest: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    address: SafeStr = Field("127.0.0.1", description="Host address to bind; empty binds all")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            ipaddress.ip_address(value)
+        return value
+
+
+_HOSTFWD = re.compile(r"^(tcp|udp):([0-9.]*):(\d{1,5})-([0-9.]*):(\d{1,5})$")
+
+
+def parse_hostfwd(text: Any) -> Any:
+    """QEMU's hostfwd spelling `tcp:127.0.0.1:2222-:22` as Forward fields; other values pass through."""
+    if not isinstance(text, str):
+        return text
+    match = _HOSTFWD.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a forward such as 'tcp:127.0.0.1:2222-:22'")
+    protocol, address, host, _guest_addr, guest = match.groups()
+    return {"host": int(host), "guest": int(guest), "protocol": protocol, "address": address}
+
+
+class Nic(Section):
+    mode: Literal["user", "bridge", "tap"] = Field(
+        "user", description="user (NAT, no root) | bridge (qemu-bridge-helper) | tap (an existing device)"
+    )
+    forwards: list[Annotated[Forward, BeforeValidator(parse_hostfwd)]] = Field(
+        default_factory=list, description="user mode only: QEMU hostfwd strings or {host, guest, protocol, address}"
+    )
+    bridge: SafeStr | None = Field(None, description="bridge mode: the host bridge (default br0)")
+    ifname: SafeStr | None = Field(None, description="tap mode: the existing tap device")
+    model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
+    mac: Annotated[str, Field(pattern=r"^(auto|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})$")] = Field(
+        "auto", description="auto: stable, derived from the instance name and NIC index"
+    )
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> Nic:
+        if self.forwards and self.mode != "user":
+            raise ValueError(f"forwards need mode user, not {self.mode}")
+        if self.bridge is not None and self.mode != "bridge":
+            raise ValueError("bridge is only for mode bridge")
+        if self.ifname is not None and self.mode != "tap":
+            raise ValueError("ifname is only for mode tap")
+        if self.mode == "tap" and not self.ifname:
+            raise ValueError("mode tap needs ifname, the existing tap device")
+        return self
+
+
+class Share(Section):
+    source: SafeStr = Field(description="Host folder shared over virtio-9p")
+    tag: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")] = Field(description="The guest's mount tag")
+    readonly: bool = False
+
+
+def _vnc_port(value: Any) -> str | int:
+    if value in ("auto", "unix") or (isinstance(value, int) and not isinstance(value, bool) and 5900 <= value <= 65535):
+        return value
+    raise ValueError(f"{value!r} is not auto, unix or a TCP port from 5900 to 65535")
+
+
+class Vnc(Section):
+    listen: SafeStr = Field("127.0.0.1", description="Default loopback; any other address needs password_file")
+    port: Annotated[str | int, BeforeValidator(_vnc_port)] = Field(
+        "auto", description="auto (first free 5900+N) | a TCP port >= 5900 | unix (a socket in the instance dir)"
+    )
+    password_file: SafeStr | None = Field(
+        None, description="File with the VNC password (only the first 8 characters count)"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _exposure(self) -> Vnc:
+        if not ipaddress.ip_address(self.listen).is_loopback and not self.password_file:
+            raise ValueError(f"listening on {self.listen} (not loopback) requires password_file")
+        return self
+
+
+class Display(Section):
+    vga: Literal["std", "virtio", "none"] = Field("std", description="The display device")
+    vnc: Vnc | None = Field(None, description="A VNC server; absent: no remote display")
+
+
+class Serial(Section):
+    log: bool = Field(True, description="Also write the console to serial.log in the instance dir")
+
+
+class Restart(Section):
+    policy: Literal["never", "on-failure", "always"] = Field(
+        "never",
+        description="on-failure: after QEMU dies by a signal, a nonzero exit, or a guest panic; "
+        "always: also after a guest power-off (never after `down`)",
+    )
+    max_retries: int = Field(5, ge=0, le=1000)
+    backoff: Duration = Field(1.0, description="Delay before the first restart; doubles each time, capped at 60s")
+
+
+class Shutdown(Section):
+    timeout: Duration = Field(60.0, description="How long `down` waits for the ACPI shutdown before forcing")
+
+
+class Ready(Section):
+    serial: Regex | None = Field(None, description="A regex that must appear on the serial console")
+    ssh: bool = Field(False, description="An SSH command must succeed")
+    port: int | None = Field(None, ge=1, le=65535, description="A guest TCP port reachable through a forward")
+    timeout: Duration = 120.0
+
+
+class Ssh(Section):
+    user: SafeStr = "root"
+    port: int = Field(22, ge=1, le=65535, description="Guest port; the host side comes from a forward or is allocated")
+    identity: SafeStr | None = Field(
+        None, description="Private key; default a per-instance key injected through cloud-init"
+    )
+
+
+class SmokeCheck(Section):
+    name: SafeStr
+    ssh: str | None = Field(None, description="A command run over SSH; its exit status must be 0")
+    serial: Regex | None = Field(None, description="A regex that must appear on the serial console")
+    expect: Regex | None = Field(None, description="A regex the command's output must match")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SmokeCheck:
+        if (self.ssh is None) == (self.serial is None):
+            raise ValueError("a check has exactly one of ssh or serial")
+        if self.expect is not None and self.ssh is None:
+            raise ValueError("expect applies to ssh checks")
+        return self
+
+
+class Smoke(Section):
+    timeout: Duration = 300.0
+    checks: list[SmokeCheck] = Field(default_factory=list)
+
+
+class Qemu(Section):
+    binary: SafeStr = "qemu-system-x86_64"
+    extra_args: list[SafeStr] = Field(
+        default_factory=list,
+        description="Appended last, verbatim; repeating a single-valued option qemuvm generates is an error",
+    )
+
+
+def _default_network() -> list[Nic]:
+    return [Nic()]
+
+
+class Profile(Section):
+    """A VM: the document `qemuvm up` reads."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(
+        description="Instance name; default the file's stem; --name overrides"
+    )
+    description: str | None = None
+    machine: Machine = Field(default_factory=Machine)
+    boot: Boot = Field(default_factory=Boot)
+    disks: list[Disk] = Field(default_factory=list)
+    cloud_init: CloudInit | None = None
+    network: list[Nic] = Field(
+        default_factory=_default_network, description="Default: one user NIC; [] means no NIC at all"
+    )
+    shares: list[Share] = Field(default_factory=list)
+    display: Display | None = Field(None, description="Absent: headless (-display none)")
+    serial: Serial = Field(default_factory=Serial)
+    guest_agent: bool = Field(False, description="Add the virtio-serial channel org.qemu.guest_agent.0")
+    restart: Restart = Field(default_factory=Restart)
+    shutdown: Shutdown = Field(default_factory=Shutdown)
+    ready: Ready | None = Field(None, description="What `up --wait` waits for; default: the VM is running")
+    ssh: Ssh = Field(default_factory=Ssh)
+    smoke: Smoke = Field(default_factory=Smoke)
+    qemu: Qemu = Field(default_factory=Qemu)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a profile file (for editors: yaml-language-server)."""
+    schema = Profile.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "qemuvm profile"
+    schema["properties"]["extends"] = {"type": "string", "description": "A profile this one extends"}
+    schema["required"] = []  # name defaults to the file's stem
+    return schema

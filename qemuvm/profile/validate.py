@@ -1,0 +1,171 @@
+"""Validate loaded profile data into a `Profile`, reporting every problem at once.
+
+Each problem is one line, `FILE:LINE: field.path: message`, in the order the file has them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from qemuvm.errors import ProfileError
+from qemuvm.profile.load import FieldPath, LoadedProfile, format_path
+from qemuvm.profile.model import FORBIDDEN_OPTIONS, SINGLE_VALUED_OPTIONS, Profile
+
+# pydantic's location parts that name a union member or validator, not a field.
+_TYPE_TAGS = {"int", "str", "bool", "float", "none", "dict", "list", "literal"}
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping of fields",
+    "model_attributes_type": "a mapping of fields",
+}
+
+_PATTERN_HINTS = {
+    "name": "a name of letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63 long",
+    "mac": "'auto' or a MAC address such as 52:54:00:12:34:56",
+    "tag": "a tag of letters, digits, '_', '.' and '-', at most 31 long",
+    "serial": "a serial of letters, digits, '_', '.' and '-', at most 20 long",
+}
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> FieldPath:
+    return tuple(
+        part for part in loc
+        if isinstance(part, int) or ("[" not in part and "-" not in part and part not in _TYPE_TAGS)
+    )
+
+
+def _model_at(path: FieldPath) -> type[BaseModel] | None:
+    """The model class that owns the fields at `path` (for "did you mean" suggestions)."""
+    model: Any = Profile
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return None
+        model = _first_model(field.annotation)
+    return model
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _first_model(arg)
+        if found:
+            return found
+    return None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(error: dict[str, Any], path: FieldPath) -> str:
+    kind, value = error["type"], error.get("input")
+    field = next((p for p in reversed(path) if isinstance(p, str)), "")
+    if kind == "extra_forbidden":
+        model = _model_at(path[:-1])
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; allowed: {', '.join(known)}" if known else "")
+        return f"unknown field{hint}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"{_show(value)} is not one of {error['ctx']['expected']}"
+    if kind in _TYPE_WORDS:
+        return f"{_show(value)} is not {_TYPE_WORDS[kind]}"
+    if kind == "string_pattern_mismatch":
+        return f"{_show(value)} is not {_PATTERN_HINTS.get(field, 'valid here')}"
+    if kind in ("value_error", "assertion_error"):
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        return message
+    if kind.startswith(("greater_than", "less_than")):
+        return f"{_show(value)}: {error['msg'][0].lower()}{error['msg'][1:]}"
+    if kind in ("ip_v4_address", "ip_any_address"):
+        return f"{_show(value)} is not an IP address"
+    return error["msg"]
+
+
+def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
+    """Rules that span sections."""
+    problems: list[tuple[FieldPath, str]] = []
+    for index, arg in enumerate(profile.qemu.extra_args):
+        option = "-" + arg.split("=", 1)[0].lstrip("-") if arg.startswith("-") else ""
+        if option in FORBIDDEN_OPTIONS:
+            problems.append(((("qemu", "extra_args", index)),
+                             f"{arg} is not allowed: the supervisor keeps QEMU in the foreground"))
+        elif option in SINGLE_VALUED_OPTIONS:
+            problems.append((("qemu", "extra_args", index),
+                             f"{arg} repeats an option qemuvm generates; set the profile field instead"))
+    if profile.machine.type == "microvm":
+        if not profile.boot.kernel:
+            problems.append((("boot", "kernel"), "a microvm has no firmware disk boot: set boot.kernel"))
+        for index, disk in enumerate(profile.disks):
+            if disk.is_cdrom or disk.interface != "virtio":
+                problems.append((("disks", index), "a microvm has only virtio-mmio devices: use interface "
+                                 "virtio and no cdrom"))
+        if profile.display and profile.display.vga != "none":
+            problems.append((("display", "vga"), "a microvm has no display device: use vga: none"))
+        if profile.machine.firmware == "uefi":
+            problems.append((("machine", "firmware"), "a microvm boots without UEFI firmware"))
+    seen: set[str] = set()
+    for index, share in enumerate(profile.shares):
+        if share.tag in seen:
+            problems.append((("shares", index, "tag"), f"tag {share.tag!r} is used twice"))
+        seen.add(share.tag)
+    return problems
+
+
+def validate(loaded: LoadedProfile) -> Profile:
+    """The typed profile, or a ProfileError listing every problem."""
+    problems: list[tuple[FieldPath, str]] = []
+    profile: Profile | None = None
+    try:
+        profile = Profile.model_validate(loaded.data)
+    except ValidationError as exc:
+        seen: set[FieldPath] = set()
+        for error in exc.errors(include_url=False):
+            path = _clean_loc(error["loc"])
+            if path in seen and error["type"] not in ("extra_forbidden",):
+                continue  # one message per field: a union gives one error per member
+            seen.add(path)
+            problems.append((path, _message(error, path)))
+    except RecursionError:
+        problems.append(((), "the profile is nested too deeply"))
+    if profile is not None:
+        problems.extend(_cross_checks(profile))
+    if problems:
+        raise ProfileError(_format(loaded, problems))
+    assert profile is not None
+    return profile
+
+
+def _format(loaded: LoadedProfile, problems: list[tuple[FieldPath, str]]) -> list[str]:
+    located = [(loaded.locate(path), path, message) for path, message in problems]
+    located.sort(key=lambda item: (item[0].file, item[0].line or 0))
+    return [f"{loc}: {format_path(path)}: {message}" for loc, path, message in located]
+
+
+def load_and_validate(
+    file: str, overrides: list[str] | tuple[str, ...] = (), name: str | None = None
+) -> Profile:
+    """load + validate: the first two steps of the pipeline."""
+    from qemuvm.profile.load import load_profile
+
+    return validate(load_profile(file, overrides, name))

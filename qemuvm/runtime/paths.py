@@ -1,0 +1,66 @@
+"""Where an instance keeps its files (DESIGN.md, "The instance directory"). Pure: no I/O here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def state_home() -> Path:
+    """`$QEMUVM_HOME`, else `$XDG_STATE_HOME/qemuvm`, else `~/.local/state/qemuvm`."""
+    if os.environ.get("QEMUVM_HOME"):
+        return Path(os.environ["QEMUVM_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state") / "qemuvm"
+
+
+@dataclass(frozen=True)
+class InstancePaths:
+    """Every file of one instance, below `home/name/`."""
+
+    root: Path
+
+    @classmethod
+    def for_name(cls, name: str, home: Path | None = None) -> InstancePaths:
+        return cls((home or state_home()) / name)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    profile = property(lambda self: self.root / "profile.yaml")
+    argv = property(lambda self: self.root / "argv.json")
+    run_sh = property(lambda self: self.root / "run.sh")
+    state = property(lambda self: self.root / "state.json")
+    supervisor_config = property(lambda self: self.root / "supervisor.json")
+    qmp_socket = property(lambda self: self.root / "qmp.sock")
+    supervisor_socket = property(lambda self: self.root / "supervisor.sock")
+    serial_socket = property(lambda self: self.root / "serial.sock")
+    serial_log = property(lambda self: self.root / "serial.log")
+    qemu_log = property(lambda self: self.root / "qemu.log")
+    supervisor_log = property(lambda self: self.root / "supervisor.log")
+    events = property(lambda self: self.root / "events.jsonl")
+    pidfile = property(lambda self: self.root / "qemu.pid")
+    lock = property(lambda self: self.root / "lock")
+    seed_iso = property(lambda self: self.root / "seed.iso")
+    uefi_vars = property(lambda self: self.root / "OVMF_VARS.fd")
+    vnc_socket = property(lambda self: self.root / "vnc.sock")
+    guest_agent_socket = property(lambda self: self.root / "qga.sock")
+    ssh_key = property(lambda self: self.root / "id_ed25519")
+    known_hosts = property(lambda self: self.root / "known_hosts")
+
+    def overlay(self, disk_index: int) -> Path:
+        """The qcow2 overlay of an ephemeral disk."""
+        return self.root / f"disk{disk_index}.overlay.qcow2"
+
+    def sockets(self) -> list[Path]:
+        return [self.qmp_socket, self.supervisor_socket, self.serial_socket, self.vnc_socket,
+                self.guest_agent_socket]
+
+    def too_long_socket(self) -> Path | None:
+        """The first socket path over the kernel's limit, if any."""
+        return next((s for s in self.sockets() if len(os.fsencode(s)) > MAX_SOCKET_PATH), None)

@@ -1,0 +1,166 @@
+"""Run a raw QEMU process for integration tests: serial log, QMP socket, guaranteed cleanup.
+
+This predates the qemuvm lifecycle API on purpose: the guest contract tests must not depend on the
+code they will later be used to test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (QEMU binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QemuTimeout(AssertionError):
+    pass
+
+
+class RawQemu:
+    """One QEMU process (TCG) with a serial log file and a QMP unix socket in a short temp dir.
+
+    Use as a context manager: QEMU is killed and the temp dir removed on exit, whatever happened.
+    """
+
+    def __init__(self, args: Iterable[str], *, machine: str = "q35", memory: str = "256",
+                 uefi: bool = False, paused: bool = False) -> None:
+        # Short path: unix socket paths are limited to 107 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="qv", dir="/tmp"))
+        self.serial_log = self.dir / "serial.log"
+        self.serial_sock = self.dir / "serial.sock"
+        self.qmp_sock = self.dir / "qmp.sock"
+        argv = [
+            "qemu-system-x86_64", "-machine", machine, "-accel", "tcg", "-cpu", "max",
+            "-m", memory, "-display", "none", "-nodefaults", "-no-user-config",
+            "-chardev", f"socket,id=ser0,path={self.serial_sock},server=on,wait=off,"
+                        f"logfile={self.serial_log}",
+            "-serial", "chardev:ser0",
+            "-qmp", f"unix:{self.qmp_sock},server=on,wait=off",
+        ]
+        if uefi:
+            vars_copy = self.dir / "OVMF_VARS.fd"
+            shutil.copyfile(OVMF_VARS, vars_copy)
+            argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                     "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        if paused:
+            argv.append("-S")
+        self.argv = argv + list(args)
+        self.qemu_log = self.dir / "qemu.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> RawQemu:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def start(self) -> None:
+        with self.qemu_log.open("wb") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.monotonic()
+        # The sockets exist once QEMU has parsed its options; fail fast on a bad command line.
+        deadline = time.monotonic() + 10
+        while not (self.qmp_sock.exists() and self.serial_sock.exists()):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"QEMU exited {self.proc.returncode}: {self.log_text()}")
+            if time.monotonic() > deadline:
+                raise QemuTimeout("QEMU did not create its sockets within 10 s")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise QemuTimeout(f"QEMU still running after {timeout} s; serial:\n"
+                              f"{self.serial_text()[-3000:]}") from None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- serial ------------------------------------------------------------------------------
+
+    def serial_text(self) -> str:
+        try:
+            return self.serial_log.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self) -> str:
+        return self.qemu_log.read_text(errors="replace")
+
+    def wait_serial(self, needle: str, timeout: float, *, start: int = 0) -> float:
+        """Poll the serial log until `needle` appears after offset `start`; return seconds since
+        QEMU started. Raises QemuTimeout (with the log tail) when the deadline passes or QEMU exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if needle in self.serial_text()[start:]:
+                return time.monotonic() - self.started
+            if not self.running():
+                # QEMU may have written the needle just before exiting.
+                if needle in self.serial_text()[start:]:
+                    return time.monotonic() - self.started
+                raise AssertionError(f"QEMU exited before {needle!r}; serial:\n"
+                                     f"{self.serial_text()[-3000:]}\nqemu log:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                raise QemuTimeout(f"no {needle!r} on serial within {timeout} s; serial:\n"
+                                  f"{self.serial_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def serial_write(self, text: str) -> None:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.serial_sock))
+            s.sendall(text.encode())
+
+    # -- QMP ---------------------------------------------------------------------------------
+
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None,
+            timeout: float = 10) -> Any:
+        """Run one QMP command on a fresh connection (one client at a time, as QEMU allows)."""
+
+        async def go() -> Any:
+            client = QMPClient("test")
+            await asyncio.wait_for(client.connect(str(self.qmp_sock)), timeout)
+            try:
+                return await asyncio.wait_for(client.execute(command, arguments), timeout)
+            finally:
+                try:
+                    await asyncio.wait_for(client.disconnect(), timeout)
+                except EOFError:  # normal after `quit`
+                    pass
+
+        return asyncio.run(go())
+
+    def qmp_session(self) -> QMPClient:
+        """A QMPClient for async use (events); the caller connects it to self.qmp_sock."""
+        return QMPClient("test-events")
