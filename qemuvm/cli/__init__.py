@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
+# typer's rich help costs ~200 ms of imports on every call; plain help keeps `qemuvm --help` fast.
+os.environ.setdefault("TYPER_USE_RICH", "0")
+
 import typer
 
 from qemuvm import __version__
@@ -46,7 +49,9 @@ from qemuvm.cli import profile_cmds, lifecycle, images, workflow, monitor  # noq
 def main() -> None:
     """Console entry point: QemuvmError becomes one sentence on stderr and its exit code."""
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
+        if isinstance(result, int):
+            sys.exit(result)
     except QemuvmError as exc:
         if os.environ.get("QEMUVM_DEBUG"):
             raise

@@ -1,3 +1,172 @@
-"""Commands: images."""
+"""Commands: `image create|info|resize|convert` (qemu-img), `screenshot`, `snapshot save|load|list|delete`."""
 
-from qemuvm.cli import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from qemuvm.cli import app
+from qemuvm.cli.output import info, print_json, print_table
+
+image_app = typer.Typer(name="image", help="Create and inspect disk images (qemu-img).", no_args_is_help=True)
+snapshot_app = typer.Typer(name="snapshot", help="Internal snapshots of a running VM's qcow2 disks.",
+                           no_args_is_help=True)
+app.add_typer(image_app)
+app.add_typer(snapshot_app)
+
+FormatOption = typer.Option("qcow2", "--format", "-f", help="raw | qcow2")
+
+
+def _size(text: str) -> int:
+    from qemuvm.errors import UsageError
+    from qemuvm.profile.types import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _human(size: int | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+@image_app.command("create")
+def image_create(
+    file: Path = typer.Argument(..., help="The new image file (never overwritten)."),
+    size: str = typer.Argument(None, help="Virtual size, e.g. 7G (default with --backing: the backing size)."),
+    fmt: str = FormatOption,
+    backing: Path = typer.Option(None, "--backing", "-b", help="Backing image: the new qcow2 records only changes."),
+) -> None:
+    """Create a disk image, like `qemu-img create -f FMT FILE SIZE`."""
+    from qemuvm.qemu import img
+
+    img.create(file, _size(size) if size else None, fmt, backing=backing)
+    info(f"created {file} ({fmt}{f', {size}' if size else ''}{f', backed by {backing}' if backing else ''})")
+
+
+@image_app.command("info")
+def image_info(
+    file: Path = typer.Argument(..., help="Image file (may be in use by a running VM)."),
+    json_: bool = typer.Option(False, "--json", help="Print qemu-img's JSON."),
+) -> None:
+    """Show an image's format, sizes, backing file and snapshots."""
+    from qemuvm.qemu import img
+
+    image = img.info(file)
+    if json_:
+        print_json(image.raw)
+        return
+    rows = [["file", image.filename], ["format", image.format],
+            ["virtual size", f"{_human(image.virtual_size)} ({image.virtual_size} bytes)"],
+            ["disk size", _human(image.actual_size)]]
+    if image.backing_filename:
+        rows.append(["backing file", f"{image.backing_filename} ({image.backing_format or '?'})"])
+    for snap in image.snapshots:
+        rows.append(["snapshot", f"{snap.name} (id {snap.id}, vm state {_human(snap.vm_state_size)})"])
+    print_table(["field", "value"], rows)
+
+
+@image_app.command("resize")
+def image_resize(
+    file: Path = typer.Argument(..., help="Image file."),
+    size: str = typer.Argument(..., help="New size (7G), or a change (+1G; -1G shrinks and loses data)."),
+) -> None:
+    """Change an image's virtual size (the guest must grow its partitions itself)."""
+    from qemuvm.qemu import img
+
+    img.resize(file, size)
+    info(f"resized {file} to {_human(img.info(file).virtual_size)}")
+
+
+@image_app.command("convert")
+def image_convert(
+    src: Path = typer.Argument(..., help="Source image."),
+    dst: Path = typer.Argument(..., help="Destination (never overwritten)."),
+    fmt: str = FormatOption,
+) -> None:
+    """Copy an image into another format, like `qemu-img convert -O FMT SRC DST`."""
+    from qemuvm.qemu import img
+
+    img.convert(src, dst, fmt)
+    info(f"converted {src} to {dst} ({fmt})")
+
+
+def _qmp_socket(name: str) -> Path:
+    from qemuvm.errors import UsageError
+    from qemuvm.runtime.paths import InstancePaths
+
+    paths = InstancePaths.for_name(name)
+    if not paths.root.is_dir():
+        raise UsageError(f"no instance named {name!r}")
+    if not paths.qmp_socket.exists():
+        raise UsageError(f"instance {name!r} is not running")
+    return paths.qmp_socket
+
+
+@app.command()
+def screenshot(
+    name: str = typer.Argument(..., help="Instance name."),
+    out: Path = typer.Argument(..., help="PNG file to write."),
+) -> None:
+    """Save the VM's screen as a PNG (QMP screendump); the profile needs a display section."""
+    from qemuvm.control.display import screenshot as take
+
+    written = take(_qmp_socket(name), out)
+    info(f"wrote {written}")
+
+
+TagArgument = typer.Argument(..., help="Snapshot name.")
+
+
+@snapshot_app.command("save")
+def snapshot_save(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
+    """Save disks and VM state (RAM, devices) under TAG; the VM pauses while it is written."""
+    from qemuvm.control import snapshot
+
+    snapshot.run(_qmp_socket(name), "save", tag)
+    info(f"saved snapshot {tag} of {name}")
+
+
+@snapshot_app.command("load")
+def snapshot_load(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
+    """Return the VM to snapshot TAG (disks and running state)."""
+    from qemuvm.control import snapshot
+
+    snapshot.run(_qmp_socket(name), "load", tag)
+    info(f"loaded snapshot {tag} of {name}")
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
+    """Delete snapshot TAG from the disks."""
+    from qemuvm.control import snapshot
+
+    snapshot.run(_qmp_socket(name), "delete", tag)
+    info(f"deleted snapshot {tag} of {name}")
+
+
+@snapshot_app.command("list")
+def snapshot_list(
+    name: str = typer.Argument(..., help="Instance name."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the snapshots of a running VM."""
+    import datetime
+
+    from qemuvm.control import snapshot
+
+    snaps = snapshot.run(_qmp_socket(name), "list")
+    if json_:
+        print_json(snaps)
+        return
+    rows = [[s["tag"], datetime.datetime.fromtimestamp(s["date"]).isoformat(sep=" ", timespec="seconds"),
+             _human(s["vm_state_size"]), f"{s['vm_clock_ns'] / 1e9:.1f} s"] for s in snaps]
+    print_table(["tag", "date", "vm state", "guest clock"], rows)

@@ -21,7 +21,9 @@ def print_table(columns: list[str], rows: list[list[Any]], title: str | None = N
     table = Table(*columns, title=title, box=None, header_style="bold", pad_edge=False)
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console(soft_wrap=True).print(table)
+    # Piped output keeps whole lines rather than wrapping at 80 columns.
+    width = None if sys.stdout.isatty() else 200
+    Console(width=width).print(table)
 
 
 def info(message: str) -> None:

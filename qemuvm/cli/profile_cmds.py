@@ -1,3 +1,90 @@
-"""Commands: profile_cmds."""
+"""Commands that read profiles without running anything: render, validate, schema, doctor."""
 
-from qemuvm.cli import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from qemuvm.cli import app
+from qemuvm.cli.output import print_json
+
+SetOption = typer.Option(None, "--set", help="Override a field: KEY.PATH=VALUE (YAML value; repeatable).")
+NameOption = typer.Option(None, "--name", help="Instance name (default: the profile's name, else its file stem).")
+
+
+@app.command()
+def render(
+    profile: Path = typer.Argument(..., help="Profile file."),
+    set_: list[str] = SetOption,
+    name: str = NameOption,
+    json_: bool = typer.Option(False, "--json", help="Print the argv as a JSON list."),
+    explain: bool = typer.Option(False, "--explain", help="Show the profile field(s) behind each option."),
+) -> None:
+    """Print the QEMU command line a profile compiles to (one option per line, ready to paste)."""
+    from qemuvm.profile.validate import load_and_validate
+    from qemuvm.qemu.compile import compile_options
+    from qemuvm.qemu.host import probe
+    from qemuvm.qemu.render import format_command, format_explained
+    from qemuvm.runtime.paths import InstancePaths
+
+    spec = load_and_validate(str(profile), set_ or (), name)
+    options = compile_options(spec, InstancePaths.for_name(spec.name), probe(spec.qemu.binary))
+    if json_:
+        print_json([spec.qemu.binary, *(arg for option in options for arg in option.args)])
+    elif explain:
+        print(format_explained(spec.qemu.binary, options))
+    else:
+        print(format_command(spec.qemu.binary, options))
+
+
+@app.command()
+def validate(
+    profiles: list[Path] = typer.Argument(..., help="Profile files."),
+    set_: list[str] = SetOption,
+) -> None:
+    """Check profiles: exit 0 when all are valid, 2 with one line per problem otherwise."""
+    import sys
+
+    from qemuvm.errors import UsageError
+    from qemuvm.profile.validate import load_and_validate
+
+    failed = False
+    for profile in profiles:
+        try:
+            spec = load_and_validate(str(profile), set_ or ())
+        except UsageError as exc:
+            failed = True
+            print(exc, file=sys.stderr)
+        else:
+            print(f"{profile}: ok ({spec.name})")
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema() -> None:
+    """Print the profile's JSON Schema (also in qemuvm/profile.schema.json, for editors)."""
+    from qemuvm.profile.model import json_schema
+
+    print_json(json_schema())
+
+
+@app.command()
+def doctor(json_: bool = typer.Option(False, "--json", help="Print the checks as JSON.")) -> None:
+    """Check this host: QEMU, KVM, firmware, qemu-img, the state folder. Exit 1 if something required is missing."""
+    from qemuvm.qemu.doctor import run_checks
+
+    checks = run_checks()
+    if json_:
+        print_json([check.as_dict() for check in checks])
+    else:
+        from qemuvm.cli.output import print_table
+
+        marks = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "missing": "[red]missing[/]", "info": "info"}
+        print_table(
+            ["check", "", "found", "how to fix"],
+            [[c.name, marks[c.status], c.detail, c.fix or ""] for c in checks],
+        )
+    if any(check.status == "missing" and check.required for check in checks):
+        raise typer.Exit(1)

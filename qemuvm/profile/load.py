@@ -7,6 +7,7 @@ written, so validation errors can say `FILE:LINE: field.path: message`.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,10 @@ def format_path(path: FieldPath) -> str:
     """`("disks", 0, "file")` -> `disks[0].file`."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int) or not re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            text += f"[{part!r}]"
+        else:
+            text += f".{part}" if text else part
     return text or "(profile)"
 
 
@@ -90,21 +94,25 @@ def _read_yaml(path: Path) -> tuple[Any, dict[FieldPath, Location]]:
 
 
 def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[FieldPath, Location]]:
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
-        raise ProfileError([f"{Location(shown, line)}: YAML syntax error: {problem}"]) from None
+        raise ProfileError([f"{Location(shown, line)}: (profile): YAML syntax error: {problem}"]) from None
     except yaml.YAMLError as exc:
-        raise ProfileError([f"{shown}: YAML syntax error: {exc}"]) from None
+        # ReaderError (a control character in the file) and kin: keep the first line of the reason.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ProfileError([f"{shown}: (profile): YAML syntax error: {reason}"]) from None
     except RecursionError:
-        raise ProfileError([f"{shown}: YAML is nested too deeply"]) from None
+        raise ProfileError([f"{shown}: (profile): YAML is nested too deeply"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     locations: dict[FieldPath, Location] = {}
     problems: list[str] = []
     if node is not None:

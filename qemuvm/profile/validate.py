@@ -40,11 +40,23 @@ _PATTERN_HINTS = {
 }
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> FieldPath:
-    return tuple(
-        part for part in loc
-        if isinstance(part, int) or ("[" not in part and "-" not in part and part not in _TYPE_TAGS)
-    )
+def _is_type_tag(part: str) -> bool:
+    return "[" in part or "-" in part or part in _TYPE_TAGS
+
+
+def _clean_loc(loc: tuple[Any, ...], data: Any, kind: str) -> FieldPath:
+    """pydantic's location minus the union-member and validator tags, checked against the data."""
+    path: list[str | int] = []
+    for index, part in enumerate(loc):
+        present = (isinstance(data, dict) and part in data) or (
+            isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data))
+        if present:
+            path.append(part)
+            data = data[part]
+        elif isinstance(part, int) or not _is_type_tag(part) or (kind == "missing" and index == len(loc) - 1):
+            path.append(part)
+            data = None
+    return tuple(path)
 
 
 def _model_at(path: FieldPath) -> type[BaseModel] | None:
@@ -84,6 +96,8 @@ def _message(error: dict[str, Any], path: FieldPath) -> str:
         close = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else (f"; allowed: {', '.join(known)}" if known else "")
         return f"unknown field{hint}"
+    if not path:
+        return error["msg"]
     if kind == "missing":
         return "required field is missing"
     if kind == "literal_error":
@@ -141,7 +155,7 @@ def validate(loaded: LoadedProfile) -> Profile:
     except ValidationError as exc:
         seen: set[FieldPath] = set()
         for error in exc.errors(include_url=False):
-            path = _clean_loc(error["loc"])
+            path = _clean_loc(error["loc"], loaded.data, error["type"])
             if path in seen and error["type"] not in ("extra_forbidden",):
                 continue  # one message per field: a union gives one error per member
             seen.add(path)

@@ -1,8 +1,27 @@
-"""Facts about the host that compile needs (QEMU version, KVM, firmware), probed once and cached."""
+"""Facts about the host that compile needs (QEMU version, KVM, firmware), probed once and cached.
+
+The probe runs the QEMU binary a few times (~100 ms); the result is cached in
+`~/.cache/qemuvm/host-<hash>.json`, keyed by the binary's path, size and mtime, so `render` and `up`
+stay fast. KVM access is re-checked every time: it is a cheap `os.access` and can change.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+OVMF_CANDIDATES = (
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+)
+BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper")
 
 
 @dataclass(frozen=True)
@@ -16,3 +35,94 @@ class HostFacts:
     ovmf_vars: str | None = "/usr/share/OVMF/OVMF_VARS_4M.fd"
     bridge_helper: str | None = "/usr/lib/qemu/qemu-bridge-helper"
     machines: tuple[str, ...] = field(default=("pc", "q35", "microvm"))
+
+
+@dataclass(frozen=True)
+class QemuBinary:
+    """What the QEMU binary itself reports (the cached part of the probe)."""
+
+    path: str
+    version: tuple[int, int, int]
+    machines: tuple[str, ...]
+    accelerators: tuple[str, ...]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "qemuvm"
+
+
+def _run(argv: list[str]) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    return result.stdout
+
+
+def probe_binary(binary: str = "qemu-system-x86_64") -> QemuBinary | None:
+    """Version, machine types and accelerators of `binary`; None when it is not installed."""
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    stat = os.stat(path)
+    key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = _cache_dir() / f"host-{key}.json"
+    try:
+        data = json.loads(cache.read_text())
+        return QemuBinary(data["path"], tuple(data["version"]), tuple(data["machines"]), tuple(data["accelerators"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    match = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", _run([path, "--version"]))
+    version = (int(match[1]), int(match[2]), int(match[3] or 0)) if match else (0, 0, 0)
+    machines = tuple(
+        line.split()[0] for line in _run([path, "-machine", "help"]).splitlines()[1:] if line.strip()
+    )
+    accels = tuple(
+        line.strip() for line in _run([path, "-accel", "help"]).splitlines()[1:] if line.strip()
+    )
+    found = QemuBinary(path, version, machines, accels)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(found)))
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only home only costs the cache
+    return found
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def kvm_hardware() -> bool:
+    """True when the host's KVM is hardware-assisted; a software KVM (kvm_pvm) runs guests far too slowly."""
+    return any(Path("/sys/module", module).exists() for module in ("kvm_intel", "kvm_amd"))
+
+
+def kvm_module() -> str | None:
+    """The loaded KVM backend module, for `doctor`."""
+    for module in ("kvm_intel", "kvm_amd", "kvm_pvm"):
+        if Path("/sys/module", module).exists():
+            return module
+    return "kvm" if Path("/sys/module/kvm").exists() else None
+
+
+def find_ovmf() -> tuple[str | None, str | None]:
+    for code, variables in OVMF_CANDIDATES:
+        if os.path.exists(code) and os.path.exists(variables):
+            return code, variables
+    return None, None
+
+
+def probe(binary: str = "qemu-system-x86_64") -> HostFacts:
+    """The facts compile needs, from this machine. Missing QEMU keeps the defaults for its version."""
+    qemu = probe_binary(binary)
+    code, variables = find_ovmf()
+    return HostFacts(
+        qemu_version=qemu.version if qemu else HostFacts.qemu_version,
+        kvm_usable=kvm_usable(),
+        kvm_hardware=kvm_hardware(),
+        ovmf_code=code,
+        ovmf_vars=variables,
+        bridge_helper=next((h for h in BRIDGE_HELPERS if os.path.exists(h)), None),
+        machines=qemu.machines if qemu else HostFacts().machines,
+    )

@@ -46,6 +46,8 @@ class InstancePaths:
     events = property(lambda self: self.root / "events.jsonl")
     pidfile = property(lambda self: self.root / "qemu.pid")
     lock = property(lambda self: self.root / "lock")
+    supervisor_lock = property(lambda self: self.root / "supervisor.lock")  # held by the live supervisor
+    stop_request = property(lambda self: self.root / "stop.request")  # "this exit is intentional: no restart"
     seed_iso = property(lambda self: self.root / "seed.iso")
     uefi_vars = property(lambda self: self.root / "OVMF_VARS.fd")
     vnc_socket = property(lambda self: self.root / "vnc.sock")

@@ -1,0 +1,115 @@
+"""`qemuvm doctor`: what this host has, what is missing, and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from qemuvm.qemu import host
+from qemuvm.runtime.paths import MAX_SOCKET_PATH, InstancePaths, state_home
+
+Status = Literal["ok", "warn", "missing", "info"]
+APT_QEMU = "apt-get install qemu-system-x86 qemu-utils"
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+    required: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def memory_checks() -> list[Check]:
+    """KSM, transparent huge pages and huge pages: the memory tuning of the classic KVM how-to."""
+    checks = []
+    ksm = _read("/sys/kernel/mm/ksm/run")
+    sharing = _read("/sys/kernel/mm/ksm/pages_sharing")
+    if ksm is not None:
+        state = {"0": "off", "1": "on", "2": "unmerging"}.get(ksm, ksm)
+        checks.append(Check("KSM", "info", f"{state}, {sharing or 0} pages shared",
+                            None if ksm == "1" else "echo 1 > /sys/kernel/mm/ksm/run (machine.mem_merge)"))
+    thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp is not None:
+        chosen = thp[thp.find("[") + 1 : thp.find("]")] if "[" in thp else thp
+        checks.append(Check("transparent huge pages", "info", chosen))
+    meminfo = {}
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        meminfo[key] = value.strip()
+    if "HugePages_Total" in meminfo:
+        free, total = meminfo.get("HugePages_Free", "0"), meminfo["HugePages_Total"]
+        checks.append(Check("huge pages", "info", f"{free} free of {total} ({meminfo.get('Hugepagesize', '?')})",
+                            None if free != "0" else "sysctl vm.nr_hugepages=N (for machine.hugepages)"))
+    return checks
+
+
+def run_checks(binary: str = "qemu-system-x86_64") -> list[Check]:
+    checks: list[Check] = []
+    qemu = host.probe_binary(binary)
+    if qemu:
+        version = ".".join(map(str, qemu.version))
+        checks.append(Check("QEMU", "ok", f"{qemu.path} {version}", required=True))
+        checks.append(Check("accelerators", "ok", ", ".join(qemu.accelerators)))
+        checks.append(Check("machine types", "info", f"{len(qemu.machines)} (q35, pc, microvm: "
+                            f"{'yes' if {'q35', 'pc', 'microvm'} <= set(qemu.machines) else 'not all'})"))
+    else:
+        checks.append(Check("QEMU", "missing", f"{binary} not on PATH", APT_QEMU, required=True))
+    img = shutil.which("qemu-img")
+    checks.append(Check("qemu-img", "ok", img, required=True) if img
+                  else Check("qemu-img", "missing", "not on PATH", "apt-get install qemu-utils", required=True))
+    module = host.kvm_module()
+    if not os.path.exists("/dev/kvm"):
+        checks.append(Check("/dev/kvm", "warn", "absent: only accel tcg (slow) works",
+                            "enable virtualization in the firmware, modprobe kvm_intel or kvm_amd"))
+    elif not host.kvm_usable():
+        checks.append(Check("/dev/kvm", "warn", "present but not read-write for this user",
+                            "add yourself to the kvm group: usermod -aG kvm $USER"))
+    else:
+        checks.append(Check("/dev/kvm", "ok", "read-write"))
+    if module:
+        hardware = host.kvm_hardware()
+        checks.append(Check("KVM backend", "ok" if hardware else "warn",
+                            f"{module} ({'hardware-assisted' if hardware else 'software: accel auto picks tcg'})"))
+    code, _vars = host.find_ovmf()
+    checks.append(Check("OVMF (UEFI)", "ok", code) if code
+                  else Check("OVMF (UEFI)", "warn", "not found: firmware uefi unavailable", "apt-get install ovmf"))
+    helper = next((h for h in host.BRIDGE_HELPERS if os.path.exists(h)), None)
+    checks.append(Check("bridge helper", "ok" if helper else "info", helper or "absent: network mode bridge "
+                        "unavailable", None if helper else "apt-get install qemu-system-common"))
+    ssh = shutil.which("ssh")
+    checks.append(Check("ssh client", "ok", ssh) if ssh
+                  else Check("ssh client", "warn", "absent: qemuvm ssh unavailable", "apt-get install openssh-client"))
+    checks.append(_state_folder_check())
+    checks.extend(memory_checks())
+    return checks
+
+
+def _state_folder_check() -> Check:
+    home = state_home()
+    # The longest socket name an instance can have, with the longest instance name (63).
+    longest = InstancePaths.for_name("x" * 63, home).supervisor_socket
+    length = len(os.fsencode(longest))
+    probe_dir = home if home.exists() else next((p for p in home.parents if p.exists()), Path("/"))
+    if not os.access(probe_dir, os.W_OK):
+        return Check("state folder", "missing", f"{home} is not writable", "set QEMUVM_HOME to a writable folder",
+                     required=True)
+    if length > MAX_SOCKET_PATH:
+        room = MAX_SOCKET_PATH - len(os.fsencode(InstancePaths.for_name("", home).supervisor_socket))
+        return Check("state folder", "warn", f"{home}: socket paths allow instance names up to {max(room, 0)} "
+                     f"characters", "set QEMUVM_HOME to a shorter folder")
+    return Check("state folder", "ok", f"{home} (socket paths fit: {length} <= {MAX_SOCKET_PATH} bytes)")

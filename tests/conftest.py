@@ -1,0 +1,64 @@
+"""Suite-wide fixtures and the check that the suite leaves no QEMU or supervisor process behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_OURS = ("qemu-system", "qemuvm.runtime.supervisor")
+
+
+def _our_processes() -> dict[int, str]:
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if any(marker in cmdline for marker in _OURS):
+            found[proc.info["pid"]] = cmdline
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._qemuvm_before = _our_processes()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test left a QEMU or supervisor running (and end those processes)."""
+    before = getattr(session.config, "_qemuvm_before", {})
+    left = {pid: cmd for pid, cmd in _our_processes().items() if pid not in before and pid != os.getpid()}
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"  pid {pid}: {cmd[:160]}" for pid, cmd in left.items()]
+    message = "processes left behind by the tests:\n" + "\n".join(lines)
+    if reporter:
+        reporter.write_line(message, red=True)
+    for pid in left:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def qemuvm_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private, short QEMUVM_HOME (unix socket paths are limited to 107 bytes)."""
+    home = Path(tempfile.mkdtemp(prefix="qv", dir="/tmp"))
+    monkeypatch.setenv("QEMUVM_HOME", str(home))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary folder for sockets and scratch files."""
+    path = Path(tempfile.mkdtemp(prefix="qt", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
