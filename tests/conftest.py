@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -40,10 +41,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if reporter:
         reporter.write_line(message, red=True)
     for pid in left:
-        try:
+        with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

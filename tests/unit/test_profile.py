@@ -169,7 +169,8 @@ def test_bad_set_syntax(text: str) -> None:
 def test_name_override_and_invalid_name(tmp_path: Path) -> None:
     path = write(tmp_path, "p.yaml", "name: web\n")
     assert load_profile(path, name="other").data["name"] == "other"
-    assert problems(write(tmp_path, "q.yaml", "name: '-bad name'\n"))[0].startswith("q.yaml:1: name: '-bad name' is not")
+    [problem] = problems(write(tmp_path, "q.yaml", "name: '-bad name'\n"))
+    assert problem.startswith("q.yaml:1: name: '-bad name' is not")
 
 
 @pytest.mark.parametrize(
