@@ -1,14 +1,97 @@
 """Side effects compile must not have: disks, overlays, the cloud-init seed, UEFI variables, keys.
 
-(Interface stub: the implementation lands with issue 5.)
+Idempotent across restarts of one instance: existing disks, overlays and UEFI variables are kept
+(never resized or overwritten); the seed ISO is rebuilt each time. Every file is created under a
+temporary name and renamed, so an error never leaves half a file that a later start would trust.
 """
 
 from __future__ import annotations
 
-from qemuvm.profile.model import Profile
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from qemuvm.errors import UsageError
+from qemuvm.profile.model import Disk, Profile
+from qemuvm.qemu import img
 from qemuvm.qemu.host import HostFacts
+from qemuvm.runtime import cloudinit, memory
 from qemuvm.runtime.paths import InstancePaths
 
 
 def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:
     """Make every file the compiled argv refers to exist. Idempotent across restarts of one instance."""
+    if profile.machine.hugepages:
+        memory.check_hugepages(profile.machine.memory)
+    for index, disk in enumerate(profile.disks):
+        _prepare_disk(index, disk, paths)
+    if profile.cloud_init is not None:
+        cloudinit.write_seed(profile, paths)
+    if profile.machine.firmware == "uefi":
+        _prepare_uefi_vars(paths, host)
+    # VNC passwords need nothing here: control.display.apply_vnc_password sets them over QMP.
+
+
+def _temp_path(target: Path) -> Path:
+    """A free name next to `target` (same file system, so the final rename is atomic)."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    os.unlink(name)  # qemu-img refuses nothing, but img.create refuses an existing file
+    return Path(name)
+
+
+def _create_atomically(target: Path, create) -> None:
+    partial = _temp_path(target)
+    try:
+        create(partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _prepare_disk(index: int, disk: Disk, paths: InstancePaths) -> None:
+    path = Path(disk.file)
+    if disk.ephemeral:
+        if not path.exists():
+            raise UsageError(f"disks[{index}].file: {path} does not exist (an ephemeral disk overlays an existing "
+                             "image)")
+        overlay = paths.overlay(index)
+        if not overlay.exists():
+            # The base is opened read-only by the overlay: guest writes land in the instance folder.
+            base_format = disk.format or img.info(path).format
+            _create_atomically(overlay, lambda tmp: img.create(tmp, None, "qcow2", backing=path,
+                                                               backing_format=base_format))
+            os.chmod(overlay, 0o600)
+        return
+    if path.exists():
+        return  # never resize or overwrite an existing image
+    if disk.is_cdrom:
+        raise UsageError(f"disks[{index}].file: {path} does not exist (the cdrom image must exist)")
+    if disk.size is None:
+        raise UsageError(f"disks[{index}].file: {path} does not exist (set size to create it)")
+    if not path.parent.is_dir():
+        raise UsageError(f"disks[{index}].file: folder {path.parent} does not exist")
+    _create_atomically(path, lambda tmp: img.create(tmp, disk.size, disk.image_format))
+
+
+def _prepare_uefi_vars(paths: InstancePaths, host: HostFacts) -> None:
+    """A private copy of the OVMF variables store, kept across restarts (boot entries, Secure Boot keys)."""
+    if paths.uefi_vars.exists():
+        return
+    if not host.ovmf_vars or not Path(host.ovmf_vars).exists():
+        raise UsageError("machine.firmware: uefi needs OVMF (OVMF_VARS_4M.fd not found); install it with: "
+                         "apt-get install ovmf")
+    _create_atomically(paths.uefi_vars, lambda tmp: shutil.copyfile(host.ovmf_vars, tmp))
+    os.chmod(paths.uefi_vars, 0o600)
+
+
+def remove_ephemeral(paths: InstancePaths) -> list[Path]:
+    """Delete the overlays of ephemeral disks (`up --rm` at `down`); the base images stay as they were.
+
+    Removing the whole instance folder (`rm`) removes them too; this is for keeping the folder.
+    """
+    removed = sorted(paths.root.glob(paths.overlay(0).name.replace("0", "*", 1)))
+    for overlay in removed:
+        overlay.unlink(missing_ok=True)
+    return removed
