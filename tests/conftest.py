@@ -16,16 +16,27 @@ REPO = Path(__file__).resolve().parent.parent
 _OURS = ("qemu-system", "qemuvm.runtime.supervisor")
 
 
+# Processes inherit this from the session, so the check below ends only this session's processes, never
+# those of another test run or a user on the same machine.
+_SESSION_MARK = "QEMUVM_TEST_SESSION"
+
+
 def _our_processes() -> dict[int, str]:
     found = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if any(marker in cmdline for marker in _OURS):
+            try:
+                if proc.environ().get(_SESSION_MARK) != os.environ[_SESSION_MARK]:
+                    continue
+            except psutil.Error:
+                continue
             found[proc.info["pid"]] = cmdline
     return found
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ[_SESSION_MARK] = f"{os.getpid()}-{os.urandom(4).hex()}"
     session.config._qemuvm_before = _our_processes()  # type: ignore[attr-defined]
 
 

@@ -27,34 +27,22 @@ class Check:
         return asdict(self)
 
 
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return None
-
-
 def memory_checks() -> list[Check]:
     """KSM, transparent huge pages and huge pages: the memory tuning of the classic KVM how-to."""
+    from qemuvm.runtime.memory import memory_tuning
+
+    tuning = memory_tuning()
     checks = []
-    ksm = _read("/sys/kernel/mm/ksm/run")
-    sharing = _read("/sys/kernel/mm/ksm/pages_sharing")
-    if ksm is not None:
-        state = {"0": "off", "1": "on", "2": "unmerging"}.get(ksm, ksm)
-        checks.append(Check("KSM", "info", f"{state}, {sharing or 0} pages shared",
-                            None if ksm == "1" else "echo 1 > /sys/kernel/mm/ksm/run (machine.mem_merge)"))
-    thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
-    if thp is not None:
-        chosen = thp[thp.find("[") + 1 : thp.find("]")] if "[" in thp else thp
-        checks.append(Check("transparent huge pages", "info", chosen))
-    meminfo = {}
-    for line in (_read("/proc/meminfo") or "").splitlines():
-        key, _, value = line.partition(":")
-        meminfo[key] = value.strip()
-    if "HugePages_Total" in meminfo:
-        free, total = meminfo.get("HugePages_Free", "0"), meminfo["HugePages_Total"]
-        checks.append(Check("huge pages", "info", f"{free} free of {total} ({meminfo.get('Hugepagesize', '?')})",
-                            None if free != "0" else "sysctl vm.nr_hugepages=N (for machine.hugepages)"))
+    ksm = tuning["ksm"]
+    if ksm["available"]:
+        state = {0: "off", 1: "on", 2: "unmerging"}.get(ksm["run"], str(ksm["run"]))
+        checks.append(Check("KSM", "info", f"{state}, {ksm['pages_sharing'] or 0} pages shared",
+                            None if ksm["run"] == 1 else "echo 1 > /sys/kernel/mm/ksm/run (machine.mem_merge)"))
+    if tuning["transparent_hugepage"]:
+        checks.append(Check("transparent huge pages", "info", tuning["transparent_hugepage"]))
+    pages = tuning["hugepages"]
+    checks.append(Check("huge pages", "info", f"{pages['free']} free of {pages['total']} ({pages['size_kib']} KiB)",
+                        None if pages["free"] else "sysctl vm.nr_hugepages=N (for machine.hugepages)"))
     return checks
 
 
