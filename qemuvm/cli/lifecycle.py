@@ -1,3 +1,348 @@
-"""Commands: lifecycle."""
+"""Commands: the VM lifecycle (up, start, edit, down, ls, status, pause, resume, reboot, kill, rm, logs,
+console, qmp, events, wait, supervise). Thin: parse, call qemuvm.api, print."""
 
-from qemuvm.cli import app  # noqa: F401
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from qemuvm.cli import app
+from qemuvm.cli.output import info, print_json, print_table
+from qemuvm.errors import UsageError
+
+NameArg = typer.Argument(..., help="Instance name.")
+JsonOption = typer.Option(False, "--json", help="Print JSON on stdout.")
+SetOption = typer.Option(None, "--set", help="Override a field: KEY.PATH=VALUE (YAML value; repeatable).")
+
+
+def _seconds(text: str | None, option: str) -> float | None:
+    """A duration option (`30s`, `2m`, `90`) in seconds."""
+    if text is None:
+        return None
+    from qemuvm.profile.types import parse_duration
+
+    try:
+        return parse_duration(text)
+    except Exception:
+        raise UsageError(f"{option}: {text!r} is not a duration such as 30s, 2m or 90") from None
+
+
+def _forward_text(fwd: dict[str, Any]) -> str:
+    label = " (ssh)" if fwd.get("ssh") else ""
+    return f"{fwd['host_address']}:{fwd['host_port']}->{fwd['guest_port']}/{fwd['protocol']}{label}"
+
+
+def _vnc_text(vnc: dict[str, Any] | None) -> str | None:
+    if not vnc:
+        return None
+    return f"unix:{vnc['unix']}" if vnc.get("unix") else f"{vnc['listen']}:{vnc['port']} (display :{vnc['display']})"
+
+
+def _print_started(result: dict[str, Any]) -> None:
+    name = result["name"]
+    lines = [f"{name} is {result['state']} (QEMU pid {result['qemu_pid']}, supervisor pid {result['supervisor_pid']}, "
+             f"accel {result['accel']})"]
+    if result.get("ready"):
+        lines.append(f"  ready after {result['ready_after_s']:g} s")
+    for fwd in result["forwards"]:
+        lines.append(f"  forward {_forward_text(fwd)}")
+    if _vnc_text(result.get("vnc")):
+        lines.append(f"  VNC     {_vnc_text(result['vnc'])}")
+    lines.append(f"next: qemuvm console {name}  |  qemuvm ssh {name}  |  qemuvm down {name}")
+    print("\n".join(lines))
+
+
+@app.command()
+def up(
+    profile: str = typer.Argument(..., help="Profile file, or the name of a stopped instance to start again."),
+    name: str = typer.Option(None, "--name", help="Instance name (default: the profile's name, else its file stem)."),
+    set_: list[str] = SetOption,
+    foreground: bool = typer.Option(False, "--foreground", help="Stay attached, showing the serial console; "
+                                    "Ctrl-C stops the VM (down)."),
+    wait: bool = typer.Option(None, "--wait/--no-wait", help="Wait for the profile's `ready` condition "
+                              "[default: when the profile has one]."),
+    timeout: str = typer.Option(None, "--timeout", help="How long to wait for ready [default: ready.timeout]."),
+    json_: bool = JsonOption,
+) -> None:
+    """Start a VM from a profile under its supervisor; wait until it runs (and is ready)."""
+    from qemuvm import api
+
+    result = api.up(profile, name=name, overrides=set_ or (), wait=wait, timeout=_seconds(timeout, "--timeout"),
+                    progress=info)
+    if json_:
+        print_json(result)
+    else:
+        _print_started(result)
+    if foreground:
+        _foreground(result["name"])
+
+
+def _foreground(name: str) -> None:
+    """Show the serial log until the VM stops; Ctrl-C means `down`."""
+    from qemuvm import api
+    from qemuvm.runtime import instance
+
+    paths = api.instance_paths(name)
+    # Ctrl-C (even when the shell started us with SIGINT ignored) and SIGTERM both mean `down`.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    info(f"{name}: following the serial console; Ctrl-C stops the VM")
+    try:
+        for chunk in api.follow(paths.serial_log, lines=20, keep_going=True):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+            if not instance.is_active(instance.read_state(paths)):
+                break
+    except KeyboardInterrupt:
+        info(f"\nstopping {name} …")
+        result = api.down(name, progress=info)
+        info(f"{name} stopped ({result['step']})")
+
+
+@app.command()
+def start(
+    name: str = NameArg,
+    wait: bool = typer.Option(None, "--wait/--no-wait", help="Wait for the profile's `ready` condition."),
+    timeout: str = typer.Option(None, "--timeout", help="How long to wait for ready [default: ready.timeout]."),
+    json_: bool = JsonOption,
+) -> None:
+    """Start a stopped instance again from its saved profile, keeping its disks (virsh start)."""
+    from qemuvm import api
+
+    result = api.start(name, wait=wait, timeout=_seconds(timeout, "--timeout"), progress=info)
+    print_json(result) if json_ else _print_started(result)
+
+
+@app.command()
+def edit(name: str = NameArg) -> None:
+    """Edit the saved profile in $EDITOR; an invalid result is refused (applies at the next start)."""
+    from qemuvm import api
+
+    changed = api.edit(name)
+    info(f"{name}: profile saved; it applies at the next start" if changed else f"{name}: no change")
+
+
+@app.command()
+def down(
+    name: str = NameArg,
+    timeout: str = typer.Option(None, "--timeout", help="How long to wait for the ACPI power-down "
+                                "[default: shutdown.timeout]."),
+    force: bool = typer.Option(False, "--force", help="Skip ACPI: quit, then SIGTERM, then SIGKILL."),
+    json_: bool = JsonOption,
+) -> None:
+    """Stop a VM: ACPI power-down, wait, then quit, SIGTERM, SIGKILL (virsh shutdown)."""
+    from qemuvm import api
+
+    result = api.down(name, timeout=_seconds(timeout, "--timeout"), force=force, progress=info)
+    if json_:
+        print_json(result)
+    elif result.get("already_stopped"):
+        print(f"{name} was not running ({result['state']})")
+    else:
+        how = {"acpi": "the guest powered off (ACPI)", "quit": "forced with QMP quit",
+               "sigterm": "forced with SIGTERM", "sigkill": "forced with SIGKILL"}[result["step"]]
+        print(f"{name} stopped: {how} after {result['elapsed_s']:g} s")
+
+
+@app.command()
+def ls(json_: bool = JsonOption) -> None:
+    """List every instance and its state (virsh list --all); reads state files only."""
+    from qemuvm import api
+
+    rows = api.ls()
+    if json_:
+        print_json(rows)
+        return
+    table = []
+    for row in rows:
+        uptime = row["uptime_s"]
+        table.append([row["name"], row["state"], "yes" if row["supervised"] else "no", row["qemu_pid"],
+                      time.strftime("%H:%M:%S", time.gmtime(uptime)) if uptime is not None else None,
+                      row["accel"], ", ".join(_forward_text(f) for f in row["forwards"])])
+    print_table(["NAME", "STATE", "SUPERVISED", "PID", "UPTIME", "ACCEL", "FORWARDS"], table)
+
+
+@app.command()
+def status(name: str = NameArg, json_: bool = JsonOption) -> None:
+    """Show one instance: state (live from QMP), pids, accel, uptime, restarts, forwards, last exit."""
+    from qemuvm import api
+
+    result = api.status(name)
+    if json_:
+        print_json(result)
+        return
+    for key in ("name", "state", "qemu_pid", "supervisor_pid", "supervised", "accel", "uptime_s", "restarts",
+                "policy"):
+        print(f"{key:15} {result.get(key)}")
+    for fwd in result["forwards"]:
+        print(f"{'forward':15} {_forward_text(fwd)}")
+    if result.get("vnc"):
+        print(f"{'vnc':15} {_vnc_text(result['vnc'])}")
+    if result.get("last_exit"):
+        print(f"{'last_exit':15} {json.dumps(result['last_exit'])}")
+
+
+def _simple(verb: str, done: str):
+    def command(name: str = NameArg, json_: bool = JsonOption) -> None:
+        from qemuvm import api
+
+        result = getattr(api, verb)(name)
+        print_json(result) if json_ else print(f"{name} {done}")
+
+    return command
+
+
+app.command(name="pause", help="Pause the VM's CPUs (virsh suspend).")(_simple("pause", "paused"))
+app.command(name="resume", help="Resume a paused VM (virsh resume).")(_simple("resume", "resumed"))
+app.command(name="reboot", help="Reset the VM: a hard reset, like pressing the reset button; the guest is not "
+            "asked (virsh reset).")(_simple("reboot", "reset"))
+
+
+@app.command()
+def kill(name: str = NameArg, json_: bool = JsonOption) -> None:
+    """Kill QEMU at once with SIGKILL; no restart (virsh destroy)."""
+    from qemuvm import api
+
+    result = api.kill(name)
+    print_json(result) if json_ else print(f"{name} killed" if result["killed"] else f"{name} was not running")
+
+
+@app.command()
+def rm(
+    name: str = NameArg,
+    force: bool = typer.Option(False, "--force", help="Kill the VM first if it runs."),
+) -> None:
+    """Delete an instance folder and its ephemeral overlays (virsh undefine); refuses while it runs."""
+    from qemuvm import api
+
+    result = api.rm(name, force=force)
+    print(f"removed {result['removed']}")
+
+
+@app.command()
+def logs(
+    name: str = NameArg,
+    serial: bool = typer.Option(False, "--serial", help="The serial console log (the default)."),
+    qemu: bool = typer.Option(False, "--qemu", help="QEMU's own output (qemu.log)."),
+    events_: bool = typer.Option(False, "--events", help="The QMP event log (events.jsonl)."),
+    supervisor: bool = typer.Option(False, "--supervisor", help="The supervisor's log."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new output."),
+    lines: int = typer.Option(None, "-n", "--lines", help="Only the last N lines."),
+) -> None:
+    """Print an instance's logs."""
+    from qemuvm import api
+
+    chosen = [kind for kind, on in (("serial", serial), ("qemu", qemu), ("events", events_),
+                                    ("supervisor", supervisor)) if on]
+    if len(chosen) > 1:
+        raise UsageError("choose one of --serial, --qemu, --events, --supervisor")
+    _stream(api.log_path(name, chosen[0] if chosen else "serial"), lines, follow)
+
+
+def _stream(path: Path, lines: int | None, follow: bool) -> None:
+    from qemuvm import api
+
+    try:
+        for chunk in api.follow(path, lines=lines, keep_going=follow):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def events(
+    name: str = NameArg,
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events."),
+) -> None:
+    """The QMP events the supervisor recorded, as NDJSON (one JSON object per line)."""
+    from qemuvm import api
+
+    _stream(api.log_path(name, "events"), None, follow)
+
+
+@app.command()
+def console(name: str = NameArg) -> None:
+    """Attach to the serial console (Ctrl-] detaches); with pipes, copies stdin in and output out."""
+    from qemuvm import api
+    from qemuvm.control import console as console_
+
+    paths = api.instance_paths(name)
+    api.status(name)  # a clear error for an unknown instance
+    why = console_.attach(paths.serial_socket)
+    if why == "closed":
+        info(f"{name}: the console closed (QEMU exited)")
+
+
+@app.command()
+def qmp(
+    name: str = NameArg,
+    command: str = typer.Argument(..., help="QMP command, e.g. query-status."),
+    arguments: str = typer.Argument(None, help="Its arguments as a JSON object."),
+) -> None:
+    """Run any QMP command; prints its return value as JSON (a QMP error exits 1 with class and description)."""
+    from qemuvm import api
+
+    args = None
+    if arguments:
+        try:
+            args = json.loads(arguments)
+        except ValueError as exc:
+            raise UsageError(f"the arguments are not JSON: {exc}") from None
+        if not isinstance(args, dict):
+            raise UsageError("the arguments must be a JSON object")
+    print_json(api.qmp(name, command, args))
+
+
+@app.command("wait")
+def wait_(
+    name: str = NameArg,
+    serial: str = typer.Option(None, "--serial", help="A regex on the serial console (since the current start)."),
+    port: int = typer.Option(None, "--port", help="A guest TCP port reachable through a forward."),
+    event: str = typer.Option(None, "--event", help="A QMP event (from now on)."),
+    ssh: bool = typer.Option(False, "--ssh", help="An SSH command succeeds."),
+    shutdown: bool = typer.Option(False, "--shutdown", help="QEMU has exited."),
+    ready: bool = typer.Option(False, "--ready", help="The profile's ready condition (the default)."),
+    timeout: str = typer.Option("120s", "--timeout", help="How long to wait."),
+) -> None:
+    """Wait for a condition; fails at once (with the last serial lines) if QEMU exits first."""
+    from qemuvm import api
+    from qemuvm.runtime import instance
+    from qemuvm.workflow import wait as waiting
+
+    paths = api.instance_paths(name)
+    conditions = []
+    if serial:
+        state = instance.read_state(paths) or {}
+        conditions.append(waiting.serial_condition(paths, serial, offset=state.get("serial_offset", 0)))
+    if port:
+        conditions.append(waiting.port_condition(paths, port))
+    if event:
+        conditions.append(waiting.event_condition(paths, event))
+    if ssh:
+        conditions.append(waiting.ssh_condition(paths))
+    if shutdown:
+        conditions.append(waiting.shutdown_condition(paths))
+    if ready or not conditions:
+        from qemuvm.profile.validate import load_and_validate
+
+        state = instance.read_state(paths) or {}
+        conditions += waiting.ready_conditions(paths, load_and_validate(str(paths.profile)),
+                                               serial_offset=state.get("serial_offset", 0))
+    took = waiting.wait_for(paths, conditions, _seconds(timeout, "--timeout") or 0, progress=info)
+    info(f"{name}: done after {took:.1f} s")
+
+
+@app.command()
+def supervise(name: str = NameArg, json_: bool = JsonOption) -> None:
+    """Give a running VM whose supervisor died a new one (after proving the QEMU process is ours)."""
+    from qemuvm import api
+
+    result = api.supervise(name)
+    print_json(result) if json_ else print(f"{name}: supervised by pid {result['supervisor_pid']}")

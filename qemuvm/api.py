@@ -1,0 +1,542 @@
+"""The Python API that the CLI, the pytest plugin and the smoke runner share.
+
+Every function takes instance names (or a profile file for `up`), raises `UsageError`/`OperationError`
+with one clear sentence, and returns plain data (dicts) that `--json` prints as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemuvm.errors import OperationError, ProfileError, UsageError
+from qemuvm.runtime import instance, launch
+from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
+from qemuvm.runtime.paths import InstancePaths
+
+if TYPE_CHECKING:
+    from qemuvm.profile.model import Profile
+    from qemuvm.qemu.compile import PortPlan
+    from qemuvm.qemu.host import HostFacts
+
+Progress = Callable[[str], None]
+GRACE_AFTER_QUIT = 10.0  # `quit` and SIGTERM each get this long before the next step
+VNC_BASE = 5900
+
+
+def _silent(_message: str) -> None:
+    pass
+
+
+# -- finding instances ------------------------------------------------------------------------------
+
+
+def instance_paths(name: str, home: Path | None = None) -> InstancePaths:
+    """The folder of an existing instance, or a UsageError naming `ls`."""
+    if not name or "/" in name or name.startswith("."):
+        raise UsageError(f"{name!r} is not an instance name")
+    paths = InstancePaths.for_name(name, home)
+    if not (paths.state.exists() or paths.profile.exists()):
+        raise UsageError(f"no instance named {name} (see `qemuvm ls`)")
+    return paths
+
+
+def _running_qemu(paths: InstancePaths) -> dict[str, Any]:
+    """state.json of an instance whose QEMU runs (re-adopting it first when its supervisor died)."""
+    state = launch.ensure_supervised(paths)
+    if instance.proven_qemu(state) is None:
+        view = instance.effective_state(state)
+        raise OperationError(f"{paths.name} is not running (state {view.get('state', STOPPED)})")
+    assert state is not None
+    return state
+
+
+def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 10.0):  # -> Monitor
+    from qemuvm.control.client import Monitor
+
+    return Monitor(paths.qmp_socket, timeout=timeout, busy_timeout=busy_timeout)
+
+
+# -- up / start ------------------------------------------------------------------------------------
+
+
+def _host_facts(binary: str) -> HostFacts:
+    from qemuvm.qemu import host
+
+    return host.probe(binary)
+
+
+def _bind_check(address: str, port: int, protocol: str = "tcp") -> bool:
+    """True when `port` can be bound on `address` now (SO_REUSEADDR, as QEMU binds)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def _free_port(address: str, protocol: str = "tcp") -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as sock:
+        sock.bind((address or "0.0.0.0", 0))
+        return sock.getsockname()[1]
+
+
+def plan_ports(profile: Profile) -> tuple[PortPlan, list[dict[str, Any]], dict[str, Any] | None]:
+    """Host ports for this start: free ones for `host: 0` and VNC auto, an SSH forward when none targets
+    ssh.port; fixed ports must be free. Returns the PortPlan, the forwards and VNC as state.json shows them."""
+    from qemuvm.qemu.compile import PortPlan
+
+    planned: dict[tuple[int, int], int] = {}
+    forwards: list[dict[str, Any]] = []
+    ssh_covered = False
+    user_nics = [i for i, nic in enumerate(profile.network) if nic.mode == "user"]
+    for nic_index in user_nics:
+        for number, fwd in enumerate(profile.network[nic_index].forwards):
+            port = fwd.host
+            if port == 0:
+                port = planned[(nic_index, number)] = _free_port(fwd.address, fwd.protocol)
+            elif not _bind_check(fwd.address, port, fwd.protocol):
+                raise OperationError(f"host port {port} (network[{nic_index}].forwards[{number}]) is already in use")
+            is_ssh = fwd.protocol == "tcp" and fwd.guest == profile.ssh.port
+            ssh_covered = ssh_covered or is_ssh
+            forwards.append({"nic": nic_index, "protocol": fwd.protocol, "host_address": fwd.address or "0.0.0.0",
+                             "host_port": port, "guest_port": fwd.guest, "ssh": is_ssh})
+    ssh_port = None
+    if user_nics and not ssh_covered:
+        ssh_port = _free_port("127.0.0.1")
+        forwards.append({"nic": user_nics[0], "protocol": "tcp", "host_address": "127.0.0.1", "host_port": ssh_port,
+                         "guest_port": profile.ssh.port, "ssh": True})
+    vnc_port, vnc = None, None
+    if profile.display is not None and profile.display.vnc is not None:
+        spec = profile.display.vnc
+        if spec.port == "unix":
+            vnc = {"unix": None}  # filled in by the caller, who knows the instance folder
+        elif spec.port == "auto":
+            vnc_port = next((p for p in range(VNC_BASE, VNC_BASE + 100) if _bind_check(spec.listen, p)), None)
+            if vnc_port is None:
+                raise OperationError(f"no free VNC port from {VNC_BASE} to {VNC_BASE + 99} on {spec.listen}")
+            vnc = {"listen": spec.listen, "port": vnc_port, "display": vnc_port - VNC_BASE}
+        else:
+            if not _bind_check(spec.listen, int(spec.port)):
+                raise OperationError(f"VNC port {spec.port} (display.vnc.port) is already in use")
+            vnc = {"listen": spec.listen, "port": int(spec.port), "display": int(spec.port) - VNC_BASE}
+    return PortPlan(vnc_port=vnc_port, forwards=planned, ssh_host_port=ssh_port), forwards, vnc
+
+
+def _load(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str], name: str | None,
+          home: Path | None) -> tuple[Profile, bool]:
+    """The profile to start: a file, or the saved profile of the instance `source`. (profile, is_saved)."""
+    from qemuvm.profile.validate import load_and_validate
+
+    text = str(source)
+    if Path(text).is_file():
+        return load_and_validate(text, overrides, name), False
+    if "/" not in text and not text.endswith((".yaml", ".yml")):
+        saved = InstancePaths.for_name(text, home).profile
+        if saved.is_file():
+            if name not in (None, text):
+                raise UsageError("--name cannot rename an existing instance")
+            return load_and_validate(str(saved), overrides, text), True
+        raise UsageError(f"no profile file or instance named {text}")
+    raise UsageError(f"profile file {text} does not exist")
+
+
+def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], paused_argv: list[str],
+                        forwards: list[dict[str, Any]], vnc: dict[str, Any] | None) -> None:
+    import yaml
+
+    dumped = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+    _write_private(paths.profile, f"# The resolved profile of instance {profile.name}, as launched.\n{dumped}")
+    instance.write_json_atomic(paths.argv, argv)
+    lines = " \\\n    ".join(shlex.quote(arg) for arg in argv)
+    _write_private(paths.run_sh, f"#!/bin/sh\n# Instance {profile.name} without qemuvm: the exact QEMU command "
+                                 f"line (argv.json).\nexec {lines}\n", mode=0o700)
+    instance.write_json_atomic(paths.supervisor_config, {
+        "name": profile.name,
+        "argv": paused_argv,
+        "restart": {"policy": profile.restart.policy, "max_retries": profile.restart.max_retries,
+                    "backoff": profile.restart.backoff},
+        "shutdown_timeout": profile.shutdown.timeout,
+        "forwards": forwards,
+        "vnc": vnc,
+        "ssh": {"user": profile.ssh.user, "port": profile.ssh.port},
+    })
+
+
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
+       wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
+       progress: Progress = _silent) -> dict[str, Any]:
+    """Start a VM from a profile file (or restart a stopped instance by name) and return its status.
+
+    wait None: wait for `ready` when the profile has one. timeout overrides ready.timeout.
+    """
+    from qemuvm.qemu.compile import accel_notice, compile_argv, kvm_problem
+    from qemuvm.runtime.prepare import prepare
+
+    profile, _saved = _load(source, overrides, name, home)
+    paths = InstancePaths.for_name(profile.name, home)
+    too_long = paths.too_long_socket()
+    if too_long is not None:
+        raise UsageError(f"the socket path {too_long} is longer than 107 bytes; set QEMUVM_HOME to a shorter "
+                         "folder")
+    host = _host_facts(profile.qemu.binary)
+    problem = kvm_problem(profile, host)
+    if problem:
+        raise UsageError(problem)
+    notice = accel_notice(profile, host)
+    if notice:
+        progress(notice)
+    instance.create_dir(paths.root.parent)
+    fresh = False
+    try:
+        with instance.instance_lock(paths, timeout=120):
+            state = instance.read_state(paths)
+            # Nothing of value yet (no earlier run): a failure before launch removes the folder again.
+            fresh = state is None and not paths.profile.exists()
+            if instance.is_active(state):
+                pid = (state or {}).get("qemu_pid") or (state or {}).get("supervisor_pid")
+                raise OperationError(f"{profile.name} is already running (pid {pid})")
+            # Ports are chosen and bound under one home-wide lock, so parallel `up`s never pick the same one.
+            with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
+                plan, forwards, vnc = plan_ports(profile)
+                if vnc is not None and "unix" in vnc:
+                    vnc = {"unix": str(paths.vnc_socket)}
+                argv = compile_argv(profile, paths, host, plan)
+                paused_argv = compile_argv(profile, paths, host, plan, start_paused=True)
+                _write_launch_files(paths, profile, argv, paused_argv, forwards, vnc)
+                prepare(profile, paths, host)
+                instance.unlink_stale_sockets(paths)
+                with contextlib.suppress(FileNotFoundError):
+                    paths.stop_request.unlink()
+                serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
+                progress(f"starting {profile.name} …")
+                proc = launch.start_supervisor(paths)
+                fresh = False  # from here on the folder holds evidence (logs) worth keeping
+                launch.wait_until_up(paths, proc)
+    except BaseException:
+        if fresh:  # failed before anything ran: leave nothing behind
+            shutil.rmtree(paths.root, ignore_errors=True)
+        raise
+    result = status(profile.name, home=home)
+    ready = profile.ready
+    if wait is None:
+        wait = ready is not None
+    if wait:
+        from qemuvm.workflow import wait as waiting
+
+        conditions = waiting.ready_conditions(paths, profile, serial_offset=serial_offset)
+        limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)
+        result["ready_after_s"] = round(waiting.wait_for(paths, conditions, limit, progress=progress), 2)
+        result["ready"] = True
+    return result
+
+
+def start(name: str, *, wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
+          progress: Progress = _silent) -> dict[str, Any]:
+    """Start a stopped instance again from its saved profile.yaml (disks and overlays are kept)."""
+    instance_paths(name, home)
+    return up(name, wait=wait, timeout=timeout, home=home, progress=progress)
+
+
+def edit(name: str, *, editor: str | None = None, home: Path | None = None) -> bool:
+    """Open the saved profile in $EDITOR; save it only when it is valid (applies at the next start).
+
+    Returns True when the profile changed. An invalid edit raises ProfileError and keeps the old file.
+    """
+    from qemuvm.profile.validate import load_and_validate
+
+    paths = instance_paths(name, home)
+    if not paths.profile.exists():
+        raise UsageError(f"instance {name} has no saved profile")
+    command = shlex.split(editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+    fd, tmp_name = tempfile.mkstemp(prefix=".edit-", suffix=".yaml", dir=paths.root)
+    tmp = Path(tmp_name)
+    try:
+        os.close(fd)
+        original = paths.profile.read_text()
+        tmp.write_text(original)
+        if subprocess.call([*command, str(tmp)]) != 0:
+            raise OperationError(f"the editor {command[0]} failed; {paths.profile} is unchanged")
+        edited = tmp.read_text()
+        if edited == original:
+            return False
+        try:
+            load_and_validate(str(tmp), (), name)
+        except ProfileError as exc:
+            shown = [line.replace(str(tmp), str(paths.profile)) for line in exc.problems]
+            raise ProfileError([*shown, f"{paths.profile} is unchanged (the edit is invalid)"]) from None
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, paths.profile)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- down / kill -------------------------------------------------------------------------------------
+
+
+def _request_stop(paths: InstancePaths, action: str) -> None:
+    """Tell the supervisor that the coming exit is intentional: no restart."""
+    instance.write_json_atomic(paths.stop_request, {"action": action, "time": time.time(), "pid": os.getpid()})
+
+
+def _wait_gone(state: dict[str, Any], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None:
+            return True
+        time.sleep(0.05)
+    return instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None
+
+
+def _wait_recorded(paths: InstancePaths, timeout: float = 10.0) -> dict[str, Any]:
+    """After QEMU is gone: wait until the supervisor recorded the exit (and exited), then the state."""
+    deadline = time.monotonic() + timeout
+    state = instance.read_state(paths) or {}
+    while time.monotonic() < deadline and instance.live_supervisor(state) is not None:
+        time.sleep(0.05)
+        state = instance.read_state(paths) or {}
+    return state
+
+
+def down(name: str, *, timeout: float | None = None, force: bool = False, home: Path | None = None,
+         progress: Progress = _silent) -> dict[str, Any]:
+    """Stop a VM: ACPI power-down, wait, `quit`, SIGTERM, SIGKILL. Returns which step ended it."""
+    paths = instance_paths(name, home)
+    state = launch.ensure_supervised(paths) or {}
+    started = time.monotonic()
+    if instance.proven_qemu(state) is None:
+        if instance.live_supervisor(state) is not None:  # waiting to restart: cancel that
+            _request_stop(paths, "down")
+            state = _wait_recorded(paths)
+        view = instance.effective_state(state)
+        return {"name": name, "step": None, "state": view.get("state"), "already_stopped": True}
+    config = instance.read_json(paths.supervisor_config) or {}
+    grace = timeout if timeout is not None else float(config.get("shutdown_timeout", 60.0))
+    _request_stop(paths, "down")
+    monitor = _monitor(paths, busy_timeout=5.0)
+    step = None
+    if not force:
+        try:
+            if monitor.execute("query-status").get("status") == "running":
+                progress(f"ACPI power-down sent to {name}; waiting up to {grace:g} s …")
+                monitor.execute("system_powerdown")
+                step = "acpi" if _wait_gone(state, grace) else None
+            else:
+                progress(f"{name} is paused: an ACPI power-down would go unanswered; using quit")
+        except OperationError:
+            pass
+        if step is None:
+            progress(f"{name} did not power off within {grace:g} s; forcing")
+    if step is None:
+        with contextlib.suppress(OperationError):
+            monitor.execute("quit")
+        step = "quit" if _wait_gone(state, GRACE_AFTER_QUIT) else None
+    for sig, label in ((15, "sigterm"), (9, "sigkill")):
+        if step is not None:
+            break
+        proc = instance.proven_qemu(state)
+        if proc is None:
+            step = label
+            break
+        proc.send_signal(sig)
+        step = label if _wait_gone(state, GRACE_AFTER_QUIT) else None
+    if step is None:
+        raise OperationError(f"QEMU pid {state['qemu_pid']} of {name} survived SIGKILL")
+    final = _wait_recorded(paths)
+    last = final.get("last_exit") or {}
+    return {"name": name, "step": step, "forced": step != "acpi", "state": instance.effective_state(final)["state"],
+            "exit_code": last.get("exit_code"), "signal": last.get("signal"),
+            "elapsed_s": round(time.monotonic() - started, 2)}
+
+
+def kill(name: str, *, home: Path | None = None) -> dict[str, Any]:
+    """SIGKILL QEMU at once (virsh destroy); the restart policy does not apply."""
+    paths = instance_paths(name, home)
+    state = launch.ensure_supervised(paths) or {}
+    proc = instance.proven_qemu(state)
+    if proc is None:
+        if instance.live_supervisor(state) is not None:
+            _request_stop(paths, "kill")
+            state = _wait_recorded(paths)
+        return {"name": name, "killed": False, "state": instance.effective_state(state)["state"]}
+    _request_stop(paths, "kill")
+    proc.kill()
+    _wait_gone(state, 10)
+    final = _wait_recorded(paths)
+    return {"name": name, "killed": True, "state": instance.effective_state(final)["state"]}
+
+
+def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str, Any]:
+    """Delete the instance folder (with its ephemeral overlays); refuses while it runs unless force."""
+    paths = instance_paths(name, home)
+    with instance.instance_lock(paths, timeout=30):
+        if instance.is_active(instance.read_state(paths)):
+            if not force:
+                raise OperationError(f"{name} is running; stop it with `qemuvm down {name}` or use rm --force")
+            kill(name, home=home)
+        shutil.rmtree(paths.root)
+    return {"name": name, "removed": str(paths.root)}
+
+
+# -- runtime control ---------------------------------------------------------------------------------
+
+
+def pause(name: str, *, home: Path | None = None) -> dict[str, Any]:
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    _monitor(paths).execute("stop")
+    return status(name, home=home)
+
+
+def resume(name: str, *, home: Path | None = None) -> dict[str, Any]:
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    _monitor(paths).execute("cont")
+    return status(name, home=home)
+
+
+def reboot(name: str, *, home: Path | None = None) -> dict[str, Any]:
+    """A hard reset (QMP system_reset), like pressing the reset button; the guest is not asked."""
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    _monitor(paths).execute("system_reset")
+    return status(name, home=home)
+
+
+def qmp(name: str, command: str, arguments: dict[str, Any] | None = None, *, home: Path | None = None) -> Any:
+    """Any QMP command on the client monitor; its return value. A QMP error raises QmpError (exit 1)."""
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    return _monitor(paths).execute(command, arguments)
+
+
+def supervise(name: str, *, home: Path | None = None) -> dict[str, Any]:
+    """Give a running but unsupervised QEMU a supervisor again (after proving it is ours)."""
+    paths = instance_paths(name, home)
+    launch.ensure_supervised(paths)
+    return status(name, home=home)
+
+
+# -- status / ls -----------------------------------------------------------------------------------
+
+_QMP_STATES = {"running": RUNNING, "paused": PAUSED, "prelaunch": instance.STARTING, "shutdown": instance.SHUTDOWN,
+               "guest-panicked": instance.CRASHED, "internal-error": instance.CRASHED,
+               "io-error": instance.CRASHED, "suspended": PAUSED}
+
+
+def _view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
+    view = instance.effective_state(state)
+    return {
+        "name": paths.name,
+        "state": view.get("state", STOPPED),
+        "qemu_pid": view.get("qemu_pid") if view.get("qemu_pid_alive", True) else None,
+        "supervisor_pid": view.get("supervisor_pid") if view.get("supervised") else None,
+        "supervised": view.get("supervised", False),
+        "accel": view.get("accel"),
+        "uptime_s": view.get("uptime_s"),
+        "restarts": view.get("restarts", 0),
+        "policy": view.get("policy"),
+        "forwards": view.get("forwards") or [],
+        "vnc": view.get("vnc"),
+        "last_exit": view.get("last_exit"),
+        "dir": str(paths.root),
+    }
+
+
+def status(name: str, *, home: Path | None = None) -> dict[str, Any]:
+    """The instance's state; the live run state comes from QMP when QEMU is alive."""
+    paths = instance_paths(name, home)
+    state = instance.read_state(paths)
+    result = _view(paths, state)
+    if instance.proven_qemu(state) is not None:
+        try:
+            live = _monitor(paths, timeout=5.0, busy_timeout=3.0).execute("query-status")["status"]
+            result["qmp_status"] = live
+            result["state"] = _QMP_STATES.get(live, PAUSED)
+        except OperationError:
+            result["qmp_status"] = None  # busy or going away: state.json's word stands
+    return result
+
+
+def ls(home: Path | None = None) -> list[dict[str, Any]]:
+    """Every instance from its state.json plus a pid liveness check; no QMP."""
+    return [_view(paths, instance.read_state(paths)) for paths in instance.list_instances(home)]
+
+
+# -- logs / events / wait ----------------------------------------------------------------------------
+
+LOGS = {"serial": "serial_log", "qemu": "qemu_log", "events": "events", "supervisor": "supervisor_log"}
+
+
+def log_path(name: str, kind: str = "serial", home: Path | None = None) -> Path:
+    if kind not in LOGS:
+        raise UsageError(f"unknown log {kind!r}: one of {', '.join(LOGS)}")
+    return getattr(instance_paths(name, home), LOGS[kind])
+
+
+def follow(path: Path, *, lines: int | None = None, keep_going: bool = False,
+           poll: float = 0.1) -> Iterator[str]:
+    """The last `lines` lines of `path` (all when None), then, with keep_going, new text as it arrives."""
+    if lines is not None:
+        text = instance.tail(path, lines)
+        if text:
+            yield text + "\n"
+        offset = path.stat().st_size if path.exists() else 0
+    else:
+        offset = 0
+    while True:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < offset:
+            offset = 0  # truncated or replaced
+        if size > offset:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read(size - offset)
+            offset += len(data)
+            yield data.decode(errors="replace")
+        if not keep_going:
+            return
+        time.sleep(poll)
+
+
+def events(name: str, *, home: Path | None = None) -> list[dict[str, Any]]:
+    """Every recorded QMP event of the instance, oldest first."""
+    path = instance_paths(name, home).events
+    found = []
+    with contextlib.suppress(FileNotFoundError), path.open() as handle:
+        for line in handle:
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+    return found

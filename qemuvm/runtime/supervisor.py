@@ -1,0 +1,331 @@
+"""The per-VM supervisor: `python -m qemuvm.runtime.supervisor INSTANCE_DIR`.
+
+It starts QEMU (paused with -S) as its child in a new session, holds the supervisor monitor
+(supervisor.sock), writes every QMP event to events.jsonl, keeps state.json current and applies the
+restart policy. A QEMU that outlived an earlier supervisor is adopted when state.json proves it is ours.
+
+Imports: stdlib, qemu.qmp, psutil and qemuvm.runtime only, so it starts fast and stays small. What
+it needs from the profile comes from supervisor.json, written by `up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import EventListener, Message, QMPClient
+from qemu.qmp.protocol import Runstate
+
+from qemuvm.runtime import instance
+from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STARTING, STOPPED
+from qemuvm.runtime.paths import InstancePaths
+
+MAX_BACKOFF = 60.0
+CONNECT_TIMEOUT = 30.0  # QEMU creates its monitor sockets within a second; this covers a loaded host
+QMP_TIMEOUT = 10.0
+# QMP run states that mean "not executing guest code, but alive".
+_PAUSED_STATUSES = {"paused", "suspended", "debug", "inmigrate", "postmigrate", "finish-migrate",
+                    "restore-vm", "save-vm", "watchdog", "colo"}
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class _Recorder(EventListener):
+    """Hands each event to the supervisor the moment QMP reads it (in order, nothing queued)."""
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__()
+        self._handler = handler
+
+    async def put(self, event: Message) -> None:
+        self._handler(event)
+
+
+class Supervisor:
+    def __init__(self, paths: InstancePaths) -> None:
+        self.paths = paths
+        config = instance.read_json(paths.supervisor_config)
+        if config is None:
+            raise SystemExit(f"qemuvm supervisor: {paths.supervisor_config} is missing or invalid")
+        self.config = config
+        restart = config.get("restart", {})
+        self.policy: str = restart.get("policy", "never")
+        self.max_retries: int = int(restart.get("max_retries", 5))
+        self.backoff: float = float(restart.get("backoff", 1.0))
+        self.state: dict[str, Any] = {}
+        # Per QEMU run:
+        self.shutdown_reason: str | None = None
+        self.panicked = False
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qemu_pid = 0
+        self.qmp: QMPClient | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def save(self, **changes: Any) -> None:
+        self.state.update(changes)
+        self.state["updated_at"] = time.time()
+        instance.write_json_atomic(self.paths.state, self.state)
+
+    def on_event(self, event: Message) -> None:
+        name = event.get("event", "")
+        stamp = event.get("timestamp", {})
+        record = {"timestamp": stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6,
+                  "event": name, "data": event.get("data", {})}
+        with self.paths.events.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if name == "STOP" and self.state.get("state") == RUNNING:
+            self.save(state=PAUSED)
+        elif name == "RESUME":
+            self.save(state=RUNNING)
+        elif name == "SHUTDOWN":
+            self.shutdown_reason = record["data"].get("reason")
+        elif name == "GUEST_PANICKED":
+            log(f"guest panicked: {record['data']}")
+            self.panicked = True
+            # The guest is dead; like libvirt's on_crash=destroy, end QEMU so the policy can act.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.qemu_pid, signal.SIGKILL)
+
+    # -- QEMU ------------------------------------------------------------------------------------
+
+    def spawn(self) -> None:
+        argv = list(self.config["argv"])
+        if "-S" not in argv:
+            argv.insert(1, "-S")  # paused until our monitor listens: no event is lost
+        instance.unlink_stale_sockets(self.paths)
+        # Where this run's console output starts in serial.log (QEMU appends): `wait --serial` reads from here.
+        serial_offset = self.paths.serial_log.stat().st_size if self.paths.serial_log.exists() else 0
+        with self.paths.qemu_log.open("ab") as qemu_log:
+            qemu_log.write(f"--- qemuvm: starting QEMU at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            qemu_log.flush()
+            # A new session: QEMU survives the supervisor (adoption) and terminal signals.
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, close_fds=True)
+        self.qemu_pid = self.proc.pid
+        start_time = instance.process_if_alive(self.qemu_pid, None)
+        self.save(state=STARTING, qemu_pid=self.qemu_pid, qemu_cmdline=argv, serial_offset=serial_offset,
+                  qemu_start_time=start_time.create_time() if start_time else None, accel=None, qmp_status=None)
+        log(f"started QEMU pid {self.qemu_pid}")
+
+    async def connect(self, exited: asyncio.Future[None], deadline: float) -> QMPClient | None:
+        """Connect to the supervisor monitor; None when QEMU exits first or the deadline passes."""
+        while not exited.done() and time.monotonic() < deadline:
+            client = QMPClient(f"supervisor-{self.paths.name}")
+            client.register_listener(_Recorder(self.on_event))
+            try:
+                await asyncio.wait_for(client.connect(str(self.paths.supervisor_socket)), 5)
+                return client
+            except (TimeoutError, OSError, Exception):  # ConnectError wraps the cause
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+            await asyncio.sleep(0.05)
+        return None
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        assert self.qmp is not None
+        return await asyncio.wait_for(self.qmp.execute(command, arguments), QMP_TIMEOUT)
+
+    def exit_future(self) -> asyncio.Future[None]:
+        """Resolves when QEMU exits (pidfd: works for a child and for an adopted process alike)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        try:
+            pidfd = os.pidfd_open(self.qemu_pid)
+        except ProcessLookupError:
+            future.set_result(None)
+            return future
+
+        def ready() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            if not future.done():
+                future.set_result(None)
+
+        loop.add_reader(pidfd, ready)
+        return future
+
+    async def run_qemu(self, adopted: bool) -> dict[str, Any]:
+        """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""
+        self.shutdown_reason, self.panicked, reached_running = None, False, adopted
+        if not adopted:
+            self.spawn()
+        exited = self.exit_future()
+        self.qmp = await self.connect(exited, time.monotonic() + CONNECT_TIMEOUT)
+        if self.qmp is not None:
+            try:
+                kvm = await self.execute("query-kvm")
+                status = (await self.execute("query-status"))["status"]
+                if not adopted and status == "prelaunch":
+                    await self.execute("cont")
+                    status = "running"
+                self.save(state=self._state_of(status), accel="kvm" if kvm.get("enabled") else "tcg",
+                          qmp_status=status, started_at=self.state.get("started_at") if adopted else time.time())
+                reached_running = True
+                log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state['accel']}")
+            except Exception as exc:  # QEMU died under us: the exit below tells why
+                log(f"QMP setup failed: {exc!r}")
+        elif not exited.done():
+            log("could not connect to the supervisor monitor; killing QEMU")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.qemu_pid, signal.SIGKILL)
+        await exited
+        await self._drain_events()
+        return self._exit_record(reached_running)
+
+    async def _drain_events(self) -> None:
+        """After QEMU exits, let QMP read up to EOF so every last event (SHUTDOWN) is recorded."""
+        if self.qmp is None:
+            return
+        deadline = time.monotonic() + 2
+        while self.qmp.runstate == Runstate.RUNNING and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.qmp.disconnect(), 2)
+        self.qmp = None
+
+    @staticmethod
+    def _state_of(status: str) -> str:
+        if status == "running":
+            return RUNNING
+        if status == "prelaunch":
+            return STARTING
+        if status in ("shutdown",):
+            return "shutdown"
+        if status in ("guest-panicked", "internal-error", "io-error"):
+            return CRASHED
+        return PAUSED if status in _PAUSED_STATUSES else RUNNING
+
+    def _exit_record(self, reached_running: bool) -> dict[str, Any]:
+        code: int | None = None
+        if self.proc is not None:
+            code = self.proc.wait()
+            self.proc = None
+        record: dict[str, Any] = {"time": time.time(), "exit_code": None, "signal": None,
+                                  "shutdown_reason": self.shutdown_reason}
+        if code is not None and code < 0:
+            record["signal"] = _signal_name(-code)
+        elif code is not None:
+            record["exit_code"] = code
+        request = instance.read_json(self.paths.stop_request)
+        if request:
+            record["reason"], record["failure"] = request.get("action", "down"), False
+        elif self.panicked:
+            record["reason"], record["failure"] = "guest-panic", True
+        elif not reached_running:
+            record["reason"], record["failure"] = "start-failed", True
+        elif record["signal"]:
+            record["reason"], record["failure"] = "signal", True
+        elif code not in (0, None):
+            record["reason"], record["failure"] = "error", True
+        elif self.shutdown_reason in ("guest-shutdown", "host-qmp-quit", "host-qmp-system-reset"):
+            record["reason"], record["failure"] = self.shutdown_reason, False
+        elif self.shutdown_reason == "host-signal":
+            record["reason"], record["failure"] = "signal", True
+        else:  # adopted, and QEMU ended without a word: it was killed (the exit code is lost)
+            record["reason"], record["failure"] = "killed", True
+        log(f"QEMU exited: {record}")
+        return record
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def wait_backoff(self, delay: float) -> bool:
+        """Sleep before a restart; False when a stop request arrives meanwhile."""
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self.paths.stop_request.exists():
+                return False
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        return not self.paths.stop_request.exists()
+
+    async def run(self) -> int:
+        previous = instance.read_state(self.paths) or {}
+        adopt = instance.proven_qemu(previous) is not None
+        me = instance.process_if_alive(os.getpid(), None)
+        self.state = {
+            "name": self.config.get("name", self.paths.name),
+            "state": STARTING,
+            "supervisor_pid": os.getpid(),
+            "supervisor_start_time": me.create_time() if me else None,
+            "policy": self.policy,
+            "restarts": int(previous.get("restarts", 0)) if adopt else 0,
+            "forwards": self.config.get("forwards", []),
+            "vnc": self.config.get("vnc"),
+            "ssh": self.config.get("ssh"),
+            "started_at": previous.get("started_at") if adopt else None,
+            "last_exit": previous.get("last_exit"),
+        }
+        if adopt:
+            self.qemu_pid = previous["qemu_pid"]
+            self.save(qemu_pid=self.qemu_pid, qemu_start_time=previous["qemu_start_time"],
+                      qemu_cmdline=previous["qemu_cmdline"], accel=previous.get("accel"))
+            log(f"adopting QEMU pid {self.qemu_pid}")
+        else:
+            self.save()
+        while True:
+            last_exit = await self.run_qemu(adopted=adopt)
+            adopt = False
+            failure = last_exit.pop("failure")
+            restart = (self.policy == "always" or (failure and self.policy == "on-failure")) \
+                and last_exit["reason"] not in ("down", "kill", "start-failed", "host-qmp-quit")
+            final = CRASHED if failure else STOPPED
+            if restart and self.state["restarts"] >= self.max_retries:
+                log(f"giving up after {self.state['restarts']} restarts")
+                last_exit["gave_up"] = True
+                restart = False
+            if not restart:
+                self.save(state=final, last_exit=last_exit, qmp_status=None)
+                break
+            delay = min(self.backoff * (2 ** self.state["restarts"]), MAX_BACKOFF)
+            self.save(state=STARTING, last_exit=last_exit, qmp_status=None, next_restart_at=time.time() + delay)
+            log(f"restarting in {delay:g} s (policy {self.policy})")
+            if not await self.wait_backoff(delay):
+                self.save(state=STOPPED, next_restart_at=None)
+                break
+            self.save(restarts=self.state["restarts"] + 1, next_restart_at=None)
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.stop_request.unlink()
+        log(f"supervisor exits: {self.state['state']}")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m qemuvm.runtime.supervisor INSTANCE_DIR", file=sys.stderr)
+        return 2
+    paths = InstancePaths(Path(args[0]).resolve())
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # connect retries are expected, not errors
+    # Terminal signals are for the CLI in front of us (`up --foreground` turns Ctrl-C into `down`).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with instance.locked(paths.supervisor_lock, timeout=None):
+            log(f"supervisor pid {os.getpid()} for {paths.root}")
+            return asyncio.run(Supervisor(paths).run())
+    except instance.LockTimeout:
+        log("another supervisor already watches this instance")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

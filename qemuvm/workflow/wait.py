@@ -1,0 +1,187 @@
+"""Waiting for a VM: a serial regex, a guest TCP port through a forward, a QMP event, SSH, or shutdown.
+
+Conditions are polled (every 100 ms at most) from the files the supervisor keeps -- serial.log,
+events.jsonl, state.json -- so a wait needs no monitor connection. A wait fails at once, with the
+last serial lines and how QEMU ended, when QEMU exits for good or the supervisor gives up.
+
+Adding a condition: a `Condition(description, check)` whose `check()` is cheap and returns True once
+satisfied. `ssh` is one: it calls `qemuvm.workflow.ssh.ssh_ready(name, home)`.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from qemuvm.errors import OperationError, UsageError
+from qemuvm.runtime import instance
+from qemuvm.runtime.paths import InstancePaths
+
+if TYPE_CHECKING:
+    from qemuvm.profile.model import Profile
+
+POLL = 0.1
+
+
+@dataclass
+class Condition:
+    description: str  # "serial /login:/" -- shown while waiting and in a timeout
+    check: Callable[[], bool]
+    until_exit: bool = False  # satisfied by QEMU exiting: an exit is not a failure
+
+
+class WaitFailed(OperationError):
+    """QEMU ended (or the wait timed out) before the condition held."""
+
+
+class _Tail:
+    """Reads a growing file incrementally from an offset (a restart may truncate it: start over)."""
+
+    def __init__(self, path: Any, offset: int = 0) -> None:
+        self.path, self.offset, self.text = path, offset, ""
+
+    def read(self) -> str:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return self.text
+        if size < self.offset:
+            self.offset, self.text = 0, ""
+        if size > self.offset:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(size - self.offset)
+            self.offset += len(data)
+            self.text += data.decode(errors="replace")
+        return self.text
+
+
+def _size(path: Any) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def serial_condition(paths: InstancePaths, pattern: str, *, offset: int | None = None) -> Condition:
+    """`pattern` (a regex, multi-line) appears on the serial console after byte `offset` (default: from now)."""
+    try:
+        regex = re.compile(pattern, re.MULTILINE)
+    except re.error as exc:
+        raise UsageError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+    tail = _Tail(paths.serial_log, _size(paths.serial_log) if offset is None else offset)
+    return Condition(f"serial /{pattern}/", lambda: regex.search(tail.read()) is not None)
+
+
+def event_condition(paths: InstancePaths, event: str, *, offset: int | None = None) -> Condition:
+    """A QMP event named `event` is recorded in events.jsonl after byte `offset` (default: from now)."""
+    tail = _Tail(paths.events, _size(paths.events) if offset is None else offset)
+    needle = re.compile(r'"event": "' + re.escape(event) + '"')
+    return Condition(f"QMP event {event}", lambda: needle.search(tail.read()) is not None)
+
+
+def _probe_port(address: str, port: int) -> bool:
+    """QEMU's user-mode forward accepts every connection and closes it at once when the guest port is
+    closed; an open guest port keeps it open (or sends a banner)."""
+    try:
+        with socket.create_connection((address, port), timeout=1.0) as sock:
+            sock.settimeout(0.5)
+            try:
+                return sock.recv(1) != b""
+            except TimeoutError:
+                return True
+    except OSError:
+        return False
+
+
+def port_condition(paths: InstancePaths, guest_port: int) -> Condition:
+    """The guest's TCP `guest_port` accepts connections through the instance's forward to it."""
+    forwards = (instance.read_state(paths) or {}).get("forwards") or []
+    found = next((f for f in forwards if f.get("protocol", "tcp") == "tcp" and f.get("guest_port") == guest_port),
+                 None)
+    if found is None:
+        raise UsageError(f"{paths.name} has no TCP forward to guest port {guest_port}")
+    address = found.get("host_address") or "127.0.0.1"
+    address = "127.0.0.1" if address in ("0.0.0.0", "") else ("::1" if address == "::" else address)
+    port = int(found["host_port"])
+    return Condition(f"guest port {guest_port} (host {address}:{port})", lambda: _probe_port(address, port))
+
+
+def ssh_condition(paths: InstancePaths) -> Condition:
+    """An SSH command succeeds in the guest (the hook into qemuvm.workflow.ssh)."""
+    from qemuvm.workflow import ssh
+
+    return Condition("ssh", lambda: ssh.ssh_ready(paths.name, paths.root.parent))
+
+
+def shutdown_condition(paths: InstancePaths) -> Condition:
+    """QEMU has exited and will not be restarted."""
+    def check() -> bool:
+        state = instance.read_state(paths)
+        return not instance.is_active(state) or (state or {}).get("state") in (instance.STOPPED, instance.CRASHED)
+    return Condition("shutdown", check, until_exit=True)
+
+
+def ready_conditions(paths: InstancePaths, profile: Profile, *, serial_offset: int = 0) -> list[Condition]:
+    """What the profile's `ready` block asks for (nothing: running is ready)."""
+    ready = profile.ready
+    if ready is None:
+        return []
+    conditions = []
+    if ready.serial:
+        conditions.append(serial_condition(paths, ready.serial, offset=serial_offset))
+    if ready.port:
+        conditions.append(port_condition(paths, ready.port))
+    if ready.ssh:
+        conditions.append(ssh_condition(paths))
+    return conditions
+
+
+def _ended(paths: InstancePaths) -> str | None:
+    """How QEMU ended, when it is gone for good (no restart coming); None while it runs or restarts."""
+    state = instance.read_state(paths) or {}
+    supervised = instance.live_supervisor(state) is not None
+    if supervised and state.get("state") not in (instance.STOPPED, instance.CRASHED):
+        return None
+    if not supervised and instance.proven_qemu(state) is not None:
+        return None  # unsupervised but alive: still worth waiting for
+    last = state.get("last_exit") or {}
+    how = last.get("reason") or "it is not running"
+    if last.get("signal"):
+        how += f", killed by {last['signal']}"
+    elif last.get("exit_code") is not None:
+        how += f", exit code {last['exit_code']}"
+    if last.get("gave_up"):
+        how += f"; the supervisor gave up after {state.get('restarts', 0)} restarts"
+    return how
+
+
+def _serial_tail(paths: InstancePaths) -> str:
+    text = instance.tail(paths.serial_log, 15)
+    return f"\nlast serial lines ({paths.serial_log}):\n{text}" if text else ""
+
+
+def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
+             progress: Callable[[str], None] | None = None) -> float:
+    """Wait until every condition holds, in order; returns the seconds it took."""
+    started = time.monotonic()
+    deadline = started + timeout
+    for condition in conditions:
+        if progress:
+            progress(f"waiting for {condition.description} (up to {max(0.0, deadline - time.monotonic()):.0f} s) …")
+        while not condition.check():
+            ended = None if condition.until_exit else _ended(paths)
+            if ended is not None:
+                if condition.check():  # the match may have been written just before the exit
+                    break
+                raise WaitFailed(f"{paths.name} stopped ({ended}) before {condition.description}"
+                                 + _serial_tail(paths))
+            if time.monotonic() >= deadline:
+                raise WaitFailed(f"timed out after {timeout:g} s waiting for {paths.name}: {condition.description}"
+                                 + _serial_tail(paths))
+            time.sleep(POLL)
+    return time.monotonic() - started

@@ -1,0 +1,101 @@
+"""The instance folder helpers: atomic state, the lock, liveness and identity checks, listing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from qemuvm.runtime import instance
+from qemuvm.runtime.paths import InstancePaths
+
+
+def test_create_dir_is_private(short_tmp: Path) -> None:
+    target = short_tmp / "home" / "vm"
+    instance.create_dir(target)
+    os.chmod(target, 0o755)
+    instance.create_dir(target)  # an existing folder is tightened again
+    assert target.stat().st_mode & 0o777 == 0o700
+
+
+def test_write_json_atomic_replaces_whole_file(short_tmp: Path) -> None:
+    path = short_tmp / "state.json"
+    instance.write_json_atomic(path, {"state": "running", "n": 1})
+    instance.write_json_atomic(path, {"state": "stopped"})
+    assert json.loads(path.read_text()) == {"state": "stopped"}
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in short_tmp.iterdir()] == ["state.json"]  # no temp file left
+    assert instance.read_json(short_tmp / "missing.json") is None
+    (short_tmp / "bad.json").write_text("{half")
+    assert instance.read_json(short_tmp / "bad.json") is None
+
+
+def test_lock_excludes_another_holder(short_tmp: Path) -> None:
+    lock = short_tmp / "lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(instance.LockTimeout), instance.locked(lock, timeout=0.3):
+            pass
+        assert time.monotonic() - started >= 0.3
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    with instance.locked(lock, timeout=None):  # free again once the holder is gone
+        pass
+
+
+def test_process_identity_guards_pid_reuse() -> None:
+    me = psutil.Process()
+    assert instance.process_if_alive(me.pid, me.create_time()) is not None
+    assert instance.process_if_alive(me.pid, me.create_time() - 5) is None
+    state = {"qemu_pid": me.pid, "qemu_start_time": me.create_time(), "qemu_cmdline": me.cmdline()}
+    assert instance.proven_qemu(state) is not None
+    assert instance.proven_qemu({**state, "qemu_cmdline": ["qemu-system-x86_64"]}) is None
+    assert instance.proven_qemu({**state, "qemu_start_time": None}) is None
+
+
+def test_zombie_is_not_alive() -> None:
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert instance.process_if_alive(child.pid, None) is None
+    finally:
+        child.wait()
+
+
+def test_effective_state_of_dead_processes_is_stale() -> None:
+    dead = {"state": "running", "qemu_pid": 2**22 + 1, "qemu_start_time": 1.0, "supervisor_pid": 2**22 + 2,
+            "supervisor_start_time": 1.0}
+    view = instance.effective_state(dead)
+    assert (view["state"], view["supervised"], view["stale"], view["uptime_s"]) == ("crashed", False, True, None)
+    assert instance.effective_state(None)["state"] == "stopped"
+    assert instance.effective_state({"state": "stopped"})["state"] == "stopped"
+    assert not instance.is_active(dead)
+
+
+def test_list_instances_and_tail(short_tmp: Path) -> None:
+    for name in ("b", "a"):
+        paths = InstancePaths.for_name(name, short_tmp)
+        instance.create_dir(paths.root)
+        instance.write_json_atomic(paths.state, {"state": "stopped"})
+    instance.create_dir(short_tmp / "not-an-instance")
+    assert [p.name for p in instance.list_instances(short_tmp)] == ["a", "b"]
+    assert instance.list_instances(short_tmp / "nowhere") == []
+    log = short_tmp / "log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert instance.tail(log, 2) == "line 98\nline 99"
+    assert instance.tail(short_tmp / "missing") == ""
