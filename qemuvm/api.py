@@ -229,8 +229,10 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
                 plan, forwards, vnc = plan_ports(profile)
                 if vnc is not None and "unix" in vnc:
                     vnc = {"unix": str(paths.vnc_socket)}
-                argv = compile_argv(profile, paths, host, plan)
-                paused_argv = compile_argv(profile, paths, host, plan, start_paused=True)
+                # boot.once applies to the instance's first start only (an install ISO, as virt-install does).
+                first_boot = state is None or not state.get("started_at")
+                argv = compile_argv(profile, paths, host, plan, first_boot=first_boot)
+                paused_argv = compile_argv(profile, paths, host, plan, start_paused=True, first_boot=first_boot)
                 _write_launch_files(paths, profile, argv, paused_argv, forwards, vnc)
                 prepare(profile, paths, host)
                 instance.unlink_stale_sockets(paths)

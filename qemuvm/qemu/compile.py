@@ -200,7 +200,7 @@ class _Compiler:
                 plan[member] = len(plan) + 1
         return plan
 
-    def boot(self) -> None:
+    def boot(self, first_boot: bool) -> None:
         boot = self.p.boot
         if boot.kernel:
             self.add("boot.kernel", "-kernel", boot.kernel)
@@ -208,15 +208,16 @@ class _Compiler:
                 self.add("boot.initrd", "-initrd", boot.initrd)
             if boot.cmdline:
                 self.add("boot.cmdline", "-append", boot.cmdline)
-        if self.uefi or not (boot.order or boot.once):
+        once = boot.once if first_boot else None
+        if self.uefi or not (boot.order or once):
             return
         props: dict[str, str | int | bool | None] = {}
         fields = []
         if boot.order:
             props["order"] = "".join(_BOOT_LETTER[d] for d in boot.order)
             fields.append("boot.order")
-        if boot.once:
-            props["once"] = _BOOT_LETTER[boot.once]
+        if once:
+            props["once"] = _BOOT_LETTER[once]
             fields.append("boot.once")
         self.add(tuple(fields), "-boot", keyvals(None, props))
 
@@ -427,13 +428,17 @@ def compile_options(
     ports: PortPlan | None = None,
     *,
     start_paused: bool = False,
+    first_boot: bool = True,
 ) -> list[Option]:
-    """Every QEMU option for `profile`, in a stable order, each with the fields behind it."""
+    """Every QEMU option for `profile`, in a stable order, each with the fields behind it.
+
+    `first_boot` False leaves out `boot.once`: an install ISO boots once per instance, as with virt-install.
+    """
     c = _Compiler(profile, paths, host, ports or PortPlan())
     c.machine()
     c.process(start_paused)
     c.serial()
-    c.boot()
+    c.boot(first_boot)
     c.disks()
     c.network()
     c.shares()
@@ -451,9 +456,11 @@ def compile_argv(
     ports: PortPlan | None = None,
     *,
     start_paused: bool = False,
+    first_boot: bool = True,
 ) -> list[str]:
     """The full command line: the QEMU binary, then every option in order."""
     argv = [profile.qemu.binary]
-    for option in compile_options(profile, paths, host, ports, start_paused=start_paused):
+    for option in compile_options(profile, paths, host, ports, start_paused=start_paused,
+                                  first_boot=first_boot):
         argv.extend(option.args)
     return argv
