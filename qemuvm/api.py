@@ -178,6 +178,7 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
         "shutdown_timeout": profile.shutdown.timeout,
         "forwards": forwards,
         "vnc": vnc,
+        "vnc_password_file": profile.display.vnc.password_file if profile.display and profile.display.vnc else None,
         "ssh": {"user": profile.ssh.user, "port": profile.ssh.port},
     })
 
@@ -211,6 +212,11 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     problem = kvm_problem(profile, host)
     if problem:
         raise UsageError(problem)
+    vnc_spec = profile.display.vnc if profile.display else None
+    if vnc_spec is not None and vnc_spec.password_file:
+        from qemuvm.control.display import read_vnc_password
+
+        read_vnc_password(vnc_spec.password_file)  # unreadable or empty: exit 2 now, not a stuck VM later
     notice = accel_notice(profile, host)
     if notice:
         progress(notice)

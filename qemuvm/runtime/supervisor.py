@@ -163,6 +163,14 @@ class Supervisor:
         loop.add_reader(pidfd, ready)
         return future
 
+    async def set_vnc_password(self) -> None:
+        """`password=on` VNC refuses everyone until a password is set: set it before the guest runs."""
+        password_file = self.config.get("vnc_password_file")
+        if password_file:
+            from qemuvm.control.display import read_vnc_password
+
+            await self.execute("set_password", {"protocol": "vnc", "password": read_vnc_password(password_file)})
+
     async def run_qemu(self, adopted: bool) -> dict[str, Any]:
         """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""
         self.shutdown_reason, self.panicked, reached_running = None, False, adopted
@@ -175,6 +183,7 @@ class Supervisor:
                 kvm = await self.execute("query-kvm")
                 status = (await self.execute("query-status"))["status"]
                 if not adopted and status == "prelaunch":
+                    await self.set_vnc_password()
                     await self.execute("cont")
                     status = "running"
                 self.save(state=self._state_of(status), accel="kvm" if kvm.get("enabled") else "tcg",

@@ -107,3 +107,33 @@ def test_password_file_errors(vnc_vm: RawQemu, short_tmp: Path) -> None:
     empty.write_text("\n")
     with pytest.raises(UsageError, match="is empty"):
         apply_vnc_password(vnc_vm.qmp_sock, empty)
+
+
+def test_up_applies_the_password_and_status_shows_the_address(qemuvm_home: Path, short_tmp: Path) -> None:
+    """The whole path: profile -> qemuvm up (port auto) -> the supervisor sets the password before `cont`."""
+    from qemuvm import api
+
+    secret = short_tmp / "vnc.pass"
+    secret.write_text("letmein!\n")
+    profile = short_tmp / "vnc.yaml"
+    profile.write_text("machine: {accel: tcg, memory: 64M}\nnetwork: []\n"
+                       f"display: {{vnc: {{port: auto, password_file: {secret}}}}}\n")
+    try:
+        status = api.up(profile, wait=False)
+        vnc = status["vnc"]
+        assert vnc["listen"] == "127.0.0.1" and 5900 <= vnc["port"] < 6000
+        with pytest.raises(PermissionError):
+            rfb_handshake(vnc["port"], "wrong")
+        assert rfb_handshake(vnc["port"], "letmein!")[2] == "QEMU (vnc)"
+    finally:
+        api.down("vnc", force=True)
+
+
+def test_up_refuses_an_unreadable_password_file(qemuvm_home: Path, short_tmp: Path) -> None:
+    from qemuvm import api
+
+    profile = short_tmp / "novnc.yaml"
+    profile.write_text(f"machine: {{accel: tcg}}\nnetwork: []\ndisplay: {{vnc: {{password_file: {short_tmp}/nope}}}}\n")
+    with pytest.raises(UsageError, match="cannot read"):
+        api.up(profile, wait=False)
+    assert not (qemuvm_home / "novnc").exists()
