@@ -161,7 +161,7 @@ def _load(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str]
 
 
 def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], paused_argv: list[str],
-                        forwards: list[dict[str, Any]], vnc: dict[str, Any] | None) -> None:
+                        forwards: list[dict[str, Any]], vnc: dict[str, Any] | None, remove_on_down: bool) -> None:
     import yaml
 
     dumped = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
@@ -180,6 +180,7 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
         "vnc": vnc,
         "vnc_password_file": profile.display.vnc.password_file if profile.display and profile.display.vnc else None,
         "ssh": {"user": profile.ssh.user, "port": profile.ssh.port},
+        "remove_on_down": remove_on_down,
     })
 
 
@@ -194,10 +195,11 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
 
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
        wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
-       progress: Progress = _silent) -> dict[str, Any]:
+       remove_on_down: bool = False, progress: Progress = _silent) -> dict[str, Any]:
     """Start a VM from a profile file (or restart a stopped instance by name) and return its status.
 
     wait None: wait for `ready` when the profile has one. timeout overrides ready.timeout.
+    remove_on_down: `down` also removes the instance (its folder and ephemeral overlays), as `up --rm`.
     """
     from qemuvm.qemu.compile import accel_notice, compile_argv, kvm_problem
     from qemuvm.runtime.prepare import prepare
@@ -239,7 +241,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
                 first_boot = state is None or not state.get("started_at")
                 argv = compile_argv(profile, paths, host, plan, first_boot=first_boot)
                 paused_argv = compile_argv(profile, paths, host, plan, start_paused=True, first_boot=first_boot)
-                _write_launch_files(paths, profile, argv, paused_argv, forwards, vnc)
+                _write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down)
                 prepare(profile, paths, host)
                 instance.unlink_stale_sockets(paths)
                 with contextlib.suppress(FileNotFoundError):
@@ -337,8 +339,19 @@ def _wait_recorded(paths: InstancePaths, timeout: float = 10.0) -> dict[str, Any
 
 def down(name: str, *, timeout: float | None = None, force: bool = False, home: Path | None = None,
          progress: Progress = _silent) -> dict[str, Any]:
-    """Stop a VM: ACPI power-down, wait, `quit`, SIGTERM, SIGKILL. Returns which step ended it."""
+    """Stop a VM: ACPI power-down, wait, `quit`, SIGTERM, SIGKILL. Returns which step ended it.
+
+    An instance started with `remove_on_down` (`up --rm`) is removed once stopped."""
     paths = instance_paths(name, home)
+    result = _stop(name, paths, timeout, force, progress)
+    if (instance.read_json(paths.supervisor_config) or {}).get("remove_on_down"):
+        rm(name, home=home)
+        result["removed"] = True
+    return result
+
+
+def _stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
+          progress: Progress) -> dict[str, Any]:
     state = launch.ensure_supervised(paths) or {}
     started = time.monotonic()
     if instance.proven_qemu(state) is None:

@@ -68,13 +68,15 @@ def up(
     wait: bool = typer.Option(None, "--wait/--no-wait", help="Wait for the profile's `ready` condition "
                               "[default: when the profile has one]."),
     timeout: str = typer.Option(None, "--timeout", help="How long to wait for ready [default: ready.timeout]."),
+    remove: bool = typer.Option(False, "--rm", help="Remove the instance (folder, ephemeral overlays) at `down`, "
+                                "like `docker run --rm`."),
     json_: bool = JsonOption,
 ) -> None:
     """Start a VM from a profile under its supervisor; wait until it runs (and is ready)."""
     from qemuvm import api
 
     result = api.up(profile, name=name, overrides=set_ or (), wait=wait, timeout=_seconds(timeout, "--timeout"),
-                    progress=info)
+                    remove_on_down=remove, progress=info)
     if json_:
         print_json(result)
     else:

@@ -7,10 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from vmrun import Vm, free_port, profile_from
 
 from qemuvm.qemu import img
-from qemuvm.runtime.prepare import remove_ephemeral
 
 pytestmark = pytest.mark.integration
 
@@ -19,48 +17,55 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_ephemeral_base_is_never_written(short_tmp: Path, test_guest) -> None:
+def test_ephemeral_base_is_never_written(qemuvm_home: Path, short_tmp: Path, test_guest) -> None:
+    """up, write in the guest, down, up again, down with --rm: the base image's sha256 never changes."""
+    from qemuvm import api
+    from qemuvm.workflow import ssh
+
     base = short_tmp / "base.qcow2"
     shutil.copyfile(test_guest.data_disk, base)
     before = sha256(base)
-    port = free_port()
-    profile = profile_from(f"""
+    profile = short_tmp / "eph.yaml"
+    profile.write_text(f"""
 machine: {{accel: tcg, memory: 256M}}
 boot: {{kernel: {test_guest.vmlinuz}, initrd: {test_guest.initrd}, cmdline: console=ttyS0}}
 disks:
   - {{file: base.qcow2, ephemeral: true}}
   - {{file: scratch.qcow2, size: 64M}}
-network:
-  - mode: user
-    forwards: ["tcp:127.0.0.1:{port}-:22"]
-""", short_tmp, "eph")
-    home = short_tmp / "home"
+ssh: {{identity: {test_guest.key}}}
+ready: {{serial: QEMUVM_GUEST_READY}}
+shutdown: {{timeout: 20s}}
+""")
+    overlay = qemuvm_home / "eph" / "disk0.overlay.qcow2"
 
-    def ssh(vm: Vm, command: str) -> str:
-        result = vm.ssh(test_guest.key, port, command)
+    def guest(command: str) -> str:
+        result = ssh.run("eph", command, timeout=60)
         assert result.returncode == 0, f"{command}: {result.stderr}"
         return result.stdout
 
-    with Vm(profile, home) as vm:
-        vm.wait_serial("QEMUVM_GUEST_READY", 120)
+    try:
+        api.up(profile)
         # The created disk is there, with the profile's size (in 512-byte sectors).
-        assert ssh(vm, "cat /sys/block/vdb/size").strip() == str(64 << 20 >> 9)
-        assert ssh(vm, "cat /mnt/data/marker.txt").strip() == "QEMUVM_DATA_MARKER"
-        ssh(vm, "dd if=/dev/urandom of=/mnt/data/written bs=1M count=4 2>/dev/null && sync")
-        vm.qmp("quit")
-        vm.proc.wait(timeout=30)
-    assert sha256(base) == before
-    overlay = img.info(Path(vm.paths.overlay(0)))
-    assert overlay.backing_filename == str(base)
-    assert overlay.actual_size > 4 << 20  # the guest's writes went to the overlay
+        assert guest("cat /sys/block/vdb/size").strip() == str(64 << 20 >> 9)
+        assert guest("cat /mnt/data/marker.txt").strip() == "QEMUVM_DATA_MARKER"
+        guest("dd if=/dev/urandom of=/mnt/data/written bs=1M count=4 2>/dev/null && sync")
+        assert api.down("eph")["step"] == "acpi"
+        assert sha256(base) == before
+        info = img.info(overlay)
+        assert info.backing_filename == str(base)
+        assert info.actual_size > 4 << 20  # the guest's writes went to the overlay
 
-    # A restart of the same instance keeps the overlay: the guest's file is still there.
-    with Vm(profile, home) as vm:
-        vm.wait_serial("QEMUVM_GUEST_READY", 120)
-        assert ssh(vm, "ls /mnt/data").split() == sorted(["lost+found", "marker.txt", "written"])
-    # Without the overlay (`up --rm` at down, or `rm`), the next start sees the pristine image.
-    assert remove_ephemeral(vm.paths) == [vm.paths.overlay(0)]
-    with Vm(profile, home) as vm:
-        vm.wait_serial("QEMUVM_GUEST_READY", 120)
-        assert "written" not in ssh(vm, "ls /mnt/data").split()
+        # A restart of the same instance keeps the overlay; `--rm` removes it (and the instance) at down.
+        api.up("eph", remove_on_down=True)
+        assert guest("ls /mnt/data").split() == sorted(["lost+found", "marker.txt", "written"])
+        assert api.down("eph").get("removed") is True
+        assert not overlay.exists() and not (qemuvm_home / "eph").exists()
+        assert sha256(base) == before
+
+        # A new instance sees the pristine image.
+        api.up(profile)
+        assert "written" not in guest("ls /mnt/data").split()
+    finally:
+        if (qemuvm_home / "eph").exists():
+            api.down("eph", force=True)
     assert sha256(base) == before
