@@ -138,6 +138,13 @@ def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
             problems.append((("display", "vga"), "a microvm has no display device: use vga: none"))
         if profile.machine.firmware == "uefi":
             problems.append((("machine", "firmware"), "a microvm boots without UEFI firmware"))
+        for index, nic in enumerate(profile.network):
+            if nic.model != "virtio":
+                problems.append((("network", index, "model"), "a microvm has only virtio devices: use model virtio"))
+        if profile.display and profile.display.vnc:
+            problems.append((("display", "vnc"), "a microvm has no display device for VNC to show"))
+    if profile.boot.once and profile.machine.firmware == "uefi":
+        problems.append((("boot", "once"), "needs firmware bios: OVMF follows only boot.order"))
     seen: set[str] = set()
     for index, share in enumerate(profile.shares):
         if share.tag in seen:
