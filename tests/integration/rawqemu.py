@@ -7,6 +7,7 @@ code they will later be used to test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -41,31 +42,56 @@ class RawQemu:
     Use as a context manager: QEMU is killed and the temp dir removed on exit, whatever happened.
     """
 
-    def __init__(self, args: Iterable[str], *, machine: str = "q35", memory: str = "256",
-                 uefi: bool = False, paused: bool = False) -> None:
+    def __init__(
+        self,
+        args: Iterable[str],
+        *,
+        machine: str = "q35",
+        memory: str = "256",
+        uefi: bool = False,
+        paused: bool = False,
+    ) -> None:
         # Short path: unix socket paths are limited to 107 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="qv", dir="/tmp"))
         self.serial_log = self.dir / "serial.log"
         self.serial_sock = self.dir / "serial.sock"
         self.qmp_sock = self.dir / "qmp.sock"
         argv = [
-            "qemu-system-x86_64", "-machine", machine, "-accel", "tcg", "-cpu", "max",
-            "-m", memory, "-display", "none", "-nodefaults", "-no-user-config",
-            "-chardev", f"socket,id=ser0,path={self.serial_sock},server=on,wait=off,"
-                        f"logfile={self.serial_log}",
-            "-serial", "chardev:ser0",
-            "-qmp", f"unix:{self.qmp_sock},server=on,wait=off",
+            "qemu-system-x86_64",
+            "-machine",
+            machine,
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            memory,
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-user-config",
+            "-chardev",
+            f"socket,id=ser0,path={self.serial_sock},server=on,wait=off,logfile={self.serial_log}",
+            "-serial",
+            "chardev:ser0",
+            "-qmp",
+            f"unix:{self.qmp_sock},server=on,wait=off",
         ]
         if uefi:
             vars_copy = self.dir / "OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, vars_copy)
-            argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                     "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+            argv += [
+                "-drive",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive",
+                f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            ]
         if paused:
             argv.append("-S")
         self.argv = argv + list(args)
         self.qemu_log = self.dir / "qemu.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._serial: socket.socket | None = None
         self.started = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -79,8 +105,9 @@ class RawQemu:
 
     def start(self) -> None:
         with self.qemu_log.open("wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.started = time.monotonic()
         # The sockets exist once QEMU has parsed its options; fail fast on a bad command line.
         deadline = time.monotonic() + 10
@@ -92,6 +119,8 @@ class RawQemu:
             time.sleep(0.02)
 
     def kill(self) -> None:
+        if self._serial is not None:
+            self._serial.close()
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
@@ -102,8 +131,7 @@ class RawQemu:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise QemuTimeout(f"QEMU still running after {timeout} s; serial:\n"
-                              f"{self.serial_text()[-3000:]}") from None
+            raise QemuTimeout(f"QEMU still running after {timeout} s; serial:\n{self.serial_text()[-3000:]}") from None
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -126,26 +154,44 @@ class RawQemu:
         while True:
             if needle in self.serial_text()[start:]:
                 return time.monotonic() - self.started
+            self._drain_serial()
             if not self.running():
                 # QEMU may have written the needle just before exiting.
                 if needle in self.serial_text()[start:]:
                     return time.monotonic() - self.started
-                raise AssertionError(f"QEMU exited before {needle!r}; serial:\n"
-                                     f"{self.serial_text()[-3000:]}\nqemu log:\n{self.log_text()}")
+                raise AssertionError(
+                    f"QEMU exited before {needle!r}; serial:\n"
+                    f"{self.serial_text()[-3000:]}\nqemu log:\n{self.log_text()}"
+                )
             if time.monotonic() > deadline:
-                raise QemuTimeout(f"no {needle!r} on serial within {timeout} s; serial:\n"
-                                  f"{self.serial_text()[-3000:]}")
+                raise QemuTimeout(f"no {needle!r} on serial within {timeout} s; serial:\n{self.serial_text()[-3000:]}")
             time.sleep(0.05)
 
     def serial_write(self, text: str) -> None:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(self.serial_sock))
-            s.sendall(text.encode())
+        """Type text on the serial port. The connection stays open: QEMU drops input it has not
+        yet fed to the UART when the client disconnects."""
+        if self._serial is None:
+            self._serial = socket.socket(socket.AF_UNIX)
+            self._serial.connect(str(self.serial_sock))
+            self._serial.setblocking(False)
+        self._drain_serial()
+        self._serial.setblocking(True)
+        self._serial.sendall(text.encode())
+        self._serial.setblocking(False)
+
+    def _drain_serial(self) -> None:
+        # Output also reaches our connection; read it so QEMU never blocks on a full socket.
+        if self._serial is None:
+            return
+        try:
+            while self._serial.recv(65536):
+                pass
+        except (BlockingIOError, OSError):
+            pass
 
     # -- QMP ---------------------------------------------------------------------------------
 
-    def qmp(self, command: str, arguments: dict[str, Any] | None = None,
-            timeout: float = 10) -> Any:
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10) -> Any:
         """Run one QMP command on a fresh connection (one client at a time, as QEMU allows)."""
 
         async def go() -> Any:
@@ -154,10 +200,8 @@ class RawQemu:
             try:
                 return await asyncio.wait_for(client.execute(command, arguments), timeout)
             finally:
-                try:
+                with contextlib.suppress(EOFError):  # normal after `quit`
                     await asyncio.wait_for(client.disconnect(), timeout)
-                except EOFError:  # normal after `quit`
-                    pass
 
         return asyncio.run(go())
 
