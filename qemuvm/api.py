@@ -92,15 +92,45 @@ def _bind_check(address: str, port: int, protocol: str = "tcp") -> bool:
     return True
 
 
-def _free_port(address: str, protocol: str = "tcp") -> int:
+def _free_port(address: str, protocol: str = "tcp", reserved: frozenset[int] = frozenset()) -> int:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
-    with socket.socket(family, kind) as sock:
-        sock.bind((address or "0.0.0.0", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket(family, kind) as sock:
+            sock.bind((address or "0.0.0.0", 0))
+            port = sock.getsockname()[1]
+        if port not in reserved:
+            return port
 
 
-def plan_ports(profile: Profile) -> tuple[PortPlan, list[dict[str, Any]], dict[str, Any] | None]:
+# A start whose supervisor.json is younger than this still holds its ports, even before QEMU binds them.
+_RESERVATION_S = 120.0
+
+
+def reserved_ports(home: Path | None, excluding: str) -> frozenset[int]:
+    """Host ports other instances hold or are about to bind: those of every active instance, and of every
+    start still under way (its supervisor.json is fresh). Lets parallel `up`s plan ports without waiting for
+    each other's QEMU to bind them."""
+    ports: set[int] = set()
+    now = time.time()
+    for other in instance.list_instances(home):
+        if other.name == excluding:
+            continue
+        try:
+            fresh = now - other.supervisor_config.stat().st_mtime < _RESERVATION_S
+        except OSError:
+            continue
+        if not fresh and not instance.is_active(instance.read_state(other)):
+            continue
+        config = instance.read_json(other.supervisor_config) or {}
+        ports.update(int(f["host_port"]) for f in config.get("forwards", []) if f.get("host_port"))
+        if (config.get("vnc") or {}).get("port"):
+            ports.add(int(config["vnc"]["port"]))
+    return frozenset(ports)
+
+
+def plan_ports(profile: Profile, reserved: frozenset[int] = frozenset()
+               ) -> tuple[PortPlan, list[dict[str, Any]], dict[str, Any] | None]:
     """Host ports for this start: free ones for `host: 0` and VNC auto, an SSH forward when none targets
     ssh.port; fixed ports must be free. Returns the PortPlan, the forwards and VNC as state.json shows them."""
     from qemuvm.qemu.compile import PortPlan
@@ -113,8 +143,8 @@ def plan_ports(profile: Profile) -> tuple[PortPlan, list[dict[str, Any]], dict[s
         for number, fwd in enumerate(profile.network[nic_index].forwards):
             port = fwd.host
             if port == 0:
-                port = planned[(nic_index, number)] = _free_port(fwd.address, fwd.protocol)
-            elif not _bind_check(fwd.address, port, fwd.protocol):
+                port = planned[(nic_index, number)] = _free_port(fwd.address, fwd.protocol, reserved)
+            elif port in reserved or not _bind_check(fwd.address, port, fwd.protocol):
                 raise OperationError(f"host port {port} (network[{nic_index}].forwards[{number}]) is already in use")
             is_ssh = fwd.protocol == "tcp" and fwd.guest == profile.ssh.port
             ssh_covered = ssh_covered or is_ssh
@@ -122,7 +152,7 @@ def plan_ports(profile: Profile) -> tuple[PortPlan, list[dict[str, Any]], dict[s
                              "host_port": port, "guest_port": fwd.guest, "ssh": is_ssh})
     ssh_port = None
     if user_nics and not ssh_covered:
-        ssh_port = _free_port("127.0.0.1")
+        ssh_port = _free_port("127.0.0.1", reserved=reserved)
         forwards.append({"nic": user_nics[0], "protocol": "tcp", "host_address": "127.0.0.1", "host_port": ssh_port,
                          "guest_port": profile.ssh.port, "ssh": True})
     vnc_port, vnc = None, None
@@ -131,12 +161,13 @@ def plan_ports(profile: Profile) -> tuple[PortPlan, list[dict[str, Any]], dict[s
         if spec.port == "unix":
             vnc = {"unix": None}  # filled in by the caller, who knows the instance folder
         elif spec.port == "auto":
-            vnc_port = next((p for p in range(VNC_BASE, VNC_BASE + 100) if _bind_check(spec.listen, p)), None)
+            vnc_port = next((p for p in range(VNC_BASE, VNC_BASE + 100)
+                             if p not in reserved and _bind_check(spec.listen, p)), None)
             if vnc_port is None:
                 raise OperationError(f"no free VNC port from {VNC_BASE} to {VNC_BASE + 99} on {spec.listen}")
             vnc = {"listen": spec.listen, "port": vnc_port, "display": vnc_port - VNC_BASE}
         else:
-            if not _bind_check(spec.listen, int(spec.port)):
+            if int(spec.port) in reserved or not _bind_check(spec.listen, int(spec.port)):
                 raise OperationError(f"VNC port {spec.port} (display.vnc.port) is already in use")
             vnc = {"listen": spec.listen, "port": int(spec.port), "display": int(spec.port) - VNC_BASE}
     return PortPlan(vnc_port=vnc_port, forwards=planned, ssh_host_port=ssh_port), forwards, vnc
@@ -232,9 +263,10 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
             if instance.is_active(state):
                 pid = (state or {}).get("qemu_pid") or (state or {}).get("supervisor_pid")
                 raise OperationError(f"{profile.name} is already running (pid {pid})")
-            # Ports are chosen and bound under one home-wide lock, so parallel `up`s never pick the same one.
+            # Ports are chosen under one home-wide lock and recorded in supervisor.json before it is let go:
+            # a parallel `up` sees them as reserved (reserved_ports) and never picks the same one.
             with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
-                plan, forwards, vnc = plan_ports(profile)
+                plan, forwards, vnc = plan_ports(profile, reserved_ports(home, profile.name))
                 if vnc is not None and "unix" in vnc:
                     vnc = {"unix": str(paths.vnc_socket)}
                 # boot.once applies to the instance's first start only (an install ISO, as virt-install does).
@@ -242,20 +274,21 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
                 argv = compile_argv(profile, paths, host, plan, first_boot=first_boot)
                 paused_argv = compile_argv(profile, paths, host, plan, start_paused=True, first_boot=first_boot)
                 _write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down)
-                prepare(profile, paths, host)
-                instance.unlink_stale_sockets(paths)
-                with contextlib.suppress(FileNotFoundError):
-                    paths.stop_request.unlink()
-                serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
-                progress(f"starting {profile.name} …")
-                proc = launch.start_supervisor(paths)
-                fresh = False  # from here on the folder holds evidence (logs) worth keeping
-                launch.wait_until_up(paths, proc)
+            prepare(profile, paths, host)
+            instance.unlink_stale_sockets(paths)
+            with contextlib.suppress(FileNotFoundError):
+                paths.stop_request.unlink()
+            serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
+            progress(f"starting {profile.name} …")
+            proc = launch.start_supervisor(paths)
+            fresh = False  # from here on the folder holds evidence (logs) worth keeping
+            launch.wait_until_up(paths, proc)
     except BaseException:
         if fresh:  # failed before anything ran: leave nothing behind
             shutil.rmtree(paths.root, ignore_errors=True)
         raise
-    result = status(profile.name, home=home)
+    # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
+    result = _view(paths, instance.read_state(paths))
     ready = profile.ready
     if wait is None:
         wait = ready is not None

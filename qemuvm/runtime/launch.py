@@ -60,7 +60,7 @@ def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
         if time.monotonic() > deadline:
             raise OperationError(f"{paths.name} did not reach running within {timeout:g} s; "
                                  f"see {paths.qemu_log} and {paths.supervisor_log}")
-        time.sleep(0.05)
+        time.sleep(0.01)  # a stat and a small read: cheap, and `up` returns as soon as QEMU runs
 
 
 def ensure_supervised(paths: InstancePaths, timeout: float = 15.0) -> dict[str, Any] | None:

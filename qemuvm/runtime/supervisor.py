@@ -10,6 +10,22 @@ it needs from the profile comes from supervisor.json, written by `up`.
 
 from __future__ import annotations
 
+import sys
+import types
+
+# The supervisor never speaks TLS, but asyncio and qemu.qmp import ssl, and libssl/libcrypto cost every
+# supervisor ~4 MiB of RSS. asyncio treats a missing ssl as optional; qemu.qmp only names ssl.SSLContext in
+# annotations, so a stub carries that one name while it loads. (Skipped when something already loaded ssl.)
+if "ssl" not in sys.modules:
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    import asyncio
+
+    sys.modules["ssl"] = types.ModuleType("ssl")
+    sys.modules["ssl"].SSLContext = type("SSLContext", (), {})  # type: ignore[attr-defined]
+    import qemu.qmp  # noqa: F401
+
+    del sys.modules["ssl"]
+
 import asyncio
 import contextlib
 import json
@@ -17,7 +33,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
