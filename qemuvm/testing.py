@@ -1,1 +1,200 @@
-"""pytest plugin (placeholder until the workflow issue lands)."""
+"""VMs as test fixtures: a context manager and a pytest plugin (entry point `pytest11: qemuvm`).
+
+    from qemuvm.testing import vm
+
+    def test_kernel():
+        with vm("profiles/demo.yaml", machine__memory="512M") as guest:
+            assert guest.ssh("uname -r").stdout.startswith("6.")
+
+    def test_two(qemuvm_vm):          # the fixture: start any number, all torn down at test end
+        a = qemuvm_vm("a.yaml")
+        b = qemuvm_vm("b.yaml", set=["machine.cpus=2"])
+
+Overrides are profile fields as `--set` would take them: dotted keys (`**{"machine.memory": "1G"}`), or
+`__` for the dots (`machine__memory="1G"`), or a `set=[...]` list of `KEY=VALUE` strings. Every VM gets
+a unique instance name, waits for the profile's `ready` block, and is stopped (forced) and removed when
+the block ends, whether the test passed or not. When a test fails, the guests' last serial lines are
+shown with the failure (a report section for the fixture; stderr for the context manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from qemuvm.runtime.paths import InstancePaths
+
+SERIAL_TAIL = 40
+
+
+def overrides_to_sets(overrides: dict[str, Any], sets: Sequence[str] = ()) -> list[str]:
+    """`{"machine.memory": "1G", "machine__cpus": 2}` -> `["machine.memory=\\"1G\\"", "machine.cpus=2"]`.
+
+    Values are written as JSON, which is YAML, so strings, numbers, booleans, None, lists and mappings
+    arrive typed exactly as given.
+    """
+    out = list(sets)
+    for key, value in overrides.items():
+        out.append(f"{key.replace('__', '.')}={json.dumps(value, default=str)}")
+    return out
+
+
+def _unique_name(profile: str | Path, sets: list[str]) -> str:
+    from qemuvm.profile.validate import load_and_validate
+
+    base = load_and_validate(str(profile), sets).name
+    return f"{base[:52]}-{secrets.token_hex(3)}"
+
+
+class VM:
+    """A running instance, as a test sees it."""
+
+    def __init__(self, name: str, profile: str | Path, home: Path | None = None) -> None:
+        self.name = name
+        self.profile = Path(profile)
+        self.paths = InstancePaths.for_name(name, home)
+
+    def __repr__(self) -> str:
+        return f"<qemuvm.testing.VM {self.name}>"
+
+    def ssh(self, command: str | Sequence[str], *, timeout: float | None = 60, input: str | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run `command` in the guest: returncode (the remote exit status), stdout, stderr (text).
+
+        A string is one shell command line; a list is an argv (each word quoted for the remote shell).
+        `check=True` raises CalledProcessError on a nonzero exit, like subprocess.run.
+        """
+        from qemuvm.workflow import ssh
+
+        done = ssh.run(self.name, command, timeout=timeout, input=input)
+        if check:
+            done.check_returncode()
+        return done
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        """One QMP command on the client monitor; its `return` value (`vm.qmp("query-status")["status"]`)."""
+        from qemuvm import api
+
+        return api.qmp(self.name, command, arguments or None)
+
+    @property
+    def serial_log(self) -> str:
+        """Everything the guest wrote to its serial console so far."""
+        try:
+            return self.paths.serial_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait(self, *, serial: str | None = None, ssh: bool = False, port: int | None = None,
+             event: str | None = None, shutdown: bool = False, timeout: float = 60,
+             from_start: bool = False) -> float:
+        """Wait until every given condition holds, as `qemuvm wait` does; the seconds it took.
+
+        `serial` and `event` count from now (say `from_start=True` to include what already happened).
+        Raises qemuvm.workflow.wait.WaitFailed at once when QEMU exits first, or at the timeout.
+        """
+        from qemuvm.workflow import wait
+
+        offset = 0 if from_start else None
+        conditions = []
+        if serial is not None:
+            conditions.append(wait.serial_condition(self.paths, serial, offset=offset))
+        if event is not None:
+            conditions.append(wait.event_condition(self.paths, event, offset=offset))
+        if port is not None:
+            conditions.append(wait.port_condition(self.paths, port))
+        if ssh:
+            conditions.append(wait.ssh_condition(self.paths))
+        if shutdown:
+            conditions.append(wait.shutdown_condition(self.paths))
+        return wait.wait_for(self.paths, conditions, timeout)
+
+    def wait_serial(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """Wait until `pattern` is anywhere in the serial log (including what is already there); the match."""
+        self.wait(serial=pattern, timeout=timeout, from_start=True)
+        found = re.search(pattern, self.serial_log, re.MULTILINE)
+        assert found is not None
+        return found
+
+    def status(self) -> dict[str, Any]:
+        from qemuvm import api
+
+        return api.status(self.name)
+
+    def down(self, force: bool = False) -> Any:
+        from qemuvm import api
+
+        return api.down(self.name, force=force)
+
+    def serial_tail(self, lines: int = SERIAL_TAIL) -> str:
+        return "\n".join(self.serial_log.splitlines()[-lines:])
+
+    def _destroy(self) -> None:
+        from qemuvm import api
+
+        for action in (lambda: api.down(self.name, force=True), lambda: api.rm(self.name)):
+            with contextlib.suppress(Exception):
+                action()
+
+
+@contextlib.contextmanager
+def vm(profile: str | Path, *, name: str | None = None, set: Sequence[str] = (), wait: bool = True,
+       **overrides: Any) -> Iterator[VM]:
+    """Start `profile` as a fresh instance, yield it, and always stop and remove it."""
+    from qemuvm import api
+
+    sets = overrides_to_sets(overrides, set)
+    name = name or _unique_name(profile, sets)
+    guest = VM(name, profile)
+    failed = True
+    try:
+        api.up(str(profile), overrides=sets, name=name, wait=None if wait else False)
+        yield guest
+        failed = False
+    finally:
+        tail = guest.serial_tail() if failed else ""
+        if tail:
+            print(f"--- qemuvm {name}: last serial lines ---\n{tail}", file=sys.stderr)
+        guest._destroy()
+
+
+# -- the pytest plugin ---------------------------------------------------------------------------
+
+
+# pytest loads this module through the `pytest11` entry point; `vm()` alone works without pytest.
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+    _VMS = pytest.StashKey[list[VM]]()
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+        """A failed test that used `qemuvm_vm` gets each guest's last serial lines as a report section."""
+        outcome = yield
+        report = outcome.get_result()
+        if report.when == "call" and report.failed:
+            for guest in item.stash.get(_VMS, []):
+                report.sections.append((f"qemuvm {guest.name}: last serial lines", guest.serial_tail()))
+
+    @pytest.fixture
+    def qemuvm_vm(request: pytest.FixtureRequest) -> Iterator[Callable[..., VM]]:
+        """A function that starts VMs (same arguments as `qemuvm.testing.vm`); all are torn down at test end."""
+        started = request.node.stash.setdefault(_VMS, [])
+        with contextlib.ExitStack() as stack:
+
+            def start(profile: str | Path, **kwargs: Any) -> VM:
+                guest = stack.enter_context(vm(profile, **kwargs))
+                started.append(guest)
+                return guest
+
+            yield start

@@ -1,0 +1,71 @@
+"""The pytest plugin: `qemuvm.testing.vm()` and the `qemuvm_vm` fixture, on the busybox test guest."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from qemuvm.runtime import instance
+from qemuvm.testing import vm
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[2]
+CI_SMOKE = REPO / "profiles" / "ci-smoke.yaml"
+
+
+def guest_overrides(guest) -> dict[str, object]:
+    return {"boot.kernel": str(guest.vmlinuz), "boot.initrd": str(guest.initrd),
+            "disks.0.file": str(guest.data_disk), "ssh.identity": str(guest.key), "ready.timeout": 300}
+
+
+def test_vm_gives_ssh_qmp_serial_wait_and_status(test_guest, qemuvm_home):
+    with vm(CI_SMOKE, **{"machine.memory": "384M"}, **guest_overrides(test_guest)) as guest:
+        assert guest.name.startswith("ci-smoke-")
+        assert "QEMUVM_GUEST_READY" in guest.serial_log  # ready was waited for
+        assert guest.status()["state"] == "running"
+        assert guest.qmp("query-memory-size-summary")["base-memory"] == 384 * 1024 * 1024  # the override
+        assert guest.ssh("cat /mnt/data/marker.txt").stdout == "QEMUVM_DATA_MARKER\n"
+        assert guest.wait_serial(r"kernel=(\S+)").group(1) == test_guest.kernel_version
+        guest.qmp("stop")
+        guest.wait(event="STOP", from_start=True, timeout=30)
+        assert guest.qmp("query-status")["status"] == "paused"
+        guest.qmp("cont")
+        state = instance.read_state(guest.paths)
+        pid, started = state["qemu_pid"], state["qemu_start_time"]
+    assert instance.process_if_alive(pid, started) is None
+    assert not guest.paths.root.exists()
+
+
+def test_vm_is_torn_down_when_the_test_body_raises(test_guest, qemuvm_home):
+    with pytest.raises(RuntimeError, match="test failed"), \
+            vm(CI_SMOKE, wait=False, **guest_overrides(test_guest)) as guest:
+        state = instance.read_state(guest.paths)
+        raise RuntimeError("test failed")
+    assert instance.process_if_alive(state["qemu_pid"], state["qemu_start_time"]) is None
+    assert not guest.paths.root.exists()
+
+
+def test_the_fixture_from_the_entry_point(pytester, test_guest, qemuvm_home):
+    """A test suite that only installed qemuvm: the fixture comes from the pytest11 entry point.
+
+    Its failing test shows the guest's serial console in the report, and its VM is gone afterwards."""
+    pytester.makepyfile(test_inner=textwrap.dedent(f"""
+        PROFILE = {str(CI_SMOKE)!r}
+        OVERRIDES = {guest_overrides(test_guest)!r}
+
+        def test_marker(qemuvm_vm):
+            guest = qemuvm_vm(PROFILE, **OVERRIDES)
+            assert guest.ssh("cat /mnt/data/marker.txt").stdout == "QEMUVM_DATA_MARKER\\n"
+
+        def test_fails(qemuvm_vm):
+            guest = qemuvm_vm(PROFILE, set=["machine.memory=300M"], **OVERRIDES)
+            assert guest.ssh("uname -r").stdout.startswith("4.")
+    """))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=900)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*qemuvm ci-smoke-*: last serial lines*", "*QEMUVM_GUEST_READY*"])
+    assert [p for p in qemuvm_home.iterdir() if not p.name.startswith(".")] == []

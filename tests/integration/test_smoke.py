@@ -1,0 +1,168 @@
+"""`qemuvm smoke` end to end on real guests: a pass, each kind of failure, and the Debian image (slow)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CI_SMOKE = REPO / "profiles" / "ci-smoke.yaml"
+BOOT_TIMEOUT = "300"  # the whole run, on a loaded TCG host (the guest alone boots in ~3-10 s)
+
+
+def guest_sets(guest) -> list[str]:
+    """Point profiles/ci-smoke.yaml at the fixture's guest (it may live outside build/guest)."""
+    return ["--set", f"boot.kernel={guest.vmlinuz}", "--set", f"boot.initrd={guest.initrd}",
+            "--set", f"disks.0.file={guest.data_disk}", "--set", f"ssh.identity={guest.key}"]
+
+
+def smoke(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qemuvm", "smoke", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, check=False, env=os.environ.copy())
+
+
+def report(path: Path) -> dict[str, ET.Element]:
+    root = ET.parse(path).getroot()
+    return {case.get("name"): case for case in root.iter("testcase")}
+
+
+def assert_nothing_left(home: Path) -> None:
+    assert [p.name for p in home.iterdir() if not p.name.startswith(".")] == [], "an instance folder was left"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_smoke_passes_on_the_test_guest(test_guest, qemuvm_home, short_tmp):
+    before = sha256(test_guest.data_disk)
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--junit", "out.xml", "--timeout", BOOT_TIMEOUT,
+                 "--json", cwd=short_tmp)
+    assert done.returncode == 0, done.stderr
+    cases = report(short_tmp / "out.xml")
+    assert list(cases) == ["boot", "ready", "firmware", "kernel", "data-disk", "guest-ready"]
+    assert not [c for c in cases.values() if c.find("failure") is not None or c.find("skipped") is not None]
+    result = json.loads(done.stdout)
+    assert result["ok"] and result["artifacts"] is None and result["instance"].startswith("ci-smoke-smoke-")
+    # Plain, timestamped progress lines without a terminal.
+    assert any(line.endswith(("] kernel: ok", "s)")) and "] kernel: ok (" in line for line in done.stderr.splitlines())
+    assert not (short_tmp / "qemuvm-artifacts").exists()
+    assert_nothing_left(qemuvm_home)
+    assert sha256(test_guest.data_disk) == before  # the disk ran on an overlay
+
+
+def test_a_wrong_expectation_fails_with_junit_and_artifacts(test_guest, qemuvm_home, short_tmp):
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--set", r"smoke.checks.1.expect=^5\.",
+                 "--set", "display={vga: std}", "--junit", "out.xml", "--timeout", BOOT_TIMEOUT, cwd=short_tmp)
+    assert done.returncode == 1, done.stderr
+    cases = report(short_tmp / "out.xml")
+    failure = cases["kernel"].find("failure")
+    assert failure is not None and "does not match" in failure.get("message")
+    assert "cloud-amd64" in failure.text  # the evidence: what uname -r really said
+    assert cases["data-disk"].find("failure") is None and cases["ready"].find("failure") is None
+    (folder,) = (short_tmp / "qemuvm-artifacts").iterdir()
+    names = {p.name for p in folder.iterdir()}
+    assert {"serial.log", "qemu.log", "events.jsonl", "argv.json", "run.sh", "status.json",
+            "screenshot.png"} <= names
+    assert "QEMUVM_GUEST_READY" in (folder / "serial.log").read_text()
+    assert (folder / "screenshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((folder / "status.json").read_text())["state"] == "running"  # taken before teardown
+    assert_nothing_left(qemuvm_home)
+
+
+def test_a_guest_that_never_becomes_ready_times_out(test_guest, qemuvm_home, short_tmp):
+    started = time.monotonic()
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--set", "ready.serial=NEVER_PRINTED_MARKER",
+                 "--set", "ready.ssh=false", "--timeout", "15", "--junit", "out.xml",
+                 "--artifacts", "evidence", cwd=short_tmp)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 60  # 15 s of waiting plus start-up and teardown
+    cases = report(short_tmp / "out.xml")
+    assert "timed out" in cases["ready"].find("failure").get("message")
+    assert cases["kernel"].find("skipped") is not None
+    assert (short_tmp / "evidence" / "serial.log").exists() and (short_tmp / "evidence" / "argv.json").exists()
+    assert_nothing_left(qemuvm_home)
+
+
+def test_qemu_dying_during_boot_fails_fast(test_guest, qemuvm_home, short_tmp):
+    # A real death: the kernel finds no init, panics, panic=-1 reboots at once and -no-reboot makes QEMU exit.
+    started = time.monotonic()
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest),
+                 "--set", "boot.cmdline=console=ttyS0 panic=-1 rdinit=/no-such-init",
+                 "--set", "qemu.extra_args=[-no-reboot]", "--timeout", BOOT_TIMEOUT, "--junit", "out.xml",
+                 cwd=short_tmp)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 120  # not the 300 s timeout: the wait saw QEMU go
+    cases = report(short_tmp / "out.xml")
+    failure = cases["ready"].find("failure")
+    assert "stopped" in failure.get("message") and "Kernel panic" in failure.text
+    (folder,) = (short_tmp / "qemuvm-artifacts").iterdir()
+    assert "Kernel panic" in (folder / "serial.log").read_text()
+    assert json.loads((folder / "status.json").read_text())["state"] in ("stopped", "crashed")
+    assert_nothing_left(qemuvm_home)
+
+
+def test_keep_leaves_the_instance_running(test_guest, qemuvm_home, short_tmp):
+    from qemuvm import api
+
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--keep", "--json", "--timeout", BOOT_TIMEOUT,
+                 cwd=short_tmp)
+    name = json.loads(done.stdout)["instance"]
+    try:
+        assert done.returncode == 0, done.stderr
+        assert api.status(name)["state"] == "running"
+    finally:
+        api.down(name, force=True)
+        api.rm(name)
+
+
+def test_an_invalid_profile_exits_2_before_booting(qemuvm_home, short_tmp):
+    done = smoke(str(CI_SMOKE), "--set", "smoke.checks.0.expect=(", cwd=short_tmp)
+    assert done.returncode == 2
+    assert "smoke.checks[0]" in done.stderr
+    assert_nothing_left(qemuvm_home)
+
+
+@pytest.mark.slow
+def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp):
+    """The realistic image: systemd, OpenSSH, cloud-init with a per-instance key injected by qemuvm."""
+    profile = short_tmp / "debian-smoke.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "debian-smoke",
+        "machine": {"accel": "tcg", "memory": "1G"},
+        "boot": {"kernel": str(debian_image.vmlinuz), "initrd": str(debian_image.initrd),
+                 "cmdline": debian_image.cmdline},
+        "disks": [{"file": str(debian_image.disk)}],  # smoke makes it ephemeral
+        "cloud_init": {"user_data": {"hostname": "smoked"}},
+        "ready": {"ssh": True, "timeout": "400s"},
+        "smoke": {"timeout": "600s", "checks": [
+            {"name": "cloud-init", "ssh": "cloud-init status --wait", "expect": "status: done"},
+            {"name": "hostname", "ssh": "hostname", "expect": "^smoked$"},
+            {"name": "kernel", "ssh": "uname -r", "expect": r"^6\."},
+        ]},
+    }))
+    before = debian_image.disk.stat().st_mtime_ns
+    done = smoke(str(profile), "--junit", "out.xml", cwd=short_tmp, timeout=700)
+    assert done.returncode == 0, done.stderr
+    assert list(report(short_tmp / "out.xml")) == ["boot", "ready", "cloud-init", "hostname", "kernel"]
+    assert debian_image.disk.stat().st_mtime_ns == before
+    assert_nothing_left(qemuvm_home)
+
+
+def test_a_missing_image_is_a_usage_error_with_a_report(test_guest, qemuvm_home, short_tmp):
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--set", "disks.0.file=/nonexistent/image.qcow2",
+                 "--junit", "out.xml", cwd=short_tmp)
+    assert done.returncode == 2
+    assert "image.qcow2" in report(short_tmp / "out.xml")["boot"].find("failure").get("message")
+    assert_nothing_left(qemuvm_home)
