@@ -11,6 +11,8 @@ import sys
 
 # typer's rich help costs ~200 ms of imports on every call; plain help keeps `qemuvm --help` fast.
 os.environ.setdefault("TYPER_USE_RICH", "0")
+# The CLI uses no pydantic plugins; looking them up scans every installed package's entry points.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
 
 import typer
 
