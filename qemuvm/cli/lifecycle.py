@@ -305,6 +305,8 @@ def qmp(
 @app.command("wait")
 def wait_(
     name: str = NameArg,
+    for_: list[str] = typer.Option(None, "--for", help="serial:REGEX | ssh | port:N | event:NAME | shutdown | ready "
+                                   "(repeatable; all must hold). The flags below are the same conditions."),
     serial: str = typer.Option(None, "--serial", help="A regex on the serial console (since the current start)."),
     port: int = typer.Option(None, "--port", help="A guest TCP port reachable through a forward."),
     event: str = typer.Option(None, "--event", help="A QMP event (from now on)."),
@@ -319,6 +321,18 @@ def wait_(
     from qemuvm.workflow import wait as waiting
 
     paths = api.instance_paths(name)
+    for spec in for_ or []:
+        kind, _, value = spec.partition(":")
+        if kind == "serial" and value:
+            serial = value
+        elif kind == "port" and value.isdigit():
+            port = int(value)
+        elif kind == "event" and value:
+            event = value
+        elif kind in ("ssh", "shutdown", "ready") and not value:
+            ssh, shutdown, ready = ssh or kind == "ssh", shutdown or kind == "shutdown", ready or kind == "ready"
+        else:
+            raise UsageError(f"--for {spec!r}: expected serial:REGEX, ssh, port:N, event:NAME, shutdown or ready")
     conditions = []
     if serial:
         state = instance.read_state(paths) or {}
