@@ -1,42 +1,43 @@
-"""The classic install scenario: 512M, a 7G raw disk created on first start, an ISO booted once, user
-networking, VNC on loopback. With a third-party ISO (Debian's ipxe.iso) and the test guest's guest.iso.
+"""The classic install scenario, started the way users start it: `qemuvm up profiles/install-iso.yaml` (512M, a 7G
+raw disk created on the first start, an ISO booted once, user networking, VNC on loopback). With a third-party
+ISO (Debian's ipxe.iso) and the test guest's guest.iso.
 
-Evidence of the boot order comes from SeaBIOS's own log (its debug port 0x402, captured with
-isa-debugcon through qemu.extra_args): "Booting from DVD/CD..." / "Booting from Hard Disk...".
+Evidence of the boot order comes from SeaBIOS's own log (its debug port 0x402, captured with isa-debugcon
+through qemu.extra_args): "Booting from DVD/CD..." / "Booting from Hard Disk...".
 """
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
-from vmrun import Vm, free_port, profile_from
+from test_screenshot import qemuvm, screenshot_until_not_blank
 
-from qemuvm.control.display import read_png, screenshot
+from qemuvm import api
 from qemuvm.qemu import img
-from qemuvm.qemu.compile import PortPlan
+from qemuvm.testing import VM, vm
+from qemuvm.workflow import wait
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL_ISO = REPO / "profiles" / "install-iso.yaml"
 IPXE_ISO = Path("/usr/lib/ipxe/ipxe.iso")
+T = TypeVar("T")
 
 
-def install_profile(iso: Path, folder: Path) -> str:
-    return f"""
-machine: {{accel: tcg, memory: 512M}}
-boot: {{order: [disk, cdrom], once: cdrom}}
-disks:
-  - {{file: install-disk.img, format: raw, size: 7G}}
-  - {{file: {iso}, media: cdrom, interface: sata}}
-network:
-  - mode: user
-display:
-  vga: std
-  vnc: {{listen: 127.0.0.1, port: auto}}
-qemu:
-  extra_args: [-chardev, "file,id=biosdbg,path={folder}/bios.log", -device, "isa-debugcon,iobase=0x402,chardev=biosdbg"]
-"""
+def overrides(folder: Path, iso: Path) -> dict[str, object]:
+    """install-iso.yaml as shipped, but under TCG, with its disk in `folder`, `iso` in the cdrom drive and
+    SeaBIOS's debug log in `folder`/bios.log."""
+    return {"machine.accel": "tcg", "disks.0.file": str(folder / "install-disk.img"), "disks.1.file": str(iso),
+            "qemu.extra_args": ["-chardev", f"file,id=biosdbg,path={folder}/bios.log",
+                                "-device", "isa-debugcon,iobase=0x402,chardev=biosdbg"]}
 
 
 def boots(log: Path) -> list[str]:
@@ -45,7 +46,8 @@ def boots(log: Path) -> list[str]:
     return re.findall(r"Booting from (Hard Disk|DVD/CD|Floppy|ROM)", text)
 
 
-def wait_for(predicate, timeout: float, what: str):
+def poll(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll (100 ms) until `predicate` returns something truthy; fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -56,51 +58,76 @@ def wait_for(predicate, timeout: float, what: str):
         time.sleep(0.1)
 
 
-def test_ipxe_iso_boots_once_then_disk_first(short_tmp: Path) -> None:
-    profile = profile_from(install_profile(IPXE_ISO, short_tmp), short_tmp, "install")
-    disk = short_tmp / "install-disk.img"
-    log = short_tmp / "bios.log"
+def boot_attempts(log: Path, start: int, count: int, timeout: float = 60) -> list[str]:
+    """The `count` boot attempts from attempt number `start` on, once SeaBIOS has made them."""
+    return poll(lambda: boots(log)[start:start + count] if len(boots(log)) >= start + count else None,
+                timeout, f"{count} boot attempts from attempt {start} in {log}")
+
+
+def argv(guest: VM) -> list[str]:
+    return json.loads(guest.paths.argv.read_text())
+
+
+@pytest.mark.skipif(not IPXE_ISO.exists(), reason="needs Debian's ipxe package")
+def test_ipxe_iso_boots_once_then_disk_first(qemuvm_home: Path, short_tmp: Path) -> None:
+    disk, log = short_tmp / "install-disk.img", short_tmp / "bios.log"
     assert not disk.exists()
-    with Vm(profile, short_tmp / "home", PortPlan(vnc_port=free_port(5900))) as vm:
-        # First start: the 7G raw disk was created, and the firmware went straight to the cdrom.
+    with vm(INSTALL_ISO, **overrides(short_tmp, IPXE_ISO)) as guest:
+        # First start: the 7G raw disk was created, and the firmware went straight to the cdrom (boot.once).
         info = img.info(disk)
         assert (info.format, info.virtual_size) == ("raw", 7 << 30)
-        assert wait_for(lambda: boots(log), 30, "a boot attempt")[0] == "DVD/CD"
-        # iPXE's banner is on screen: not a single colour, VGA text mode size.
-        shot = short_tmp / "ipxe.png"
-
-        def showing_ipxe():
-            screenshot(vm.paths.qmp_socket, shot)
-            summary = read_png(shot)
-            return summary if summary.colours > 1 else None
-
-        summary = wait_for(showing_ipxe, 60, "a non-blank screen")
+        assert "order=cd,once=d" in argv(guest)
+        assert boot_attempts(log, 0, 1, 30) == ["DVD/CD"]
+        # iPXE's banner is on screen (`qemuvm screenshot`): not a single colour, VGA text mode size.
+        summary = screenshot_until_not_blank(guest.name, short_tmp / "ipxe.png")
         assert (summary.width, summary.height) == (720, 400)
-        vnc = vm.qmp("query-vnc")
-        assert vnc["enabled"] and vnc["host"] == "127.0.0.1"
-        # The next boot follows boot.order: disk first (blank: "not a bootable disk"), then the cdrom.
+
+        # `qemuvm status --json` shows the VNC address; QEMU's VNC server listens there, on loopback only.
+        shown = qemuvm("status", guest.name, "--json")
+        assert shown.returncode == 0, shown.stderr
+        address = json.loads(shown.stdout)["vnc"]
+        assert address["listen"] == "127.0.0.1" and 5900 <= address["port"] < 6000
+        assert address["display"] == address["port"] - 5900
+        live = guest.qmp("query-vnc")
+        assert live["enabled"] and (live["host"], int(live["service"])) == ("127.0.0.1", address["port"])
+        with socket.create_connection(("127.0.0.1", address["port"]), timeout=10) as conn:
+            assert conn.recv(12).startswith(b"RFB 003.")  # a VNC server greets
+
+        # A reset (an installer's final reboot) follows boot.order: disk first (blank: "not a bootable disk"),
+        # then the cdrom.
         attempts = len(boots(log))
-        vm.qmp("system_reset")
-        after = wait_for(lambda: boots(log)[attempts:attempts + 2] if len(boots(log)) >= attempts + 2 else None,
-                         60, "two boot attempts after the reset")
-        assert after == ["Hard Disk", "DVD/CD"]
+        guest.qmp("system_reset")
+        assert boot_attempts(log, attempts, 2) == ["Hard Disk", "DVD/CD"]
         assert "Boot failed: not a bootable disk" in log.read_text(errors="replace")
-    # A second start of the instance keeps the disk as it is (never recreated, never resized).
-    disk.write_bytes(b"installed")
-    with Vm(profile, short_tmp / "home", PortPlan(vnc_port=free_port(5900))):
-        assert disk.read_bytes() == b"installed"
+
+        # The next start of the same instance: no boot.once any more, the disk is tried first, and the disk
+        # is kept as it is (never recreated, never resized).
+        api.down(guest.name, force=True)
+        with disk.open("r+b") as handle:
+            handle.write(b"installed")  # no boot signature: still "not a bootable disk"
+        log.unlink()
+        api.up(guest.name)
+        second = argv(guest)
+        assert "order=cd" in second and not [arg for arg in second if "once=" in arg]
+        assert boot_attempts(log, 0, 2) == ["Hard Disk", "DVD/CD"]
+        assert "Boot failed: not a bootable disk" in log.read_text(errors="replace")
+        with disk.open("rb") as handle:
+            assert handle.read(9) == b"installed"
+        info = img.info(disk)
+        assert (info.format, info.virtual_size) == ("raw", 7 << 30)
 
 
-def test_guest_iso_boots_from_cdrom(short_tmp: Path, test_guest) -> None:
-    profile = profile_from(install_profile(test_guest.iso, short_tmp), short_tmp, "guestiso")
+def test_guest_iso_boots_from_cdrom(qemuvm_home: Path, short_tmp: Path, test_guest) -> None:
     log = short_tmp / "bios.log"
-    with Vm(profile, short_tmp / "home", PortPlan(vnc_port=free_port(5900))) as vm:
-        vm.wait_serial("QEMUVM_GUEST_READY", 120)
+    ready = {"ready.serial": "QEMUVM_GUEST_READY", "ready.timeout": 300}
+    with vm(INSTALL_ISO, **overrides(short_tmp, test_guest.iso), **ready) as guest:  # waits for READY
+        assert "order=cd,once=d" in argv(guest)
         assert boots(log)[0] == "DVD/CD"
-        assert "QEMUVM_GUEST_FIRMWARE=bios" in vm.serial_text()
-        # After a reset SeaBIOS tries the blank disk first, fails, and falls back to the cdrom: the guest
-        # comes up a second time.
-        attempts, offset = len(boots(log)), len(vm.serial_text())
-        vm.qmp("system_reset")
-        vm.wait_serial("QEMUVM_GUEST_READY", 120, start=offset)
+        assert "QEMUVM_GUEST_FIRMWARE=bios" in guest.serial_log
+        # `qemuvm reboot` (a reset): SeaBIOS tries the blank disk first, fails, and falls back to the cdrom, so
+        # the guest comes up a second time.
+        attempts, offset = len(boots(log)), guest.paths.serial_log.stat().st_size
+        rebooted = qemuvm("reboot", guest.name)
+        assert rebooted.returncode == 0, rebooted.stderr
+        wait.wait_for(guest.paths, [wait.serial_condition(guest.paths, "QEMUVM_GUEST_READY", offset=offset)], 300)
         assert boots(log)[attempts:attempts + 2] == ["Hard Disk", "DVD/CD"]

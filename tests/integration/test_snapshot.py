@@ -1,79 +1,70 @@
-"""`qemuvm snapshot save|load|list|delete`: internal snapshots of a running VM's qcow2 disks (QMP jobs)."""
+"""`qemuvm snapshot save|load|list|delete`: internal snapshots of a running VM's qcow2 disks (QMP jobs), on VMs
+started by `qemuvm up`."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from test_screenshot import qemuvm
-from vmrun import Vm, free_port, profile_from
+from test_screenshot import CI_SMOKE, guest_overrides, qemuvm
+
+from qemuvm.testing import vm
 
 pytestmark = pytest.mark.integration
 
 
-def guest_profile(test_guest, folder: Path, disk: str, port: int) -> str:
-    return f"""
-machine: {{accel: tcg, memory: 256M}}
-boot: {{kernel: {test_guest.vmlinuz}, initrd: {test_guest.initrd}, cmdline: console=ttyS0}}
-disks: [{{file: {disk}}}]
-network:
-  - mode: user
-    forwards: ["tcp:127.0.0.1:{port}-:22"]
-"""
-
-
-def test_save_delete_file_load_brings_it_back(short_tmp: Path, test_guest) -> None:
-    shutil.copyfile(test_guest.data_disk, short_tmp / "data.qcow2")  # the VM writes to it
-    port = free_port()
-    profile = profile_from(guest_profile(test_guest, short_tmp, "data.qcow2", port), short_tmp, "snap")
-    home = short_tmp / "home"
-    with Vm(profile, home) as vm:
-        vm.wait_serial("QEMUVM_GUEST_READY", 120)
+def test_save_delete_file_load_brings_it_back(qemuvm_home: Path, test_guest) -> None:
+    # ci-smoke's data disk is ephemeral: the guest writes to a qcow2 overlay in the instance folder, which
+    # holds the snapshots too; build/guest/data.qcow2 is never written.
+    with vm(CI_SMOKE, **guest_overrides(test_guest)) as guest:  # waits for READY and SSH
 
         def ssh(command: str) -> str:
-            result = vm.ssh(test_guest.key, port, command)
+            result = guest.ssh(command)
             assert result.returncode == 0, f"{command}: {result.stderr}"
             return result.stdout
 
         ssh("echo precious > /mnt/data/snap.txt && sync")
         started = time.monotonic()
-        result = qemuvm(home, "snapshot", "save", "snap", "before")
+        result = qemuvm("snapshot", "save", guest.name, "before")
         save_seconds = time.monotonic() - started
         assert result.returncode == 0, result.stderr
-        listed = json.loads(qemuvm(home, "snapshot", "list", "snap", "--json").stdout)
+        listed = json.loads(qemuvm("snapshot", "list", guest.name, "--json").stdout)
         assert [s["tag"] for s in listed] == ["before"] and listed[0]["vm_state_size"] > 0
-        assert vm.qmp("query-status")["status"] == "running"  # the save paused the VM and resumed it
+        assert guest.qmp("query-status")["status"] == "running"  # the save paused the VM and resumed it
 
         ssh("rm /mnt/data/snap.txt && sync")
         assert "snap.txt" not in ssh("ls /mnt/data")
         started = time.monotonic()
-        result = qemuvm(home, "snapshot", "load", "snap", "before")
+        result = qemuvm("snapshot", "load", guest.name, "before")
         load_seconds = time.monotonic() - started
         assert result.returncode == 0, result.stderr
         assert ssh("cat /mnt/data/snap.txt") == "precious\n"
+        assert guest.status()["state"] == "running"
 
         # Saving a tag twice is refused; unknown tags are clear errors; delete removes it.
-        again = qemuvm(home, "snapshot", "save", "snap", "before")
+        again = qemuvm("snapshot", "save", guest.name, "before")
         assert (again.returncode, again.stderr.strip()) == (
             2, "qemuvm: snapshot 'before' already exists; delete it first")
-        missing = qemuvm(home, "snapshot", "load", "snap", "nope")
+        missing = qemuvm("snapshot", "load", guest.name, "nope")
         assert missing.returncode == 2 and "no snapshot 'nope'" in missing.stderr
-        assert qemuvm(home, "snapshot", "delete", "snap", "before").returncode == 0
-        assert json.loads(qemuvm(home, "snapshot", "list", "snap", "--json").stdout) == []
+        assert qemuvm("snapshot", "delete", guest.name, "before").returncode == 0
+        assert json.loads(qemuvm("snapshot", "list", guest.name, "--json").stdout) == []
     print(f"snapshot save {save_seconds:.2f} s, load {load_seconds:.2f} s (256M guest, TCG)")
 
 
-def test_raw_disk_is_a_clear_error(short_tmp: Path, test_guest) -> None:
+def test_raw_disk_is_a_clear_error(qemuvm_home: Path, short_tmp: Path, test_guest) -> None:
     raw = short_tmp / "data.raw"
     raw.write_bytes(b"\0" * (1 << 20))
-    profile = profile_from(guest_profile(test_guest, short_tmp, "data.raw", free_port()), short_tmp, "rawsnap")
-    home = short_tmp / "home"
-    with Vm(profile, home):
-        result = qemuvm(home, "snapshot", "save", "rawsnap", "t1")
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        f"qemuvm: snapshots need qcow2 disks, but {raw} (raw) is not qcow2; convert it with "
-        "`qemuvm image convert SRC DST --format qcow2` or make it ephemeral: true")
+    overrides = {**guest_overrides(test_guest), "disks.0.file": str(raw), "disks.0.ephemeral": False}
+    # No wait: the guest finds no ext4 on the blank disk; the error comes before any guest matters.
+    with vm(CI_SMOKE, wait=False, **overrides) as guest:
+        assert guest.status()["state"] == "running"
+        result = qemuvm("snapshot", "save", guest.name, "t1")
+        listing = qemuvm("snapshot", "list", guest.name)
+    message = (f"qemuvm: snapshots need qcow2 disks, but {raw} (raw) is not qcow2; convert it with "
+               "`qemuvm image convert SRC DST --format qcow2` or make it ephemeral: true")
+    assert (result.returncode, result.stderr.strip()) == (2, message)
+    assert (listing.returncode, listing.stderr.strip()) == (2, message)
+    assert raw.read_bytes() == b"\0" * (1 << 20)  # nothing was written into the raw disk
