@@ -12,11 +12,10 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
-
-from qemuvm.control.display import TIMEOUT, execute, qmp_session
+from qemuvm.control.client import Monitor, QmpSession
 from qemuvm.errors import OperationError, UsageError
 
 JOB_TIMEOUT = 600.0  # saving RAM to disk under TCG on a slow disk takes a while
@@ -33,10 +32,10 @@ class BlockDisk:
     snapshots: tuple[dict[str, Any], ...]
 
 
-async def writable_disks(client: QMPClient) -> list[BlockDisk]:
+async def writable_disks(session: QmpSession) -> list[BlockDisk]:
     """Writable disks from `query-block`, in the VM's device order; pflash (UEFI variables) is skipped."""
     disks = []
-    for block in await execute(client, "query-block"):
+    for block in await session.execute("query-block"):
         inserted = block.get("inserted")
         qdev = block.get("qdev", "") or ""
         if (not inserted or inserted.get("ro") or "pflash" in block.get("device", "") or "flash" in qdev
@@ -49,8 +48,8 @@ async def writable_disks(client: QMPClient) -> list[BlockDisk]:
     return disks
 
 
-async def _snapshot_disks(client: QMPClient) -> list[BlockDisk]:
-    disks = await writable_disks(client)
+async def _snapshot_disks(session: QmpSession) -> list[BlockDisk]:
+    disks = await writable_disks(session)
     raw = [d for d in disks if d.format != "qcow2"]
     if raw:
         names = ", ".join(f"{d.file} ({d.format})" for d in raw)
@@ -61,12 +60,12 @@ async def _snapshot_disks(client: QMPClient) -> list[BlockDisk]:
     return disks
 
 
-async def _run_job(client: QMPClient, command: str, arguments: dict[str, Any], timeout: float) -> None:
+async def _run_job(session: QmpSession, command: str, arguments: dict[str, Any], timeout: float) -> None:
     """Start a snapshot job, wait until it concludes (JOB_STATUS_CHANGE), report its error, dismiss it."""
     job_id = f"qemuvm-{command}-{os.getpid()}-{next(_job_ids)}"
     deadline = time.monotonic() + timeout
-    with client.listener("JOB_STATUS_CHANGE") as listener:
-        await execute(client, command, {"job-id": job_id, **arguments})
+    with session.client.listener("JOB_STATUS_CHANGE") as listener:
+        await session.execute(command, {"job-id": job_id, **arguments})
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -75,9 +74,9 @@ async def _run_job(client: QMPClient, command: str, arguments: dict[str, Any], t
             data = event.get("data", {})
             if data.get("id") == job_id and data.get("status") == "concluded":
                 break
-    jobs = await execute(client, "query-jobs")
+    jobs = await session.execute("query-jobs")
     error = next((job.get("error") for job in jobs if job.get("id") == job_id), None)
-    await execute(client, "job-dismiss", {"id": job_id})
+    await session.execute("job-dismiss", {"id": job_id})
     if error:
         raise OperationError(f"{command} failed: {error}")
 
@@ -86,33 +85,33 @@ def _has(disk: BlockDisk, tag: str) -> bool:
     return any(s.get("name") == tag for s in disk.snapshots)
 
 
-async def save(client: QMPClient, tag: str, timeout: float = JOB_TIMEOUT) -> None:
-    disks = await _snapshot_disks(client)
+async def save(session: QmpSession, tag: str, timeout: float = JOB_TIMEOUT) -> None:
+    disks = await _snapshot_disks(session)
     if any(_has(d, tag) for d in disks):
         raise UsageError(f"snapshot {tag!r} already exists; delete it first")
-    await _run_job(client, "snapshot-save",
+    await _run_job(session, "snapshot-save",
                    {"tag": tag, "vmstate": disks[0].node, "devices": [d.node for d in disks]}, timeout)
 
 
-async def load(client: QMPClient, tag: str, timeout: float = JOB_TIMEOUT) -> None:
-    disks = await _snapshot_disks(client)
+async def load(session: QmpSession, tag: str, timeout: float = JOB_TIMEOUT) -> None:
+    disks = await _snapshot_disks(session)
     if not _has(disks[0], tag):
         raise UsageError(f"no snapshot {tag!r} (see `qemuvm snapshot list`)")
-    await _run_job(client, "snapshot-load",
+    await _run_job(session, "snapshot-load",
                    {"tag": tag, "vmstate": disks[0].node, "devices": [d.node for d in disks]}, timeout)
 
 
-async def delete(client: QMPClient, tag: str, timeout: float = JOB_TIMEOUT) -> None:
-    disks = await _snapshot_disks(client)
+async def delete(session: QmpSession, tag: str, timeout: float = JOB_TIMEOUT) -> None:
+    disks = await _snapshot_disks(session)
     holders = [d for d in disks if _has(d, tag)]
     if not holders:
         raise UsageError(f"no snapshot {tag!r} (see `qemuvm snapshot list`)")
-    await _run_job(client, "snapshot-delete", {"tag": tag, "devices": [d.node for d in holders]}, timeout)
+    await _run_job(session, "snapshot-delete", {"tag": tag, "devices": [d.node for d in holders]}, timeout)
 
 
-async def listing(client: QMPClient) -> list[dict[str, Any]]:
+async def listing(session: QmpSession) -> list[dict[str, Any]]:
     """The snapshots on the VM-state disk (those a `load` can restore), oldest first."""
-    disks = await _snapshot_disks(client)
+    disks = await _snapshot_disks(session)
     return [
         {"tag": s["name"], "id": s.get("id"), "vm_state_size": s.get("vm-state-size", 0),
          "date": s.get("date-sec", 0), "vm_clock_ns": s.get("vm-clock-nsec", 0)}
@@ -124,11 +123,10 @@ def run(socket: str | os.PathLike[str], action: str, tag: str | None = None, tim
     """Sync entry point for the CLI: action is save | load | delete | list."""
     operations = {"save": save, "load": load, "delete": delete}
 
-    async def go() -> Any:
-        async with qmp_session(socket, TIMEOUT) as client:
-            if action == "list":
-                return await listing(client)
-            assert tag is not None
-            return await operations[action](client, tag, timeout)
+    async def go(session: QmpSession) -> Any:
+        if action == "list":
+            return await listing(session)
+        assert tag is not None
+        return await operations[action](session, tag, timeout)
 
-    return asyncio.run(go())
+    return Monitor(Path(socket), timeout=30.0).run(go)

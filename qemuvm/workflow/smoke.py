@@ -358,14 +358,9 @@ class _Stop(Exception):
 
 
 def _screenshot(name: str, target: Path) -> None:
-    try:
-        from qemuvm.control import display
-    except ImportError:  # the display module is optional: plain QMP does the same
-        from qemuvm import api
+    from qemuvm.control import display
 
-        api.qmp(name, "screendump", {"filename": str(target.resolve()), "format": "png"})
-    else:
-        display.screenshot(InstancePaths.for_name(name).qmp_socket, target)
+    display.screenshot(InstancePaths.for_name(name).qmp_socket, target)
 
 
 def _best_effort(action: Callable[[], Any]) -> None:

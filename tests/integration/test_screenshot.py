@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from qemuvm.control.display import PngSummary, read_png
 from qemuvm.testing import vm
 
 pytestmark = pytest.mark.integration
@@ -29,6 +30,21 @@ def guest_overrides(guest) -> dict[str, object]:
     """profiles/ci-smoke.yaml pointed at the fixture's busybox guest, with a generous boot time for loaded hosts."""
     return {"boot.kernel": str(guest.vmlinuz), "boot.initrd": str(guest.initrd),
             "disks.0.file": str(guest.data_disk), "ssh.identity": str(guest.key), "ready.timeout": 300}
+
+
+@dataclass(frozen=True)
+class PngSummary:
+    width: int
+    height: int
+    colours: int  # distinct pixel values (a blank screen has 1); counted up to 256
+
+
+def read_png(path: Path) -> PngSummary:
+    """Decode the PNG for real (Pillow), so a truncated or malformed file fails the test."""
+    with Image.open(path) as image:
+        image.load()
+        colours = image.getcolors(maxcolors=256)
+        return PngSummary(image.width, image.height, len(colours) if colours else 256)
 
 
 def screenshot_until_not_blank(name: str, out: Path, timeout: float = 60) -> PngSummary:
