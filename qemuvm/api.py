@@ -62,6 +62,13 @@ def _running_qemu(paths: InstancePaths) -> dict[str, Any]:
     return state
 
 
+def monitor_socket(name: str, home: Path | None = None) -> Path:
+    """The client QMP socket of a running instance (for screenshot, snapshot, ...); errors name the state."""
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    return paths.qmp_socket
+
+
 def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 10.0):  # -> Monitor
     from qemuvm.control.client import Monitor
 

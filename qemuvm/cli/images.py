@@ -100,15 +100,9 @@ def image_convert(
 
 
 def _qmp_socket(name: str) -> Path:
-    from qemuvm.errors import UsageError
-    from qemuvm.runtime.paths import InstancePaths
+    from qemuvm import api
 
-    paths = InstancePaths.for_name(name)
-    if not paths.root.is_dir():
-        raise UsageError(f"no instance named {name!r}")
-    if not paths.qmp_socket.exists():
-        raise UsageError(f"instance {name!r} is not running")
-    return paths.qmp_socket
+    return api.monitor_socket(name)
 
 
 @app.command()

@@ -92,4 +92,4 @@ def test_headless_vm_gives_a_clear_error(qemuvm_home: Path, short_tmp: Path, tes
 
 def test_screenshot_of_an_unknown_instance(qemuvm_home: Path, short_tmp: Path) -> None:
     result = qemuvm("screenshot", "nosuchvm", str(short_tmp / "x.png"))
-    assert (result.returncode, result.stderr.strip()) == (2, "qemuvm: no instance named 'nosuchvm'")
+    assert (result.returncode, result.stderr.strip()) == (2, "qemuvm: no instance named nosuchvm (see `qemuvm ls`)")
