@@ -197,12 +197,15 @@ class Supervisor:
             try:
                 kvm = await self.execute("query-kvm")
                 status = (await self.execute("query-status"))["status"]
+                # Recorded before `cont`: its RESUME event marks the state running, and whoever sees that
+                # (up's wait) must also see the accelerator and the start time.
+                self.state.update(accel="kvm" if kvm.get("enabled") else "tcg",
+                                  started_at=self.state.get("started_at") if adopted else time.time())
                 if not adopted and status == "prelaunch":
                     await self.set_vnc_password()
                     await self.execute("cont")
                     status = "running"
-                self.save(state=self._state_of(status), accel="kvm" if kvm.get("enabled") else "tcg",
-                          qmp_status=status, started_at=self.state.get("started_at") if adopted else time.time())
+                self.save(state=self._state_of(status), qmp_status=status)
                 reached_running = True
                 log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state['accel']}")
             except Exception as exc:  # QEMU died under us: the exit below tells why
