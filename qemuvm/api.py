@@ -203,11 +203,12 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
     import yaml
 
     dumped = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
-    _write_private(paths.profile, f"# The resolved profile of instance {profile.name}, as launched.\n{dumped}")
+    header = f"# The resolved profile of instance {profile.name}, as launched.\n"
+    instance.write_private_atomic(paths.profile, header + dumped)
     instance.write_json_atomic(paths.argv, argv)
     lines = " \\\n    ".join(shlex.quote(arg) for arg in argv)
-    _write_private(paths.run_sh, f"#!/bin/sh\n# Instance {profile.name} without qemuvm: the exact QEMU command "
-                                 f"line (argv.json).\nexec {lines}\n", mode=0o700)
+    instance.write_private_atomic(paths.run_sh, f"#!/bin/sh\n# Instance {profile.name} without qemuvm: the exact "
+                                  f"QEMU command line (argv.json).\nexec {lines}\n", mode=0o700)
     instance.write_json_atomic(paths.supervisor_config, {
         "name": profile.name,
         "argv": paused_argv,
@@ -220,15 +221,6 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
         "ssh": {"user": profile.ssh.user, "port": profile.ssh.port},
         "remove_on_down": remove_on_down,
     })
-
-
-def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),

@@ -29,6 +29,7 @@ import yaml
 
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.profile.model import CloudInit, Profile
+from qemuvm.runtime import instance
 from qemuvm.runtime.paths import InstancePaths
 
 CLOUD_CONFIG = "#cloud-config"
@@ -194,17 +195,12 @@ def write_iso(files: dict[str, bytes], target: Path, label: str = LABEL) -> None
         # Plain ISO 9660 names are upper case 8.3 (USERDATA.;1); the real names live in Joliet and Rock Ridge.
         iso_name = "/" + re.sub(r"[^A-Z0-9_]", "", name.upper())[:8] + ".;1"
         iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path=f"/{name}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    image = io.BytesIO()  # a seed is a few hundred KiB: build it in memory, then one atomic write
     try:
-        with os.fdopen(fd, "wb") as out:
-            iso.write_fp(out)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        iso.write_fp(image)
     finally:
         iso.close()
+    instance.write_private_atomic(target, image.getvalue())
 
 
 def write_seed(profile: Profile, paths: InstancePaths) -> Path:

@@ -37,21 +37,27 @@ def create_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one (tmp + fsync + rename)."""
+def write_private_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    """Write a private file so that readers see the old file or the new one, never half of one
+    (tmp + fsync + rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """state.json and friends: indented JSON, written atomically (write_private_atomic)."""
+    write_private_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

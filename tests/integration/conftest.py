@@ -6,13 +6,16 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import rawqemu`
 
 
@@ -84,3 +87,18 @@ def debian_image() -> DebianImage:
         initrd=outdir / "initrd.img",
         manifest=manifest,
     )
+
+
+def poll(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
+    """Call `probe` every 100 ms until it returns something truthy; fail with `what` at the deadline.
+
+    For conditions with no event to wait on (a pid gone, a file's content); the interval is a poll, not a
+    synchronisation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from conftest import poll
 from test_screenshot import qemuvm, screenshot_until_not_blank
 
 from qemuvm import api
@@ -46,22 +45,10 @@ def boots(log: Path) -> list[str]:
     return re.findall(r"Booting from (Hard Disk|DVD/CD|Floppy|ROM)", text)
 
 
-def poll(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll (100 ms) until `predicate` returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
 def boot_attempts(log: Path, start: int, count: int, timeout: float = 60) -> list[str]:
     """The `count` boot attempts from attempt number `start` on, once SeaBIOS has made them."""
-    return poll(lambda: boots(log)[start:start + count] if len(boots(log)) >= start + count else None,
-                timeout, f"{count} boot attempts from attempt {start} in {log}")
+    return poll(f"{count} boot attempts from attempt {start} in {log}",
+                lambda: boots(log)[start:start + count] if len(boots(log)) >= start + count else None, timeout)
 
 
 def argv(guest: VM) -> list[str]:

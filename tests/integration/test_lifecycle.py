@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
+from conftest import poll
 
 from qemuvm import api
 from qemuvm.runtime import instance
@@ -51,18 +52,6 @@ def cli(*args: str, timeout: float = 300, stdin: str | None = None) -> subproces
     """`qemuvm ARGS` in a subprocess (the environment carries QEMUVM_HOME)."""
     return subprocess.run([sys.executable, "-m", "qemuvm", *args], capture_output=True, text=True, input=stdin,
                           timeout=timeout, check=False, env=os.environ.copy())
-
-
-def poll(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Call `probe` every 100 ms until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def alive(pid: int | None) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import poll
 
 from qemuvm.testing import VM, vm
 from qemuvm.workflow import ssh
@@ -147,17 +148,13 @@ def test_a_paused_instance_says_so(guest):
 
     guest.qmp("stop")
     try:
-        deadline = time.monotonic() + 30
-        while (instance.read_state(guest.paths) or {}).get("state") != "paused":  # the supervisor saw STOP
-            assert time.monotonic() < deadline, "state.json never said paused"
-            time.sleep(0.1)
+        poll("state.json to say paused (the supervisor saw STOP)",
+             lambda: (instance.read_state(guest.paths) or {}).get("state") == "paused", 30)
         done = qemuvm("ssh", guest.name, "--", "true")
         assert done.returncode == 1 and f"qemuvm resume {guest.name}" in done.stderr
         assert not ssh.ssh_ready(guest.name)
     finally:
         guest.qmp("cont")
-    deadline = time.monotonic() + 30
-    while (instance.read_state(guest.paths) or {}).get("state") != "running":  # the supervisor saw RESUME
-        assert time.monotonic() < deadline, "state.json never said running again"
-        time.sleep(0.1)
+    poll("state.json to say running again (the supervisor saw RESUME)",
+         lambda: (instance.read_state(guest.paths) or {}).get("state") == "running", 30)
     assert guest.ssh("true").returncode == 0
