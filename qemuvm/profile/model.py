@@ -74,7 +74,12 @@ class Disk(Section):
     size: SizeBytes | None = Field(
         None, description="Create the file with this size if it does not exist; never resizes an existing one"
     )
-    interface: Literal["virtio", "scsi", "nvme", "ide", "sata"] = "virtio"
+    interface: Literal["virtio", "scsi", "nvme", "ide", "sata"] = Field(
+        "virtio",
+        description="virtio (default for disks) | scsi (virtio-scsi; the default for a cdrom, on q35 and pc "
+        "alike: SeaBIOS and OVMF boot from it and every Linux guest kernel reads it, while Debian's cloud "
+        "kernel has no AHCI or ATA driver for ide/sata) | nvme | ide | sata. A cdrom cannot be virtio or nvme",
+    )
     media: Literal["disk", "cdrom"] = Field("disk", description="cdrom media are read-only")
     readonly: bool = False
     cache: Literal["none", "writeback", "writethrough", "directsync", "unsafe"] = "writeback"
@@ -96,12 +101,18 @@ class Disk(Section):
     def is_cdrom(self) -> bool:
         return self.media == "cdrom"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cdrom_interface(cls, data: Any) -> Any:
+        """A cdrom without an interface goes on virtio-scsi (see the interface field), not virtio-blk."""
+        if isinstance(data, dict) and data.get("media") == "cdrom" and data.get("interface") is None:
+            return {**data, "interface": "scsi"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Disk:
         if self.is_cdrom and self.size is not None:
             raise ValueError("a cdrom cannot be created with size")
-        if self.is_cdrom and self.interface in ("virtio", "nvme"):
-            raise ValueError(f"a cdrom cannot use interface {self.interface!r}: use scsi, ide or sata")
         if self.ephemeral and self.size is not None:
             raise ValueError("an ephemeral disk needs an existing file to overlay, not size")
         return self

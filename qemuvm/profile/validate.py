@@ -127,6 +127,10 @@ def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
         elif option in SINGLE_VALUED_OPTIONS:
             problems.append((("qemu", "extra_args", index),
                              f"{arg} repeats an option qemuvm generates; set the profile field instead"))
+    for index, disk in enumerate(profile.disks):
+        if disk.is_cdrom and disk.interface in ("virtio", "nvme"):
+            problems.append((("disks", index, "interface"), f"a cdrom cannot use interface {disk.interface!r}; "
+                             "allowed: scsi (the default for a cdrom), ide, sata"))
     if profile.machine.type == "microvm":
         if not profile.boot.kernel:
             problems.append((("boot", "kernel"), "a microvm has no firmware disk boot: set boot.kernel"))

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import OperationError
@@ -17,13 +18,23 @@ from qemuvm.runtime.paths import InstancePaths
 START_TIMEOUT = 60.0
 
 
+def module_path() -> list[str]:
+    """The supervisor's sys.path: the folder this qemuvm is imported from, then this process's path."""
+    import qemuvm
+
+    package_parent = str(Path(qemuvm.__file__).resolve().parent.parent)
+    return list(dict.fromkeys([package_parent, *(entry for entry in sys.path if entry)]))
+
+
 def start_supervisor(paths: InstancePaths) -> subprocess.Popen[bytes]:
     """`python -S -m qemuvm.runtime.supervisor DIR`, detached: its own session, stdio to supervisor.log.
 
     `-S` skips site initialisation (every .pth hook of every installed package): the supervisor gets this
-    process's module path instead, which finds the same qemuvm and libraries, starts sooner and stays smaller.
+    process's module path instead, which finds the same libraries, starts sooner and stays smaller. That path
+    alone misses a qemuvm installed through an import hook (setuptools' default `pip install -e .`, whose
+    finder a .pth file registers), so the folder that holds this very qemuvm package goes first.
     """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(entry for entry in sys.path if entry))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(module_path()))
     with paths.supervisor_log.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", str(paths.root)],

@@ -118,3 +118,24 @@ def test_guest_iso_boots_from_cdrom(qemuvm_home: Path, short_tmp: Path, test_gue
         assert rebooted.returncode == 0, rebooted.stderr
         wait.wait_for(guest.paths, [wait.serial_condition(guest.paths, "QEMUVM_GUEST_READY", offset=offset)], 300)
         assert boots(log)[attempts:attempts + 2] == ["Hard Disk", "DVD/CD"]
+
+
+@pytest.mark.skipif(not IPXE_ISO.exists(), reason="needs Debian's ipxe package")
+@pytest.mark.parametrize("machine", ["q35", "pc"])
+def test_contract_cdrom_example_boots_ipxe(qemuvm_home: Path, short_tmp: Path, machine: str) -> None:
+    """PROFILE.md's `{file: ./install.iso, media: cdrom}` (no interface) validates, renders on virtio-scsi and
+    boots Debian's ipxe.iso on q35 and pc."""
+    profile = short_tmp / "cd.yaml"
+    (short_tmp / "install.iso").symlink_to(IPXE_ISO)
+    profile.write_text(f"name: cd-{machine}\nmachine: {{type: {machine}, accel: tcg, memory: 256M}}\n"
+                       "disks:\n  - file: ./install.iso\n    media: cdrom\n"
+                       "boot: {order: [cdrom]}\ndisplay: {vga: std}\n"
+                       "qemu:\n  extra_args: [-chardev, 'file,id=biosdbg,path=" + str(short_tmp / "bios.log") + "',"
+                       " -device, 'isa-debugcon,iobase=0x402,chardev=biosdbg']\n")
+    assert qemuvm("validate", str(profile)).returncode == 0
+    rendered = qemuvm("render", str(profile)).stdout
+    assert "scsi-cd,bus=scsi0.0,drive=disk0" in rendered and "virtio-scsi-pci" in rendered
+    with vm(profile) as guest:
+        assert boot_attempts(short_tmp / "bios.log", 0, 1, 60) == ["DVD/CD"]
+        screenshot_until_not_blank(guest.name, short_tmp / "ipxe.png")
+        assert "Boot failed" not in (short_tmp / "bios.log").read_text(errors="replace")
