@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, ProfileError, UsageError
-from qemuvm.runtime import instance, launch
+from qemuvm.runtime import instance, intent, launch
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -198,6 +198,16 @@ def _load(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str]
     raise UsageError(f"profile file {text} does not exist")
 
 
+def _check_memory(profile: Profile) -> None:
+    """A guest larger than the host's RAM cannot run: refuse it before anything is created."""
+    import psutil
+
+    total_mib = psutil.virtual_memory().total >> 20
+    if profile.machine.memory > total_mib:
+        raise UsageError(f"machine.memory: {profile.machine.memory} MiB is more than this host has "
+                         f"({total_mib} MiB)")
+
+
 def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], paused_argv: list[str],
                         forwards: list[dict[str, Any]], vnc: dict[str, Any] | None, remove_on_down: bool) -> None:
     import yaml
@@ -240,6 +250,10 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     if too_long is not None:
         raise UsageError(f"the socket path {too_long} is longer than 107 bytes; set QEMUVM_HOME to a shorter "
                          "folder")
+    if shutil.which(profile.qemu.binary) is None:
+        raise UsageError(f"qemu.binary: {profile.qemu.binary} is not an executable QEMU on PATH; install it "
+                         "(Debian: apt-get install qemu-system-x86) or name the right binary")
+    _check_memory(profile)
     host = _host_facts(profile.qemu.binary)
     problem = kvm_problem(profile, host)
     if problem:
@@ -252,6 +266,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     notice = accel_notice(profile, host)
     if notice:
         progress(notice)
+    instance.check_home(paths.root.parent)
     instance.create_dir(paths.root.parent)
     fresh = False
     try:
@@ -345,9 +360,9 @@ def edit(name: str, *, editor: str | None = None, home: Path | None = None) -> b
 # -- down / kill -------------------------------------------------------------------------------------
 
 
-def _request_stop(paths: InstancePaths, action: str) -> None:
-    """Tell the supervisor that the coming exit is intentional: no restart."""
-    instance.write_json_atomic(paths.stop_request, {"action": action, "time": time.time(), "pid": os.getpid()})
+def _request_stop(paths: InstancePaths, action: str, state: dict[str, Any], lifetime: float = 30.0) -> None:
+    """Tell the supervisor that the coming exit of this QEMU is intentional: no restart (runtime/intent.py)."""
+    intent.request(paths, action, state.get("qemu_pid"), state.get("qemu_start_time"), lifetime)
 
 
 def _wait_gone(state: dict[str, Any], timeout: float) -> bool:
@@ -388,13 +403,22 @@ def _stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
     started = time.monotonic()
     if instance.proven_qemu(state) is None:
         if instance.live_supervisor(state) is not None:  # waiting to restart: cancel that
-            _request_stop(paths, "down")
+            _request_stop(paths, "down", state)
             state = _wait_recorded(paths)
         view = instance.effective_state(state)
         return {"name": name, "step": None, "state": view.get("state"), "already_stopped": True}
     config = instance.read_json(paths.supervisor_config) or {}
     grace = timeout if timeout is not None else float(config.get("shutdown_timeout", 60.0))
-    _request_stop(paths, "down")
+    _request_stop(paths, "down", state, lifetime=grace + 3 * GRACE_AFTER_QUIT)
+    try:
+        return _escalate(name, paths, state, grace, force, started, progress)
+    finally:
+        if instance.proven_qemu(state) is not None:  # interrupted or failed: the intent goes with the attempt
+            intent.withdraw(paths)
+
+
+def _escalate(name: str, paths: InstancePaths, state: dict[str, Any], grace: float, force: bool, started: float,
+              progress: Progress) -> dict[str, Any]:
     monitor = _monitor(paths, busy_timeout=5.0)
     step = None
     if not force:
@@ -426,7 +450,10 @@ def _stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
         raise OperationError(f"QEMU pid {state['qemu_pid']} of {name} survived SIGKILL")
     final = _wait_recorded(paths)
     last = final.get("last_exit") or {}
-    return {"name": name, "step": step, "forced": step != "acpi", "state": instance.effective_state(final)["state"],
+    view = instance.effective_state(final)
+    # A supervisor that has not recorded the exit yet (stopped, or slow): QEMU is gone, and by our hand.
+    stopped = STOPPED if view.get("stale") else view["state"]
+    return {"name": name, "step": step, "forced": step != "acpi", "state": stopped,
             "exit_code": last.get("exit_code"), "signal": last.get("signal"),
             "elapsed_s": round(time.monotonic() - started, 2)}
 
@@ -438,10 +465,10 @@ def kill(name: str, *, home: Path | None = None) -> dict[str, Any]:
     proc = instance.proven_qemu(state)
     if proc is None:
         if instance.live_supervisor(state) is not None:
-            _request_stop(paths, "kill")
+            _request_stop(paths, "kill", state)
             state = _wait_recorded(paths)
         return {"name": name, "killed": False, "state": instance.effective_state(state)["state"]}
-    _request_stop(paths, "kill")
+    _request_stop(paths, "kill", state)
     proc.kill()
     _wait_gone(state, 10)
     final = _wait_recorded(paths)
@@ -463,25 +490,46 @@ def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str,
 # -- runtime control ---------------------------------------------------------------------------------
 
 
+def _await_record(paths: InstancePaths, what: str, holds: Callable[[dict[str, Any]], bool],
+                  timeout: float = 10.0) -> dict[str, Any]:
+    """Wait until the supervisor has recorded the result of a command in state.json: a command returns only
+    once `ls`, `status` and state.json show what it did (read-your-writes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = instance.read_state(paths) or {}
+        if holds(state):
+            return state
+        if instance.live_supervisor(state) is None or time.monotonic() > deadline:
+            raise OperationError(f"{paths.name}: QEMU did it, but its supervisor has not recorded {what} "
+                                 f"within {timeout:g} s; see {paths.supervisor_log}")
+        time.sleep(0.005)
+
+
 def pause(name: str, *, home: Path | None = None) -> dict[str, Any]:
     paths = instance_paths(name, home)
     _running_qemu(paths)
     _monitor(paths).execute("stop")
+    _await_record(paths, "the pause", lambda s: s.get("state") == PAUSED)
     return status(name, home=home)
 
 
 def resume(name: str, *, home: Path | None = None) -> dict[str, Any]:
     paths = instance_paths(name, home)
-    _running_qemu(paths)
+    state = _running_qemu(paths)
     _monitor(paths).execute("cont")
+    if state.get("state") != instance.SHUTDOWN:  # a powered-off guest under -no-shutdown stays down
+        _await_record(paths, "the resume", lambda s: s.get("state") == RUNNING)
     return status(name, home=home)
 
 
 def reboot(name: str, *, home: Path | None = None) -> dict[str, Any]:
-    """A hard reset (QMP system_reset), like pressing the reset button; the guest is not asked."""
+    """A hard reset (QMP system_reset), like pressing the reset button; the guest is not asked.
+
+    Returns once the supervisor recorded the RESET (a new serial_offset: waits start from the new boot)."""
     paths = instance_paths(name, home)
-    _running_qemu(paths)
+    resets = int(_running_qemu(paths).get("resets") or 0)
     _monitor(paths).execute("system_reset")
+    _await_record(paths, "the reset", lambda s: int(s.get("resets") or 0) > resets)
     return status(name, home=home)
 
 
@@ -521,6 +569,7 @@ def _view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
         "forwards": view.get("forwards") or [],
         "vnc": view.get("vnc"),
         "last_exit": view.get("last_exit"),
+        "problem": view.get("unreadable"),  # state.json could not be read: the state comes from the processes
         "dir": str(paths.root),
     }
 

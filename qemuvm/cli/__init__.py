@@ -48,27 +48,42 @@ def _root(
 from qemuvm.cli import profile_cmds, lifecycle, images, workflow, monitor  # noqa: E402, F401, I001
 
 
+def _click_exceptions():  # -> module
+    """click's exceptions: typer 0.28 vendors click as typer._click; older typers depend on click itself."""
+    try:
+        from typer._click import exceptions  # type: ignore[import-not-found]
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
-    """Console entry point: QemuvmError becomes one sentence on stderr and its exit code."""
+    """Console entry point: QemuvmError becomes one sentence on stderr and its exit code; a usage error is
+    click's one-line message with exit 2; anything unexpected is one sentence too (--debug shows the traceback)."""
+    debug = bool(os.environ.get("QEMUVM_DEBUG")) or "--debug" in sys.argv[1:]
     try:
         result = app(standalone_mode=False)
         if isinstance(result, int):
             sys.exit(result)
     except QemuvmError as exc:
-        if os.environ.get("QEMUVM_DEBUG"):
+        if debug:
             raise
         print(f"qemuvm: {exc}" if "\n" not in str(exc) else str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        print("qemuvm: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        errors = _click_exceptions()
+        if isinstance(exc, errors.ClickException):
             exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-        raise
+            sys.exit(2 if isinstance(exc, errors.UsageError) else exc.exit_code)
+        if debug:
+            raise
+        print(f"qemuvm: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)

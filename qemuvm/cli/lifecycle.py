@@ -164,7 +164,8 @@ def ls(json_: bool = JsonOption) -> None:
     table = []
     for row in rows:
         uptime = row["uptime_s"]
-        table.append([row["name"], row["state"], "yes" if row["supervised"] else "no", row["qemu_pid"],
+        shown = f"{row['state']} ({row['problem']})" if row.get("problem") else row["state"]
+        table.append([row["name"], shown, "yes" if row["supervised"] else "no", row["qemu_pid"],
                       time.strftime("%H:%M:%S", time.gmtime(uptime)) if uptime is not None else None,
                       row["accel"], ", ".join(_forward_text(f) for f in row["forwards"])])
     print_table(["NAME", "STATE", "SUPERVISED", "PID", "UPTIME", "ACCEL", "FORWARDS"], table)

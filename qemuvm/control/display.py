@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from qemuvm import files
 from qemuvm.control.client import Monitor, QmpError, QmpSession
 from qemuvm.errors import OperationError, UsageError
 
@@ -22,10 +23,7 @@ VNC_PASSWORD_MAX = 8  # the VNC auth scheme (DES) uses only the first 8 characte
 
 def read_vnc_password(password_file: str | os.PathLike[str]) -> str:
     """The first line of the file (a trailing newline is not part of the password)."""
-    try:
-        text = Path(password_file).read_text()
-    except OSError as exc:
-        raise UsageError(f"display.vnc.password_file: cannot read {password_file} ({exc.strerror})") from None
+    text = files.read_text(password_file, "display.vnc.password_file", 4096)
     lines = text.splitlines()
     password = lines[0] if lines else ""
     if not password:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from qemuvm import files
 from qemuvm.errors import ProfileError, UsageError
 
 FieldPath = tuple[str | int, ...]
@@ -82,15 +83,47 @@ def _display_name(path: Path) -> str:
 def _read_yaml(path: Path) -> tuple[Any, dict[FieldPath, Location]]:
     """Parse one file, recording the line of every mapping key and list item."""
     shown = _display_name(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{shown}: profile not found") from None
-    except IsADirectoryError:
-        raise UsageError(f"{shown}: is a folder, not a profile file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{shown}: cannot read the profile ({exc})") from None
-    return _parse_yaml(text, shown)
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"{shown}: profile not found")
+    return _parse_yaml(files.read_text(path, "profile", MAX_PROFILE_BYTES), shown)
+
+
+# Bounds on what one profile may be: far beyond any real one, far below what exhausts a machine.
+MAX_PROFILE_BYTES = files.MIB
+MAX_VALUES = 20_000  # values after alias expansion (a "billion laughs" document is refused before it is built)
+MAX_DEPTH = 64
+
+
+def _expanded_size(root: yaml.Node, shown: str) -> None:
+    """Refuse a document whose aliases expand past MAX_VALUES values, nest past MAX_DEPTH, or refer to
+    themselves: the node graph is walked once, each node's expanded size memoised."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ProfileError([f"{Location(shown, node.start_mark.line + 1)}: (profile): a YAML alias refers "
+                                "to itself (a recursive structure cannot be a profile value)"])
+        if depth > MAX_DEPTH:
+            raise ProfileError([f"{Location(shown, node.start_mark.line + 1)}: (profile): nested more than "
+                                f"{MAX_DEPTH} levels deep"])
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item, depth + 1) for item in node.value)
+        active.discard(key)
+        if total > MAX_VALUES:
+            raise ProfileError([f"{Location(shown, node.start_mark.line + 1)}: (profile): expands to more than "
+                                f"{MAX_VALUES} values (YAML aliases repeat what they name); write it out plainly"])
+        sizes[key] = total
+        return total
+
+    size(root, 0)
 
 
 def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[FieldPath, Location]]:
@@ -98,6 +131,8 @@ def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[FieldPath, Location]]:
     try:
         loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
+        if node is not None:
+            _expanded_size(node, shown)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -110,6 +145,9 @@ def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[FieldPath, Location]]:
         raise ProfileError([f"{shown}: (profile): YAML syntax error: {reason}"]) from None
     except RecursionError:
         raise ProfileError([f"{shown}: (profile): YAML is nested too deeply"]) from None
+    except ValueError as exc:  # an integer longer than Python converts (4300 digits), and kin
+        reason = "an integer has more than 4300 digits" if "4300" in str(exc) else str(exc)
+        raise ProfileError([f"{shown}: (profile): a value cannot be read: {reason}"]) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -241,6 +279,9 @@ def _walk(data: Any, pattern: FieldPath, path: FieldPath = ()):
             yield (*path, key), value, data, key
 
 
+MAX_OVERRIDE_CHARS = 65536
+
+
 def parse_override(text: str) -> tuple[FieldPath, Any]:
     """`machine.memory=2G` -> (("machine", "memory"), "2G"); the value is parsed as YAML."""
     key, sep, raw = text.partition("=")
@@ -251,9 +292,13 @@ def parse_override(text: str) -> tuple[FieldPath, Any]:
         if not part:
             raise UsageError(f"--set {text!r}: empty part in the key path {key!r}")
         parts.append(int(part) if part.isdigit() else part)
+    if len(raw) > MAX_OVERRIDE_CHARS:
+        raise UsageError(f"--set {key.strip()}=...: the value is longer than {MAX_OVERRIDE_CHARS} characters")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value, _ = _parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else (None, {})
+    except ProfileError as exc:
+        if "YAML syntax error" not in str(exc):
+            raise UsageError(str(exc).replace(": (profile):", ":", 1)) from None
         value = raw  # not YAML: take it as a plain string
     return tuple(parts), value
 

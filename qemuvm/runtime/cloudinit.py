@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from qemuvm import files
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.profile.model import CloudInit, Profile
 from qemuvm.runtime import instance
@@ -79,13 +80,11 @@ def public_key(paths: InstancePaths) -> str:
 # -- documents -----------------------------------------------------------------------------------
 
 
+MAX_DOCUMENT_BYTES = 4 * files.MIB  # a seed ISO holds more, but no real user-data comes near this
+
+
 def _read(path: str, field: str) -> str:
-    try:
-        return Path(path).read_text()
-    except FileNotFoundError:
-        raise UsageError(f"cloud_init.{field}: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cloud_init.{field}: cannot read {path} ({exc})") from None
+    return files.read_text(path, f"cloud_init.{field}", MAX_DOCUMENT_BYTES)
 
 
 def _dump(data: Any) -> str:

@@ -17,11 +17,13 @@ from typing import Any
 
 import psutil
 
+from qemuvm.errors import UsageError
 from qemuvm.runtime.paths import InstancePaths, state_home
 
 # States written to state.json (what `status` reports).
 STARTING, RUNNING, PAUSED, SHUTDOWN = "starting", "running", "paused", "shutdown"
 CRASHED, STOPPED = "crashed", "stopped"
+UNKNOWN = "unknown"  # state.json unreadable, or a QEMU found through its pidfile before any record said so
 ALIVE_STATES = frozenset({STARTING, RUNNING, PAUSED, SHUTDOWN})
 # Two process start times of the same process read through psutil agree to the clock tick (10 ms).
 _START_TIME_SLACK = 0.05
@@ -32,9 +34,32 @@ class LockTimeout(Exception):
 
 
 def create_dir(path: Path) -> None:
-    """Create `path` (and parents) with mode 0700 and make sure an existing one is 0700 too."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """Create `path` and any missing parents with mode 0700. An existing folder is left as it is: qemuvm never
+    changes the mode of a folder it did not make (QEMUVM_HOME=/tmp must stay 1777)."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a parallel `up` made it first
+            folder.mkdir(mode=0o700)
+            os.chmod(folder, 0o700)  # the umask may have narrowed it; never widened
+
+
+def check_home(home: Path) -> None:
+    """Refuse a home that another local user could tamper with: owned by someone else, or writable by others
+    without the sticky bit (where they could replace our instance folders)."""
+    try:
+        info = home.stat()
+    except FileNotFoundError:
+        return
+    if info.st_uid != os.geteuid():
+        raise UsageError(f"the state folder {home} belongs to uid {info.st_uid}, not to you; set QEMUVM_HOME to "
+                         "a folder of your own")
+    if info.st_mode & 0o002 and not info.st_mode & 0o1000:
+        raise UsageError(f"the state folder {home} is writable by every user and has no sticky bit; set "
+                         "QEMUVM_HOME to a private folder (or chmod o-w / +t it)")
 
 
 def write_private_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
@@ -69,8 +94,86 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+# The fields of state.json that decisions read, with the types they must have (anything else: unreadable).
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "state": (str,), "qemu_pid": (int,), "qemu_start_time": (int, float), "qemu_cmdline": (list,),
+    "supervisor_pid": (int,), "supervisor_start_time": (int, float), "restarts": (int,), "forwards": (list,),
+    "last_exit": (dict,), "serial_offset": (int,), "resets": (int,), "vnc": (dict,), "started_at": (int, float),
+}
+
+
+def state_problem(data: dict[str, Any] | None) -> str | None:
+    """Why a state.json record cannot be trusted (a field of the wrong type), or None."""
+    for key, types in _STATE_TYPES.items():
+        value = (data or {}).get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"{key} is {type(value).__name__}, not {types[0].__name__}"
+    return None
+
+
 def read_state(paths: InstancePaths) -> dict[str, Any] | None:
-    return read_json(paths.state)
+    """state.json, checked, plus the processes the folder itself proves (qemu.pid, supervisor.lock).
+
+    A state.json that is missing, truncated or of the wrong types never hides a live QEMU or supervisor:
+    QEMU's pidfile and the pid the supervisor writes into its lock are proof enough (the process's command
+    line names this folder), so every command finds, adopts or ends them whatever state.json says.
+    """
+    data = read_json(paths.state)
+    exists = data is not None or paths.state.exists()
+    problem = state_problem(data) if data is not None else ("not valid JSON" if exists else None)
+    if problem:
+        data = {"state": UNKNOWN, "unreadable": f"state.json unreadable ({problem})"}
+    state = _with_found_processes(paths, data)
+    return state
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        text = path.read_text(errors="replace")[:32].strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _naming(pid: int | None, *needles: str) -> psutil.Process | None:
+    """The live process `pid` whose command line contains every one of `needles` as an argument."""
+    proc = process_if_alive(pid, None)
+    try:
+        return proc if proc is not None and all(n in proc.cmdline() for n in needles) else None
+    except psutil.Error:
+        return None
+
+
+def scan_for_qemu(paths: InstancePaths) -> psutil.Process | None:
+    """A QEMU whose command line names this instance's pidfile, found by scanning every process: for the
+    moment between exec and QEMU writing that pidfile (a supervisor killed right after starting it)."""
+    wanted = str(paths.pidfile)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if wanted in cmdline and "-pidfile" in cmdline:
+            return proc
+    return None
+
+
+def _with_found_processes(paths: InstancePaths, data: dict[str, Any] | None) -> dict[str, Any] | None:
+    state = dict(data) if data is not None else None
+    if proven_qemu(state) is None:
+        qemu = _naming(_pid_in(paths.pidfile), "-pidfile", str(paths.pidfile))
+        if qemu is not None:
+            with contextlib.suppress(psutil.Error):
+                state = {**(state or {"state": UNKNOWN}), "qemu_pid": qemu.pid, "qemu_start_time": qemu.create_time(),
+                         "qemu_cmdline": qemu.cmdline(), "found_by": "qemu.pid"}
+    if live_supervisor(state) is None:
+        supervisor = _naming(_pid_in(paths.supervisor_lock), "qemuvm.runtime.supervisor", str(paths.root))
+        if supervisor is not None:
+            with contextlib.suppress(psutil.Error):
+                # A supervisor that has not written its first record yet: whatever the old record says, the
+                # instance is starting (and that record is not the new supervisor's word).
+                old = state or {}
+                state = {**old, "supervisor_pid": supervisor.pid, "supervisor_start_time": supervisor.create_time(),
+                         "supervisor_found_by": "supervisor.lock",
+                         "state": old.get("state") if old.get("state") in ALIVE_STATES else STARTING}
+    return state
 
 
 @contextlib.contextmanager
@@ -166,7 +269,11 @@ def effective_state(state: dict[str, Any] | None) -> dict[str, Any]:
     supervisor = live_supervisor(state)
     qemu_alive = bool(state) and process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is not None
     view["supervised"] = supervisor is not None
-    if view.get("state") in ALIVE_STATES and not qemu_alive and supervisor is None:
+    restarting = supervisor is not None and view.get("state") == STARTING
+    if view.get("state") in ALIVE_STATES and not qemu_alive and not restarting \
+            and not (supervisor is not None and not view.get("qemu_pid")):
+        # QEMU is gone and nobody has recorded it yet (both processes were killed, or the supervisor is about
+        # to write, or is stopped): say what is true now rather than what the record last said.
         view["state"] = CRASHED if view.get("qemu_pid") else STOPPED
         view["stale"] = True
     if not qemu_alive:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +44,13 @@ def start_supervisor(paths: InstancePaths) -> subprocess.Popen[bytes]:
         )
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:
     """`NAME failed to start: how QEMU ended`, then the last lines of qemu.log."""
     last = (state or {}).get("last_exit") or {}
@@ -62,7 +70,7 @@ def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
     deadline = time.monotonic() + timeout
     while True:
         state = instance.read_state(paths)
-        ours = state is not None and state.get("supervisor_pid") == proc.pid
+        ours = state is not None and state.get("supervisor_pid") == proc.pid and not state.get("supervisor_found_by")
         if ours and state["state"] in (RUNNING, PAUSED):
             return state
         if ours and state["state"] in (CRASHED, STOPPED):
@@ -70,14 +78,36 @@ def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
                 proc.wait(10)  # it exits right after recording: leave nothing running behind
             raise OperationError(failure_message(paths, state))
         if proc.poll() is not None:
-            if ours:
-                raise OperationError(failure_message(paths, instance.read_state(paths)))
-            raise OperationError(f"the supervisor of {paths.name} exited with code {proc.returncode}; "
+            if instance.proven_qemu(state) is None and instance.scan_for_qemu(paths) is not None:
+                # QEMU exists but has not written its pidfile yet: that takes it milliseconds.
+                state = _pidfile_proof(paths)
+            if instance.proven_qemu(state) is not None:
+                # The supervisor died (killed) after starting QEMU: a new one adopts it and finishes the start.
+                adopted = ensure_supervised(paths)
+                if adopted is not None and adopted.get("state") in (RUNNING, PAUSED):
+                    return adopted
+                raise OperationError(failure_message(paths, adopted))
+            final = instance.read_state(paths)
+            if ours and final and final.get("state") in (CRASHED, STOPPED):  # recorded just before it exited
+                raise OperationError(failure_message(paths, final))
+            how = f"was killed by {_signal_name(-proc.returncode)}" if proc.returncode < 0 \
+                else f"exited with code {proc.returncode}"
+            raise OperationError(f"the supervisor of {paths.name} {how} before QEMU ran; nothing is left running; "
                                  f"last lines of {paths.supervisor_log}:\n{instance.tail(paths.supervisor_log)}")
         if time.monotonic() > deadline:
             raise OperationError(f"{paths.name} did not reach running within {timeout:g} s; "
                                  f"see {paths.qemu_log} and {paths.supervisor_log}")
         time.sleep(0.01)  # a stat and a small read: cheap, and `up` returns as soon as QEMU runs
+
+
+def _pidfile_proof(paths: InstancePaths, timeout: float = 10.0) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    state = instance.read_state(paths)
+    while instance.proven_qemu(state) is None and instance.scan_for_qemu(paths) is not None \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+        state = instance.read_state(paths)
+    return state
 
 
 def ensure_supervised(paths: InstancePaths, timeout: float = 15.0) -> dict[str, Any] | None:

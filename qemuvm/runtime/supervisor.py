@@ -40,7 +40,7 @@ from typing import Any
 from qemu.qmp import EventListener, Message, QMPClient
 from qemu.qmp.protocol import Runstate
 
-from qemuvm.runtime import instance
+from qemuvm.runtime import instance, intent
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STARTING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -50,6 +50,18 @@ QMP_TIMEOUT = 10.0
 # QMP run states that mean "not executing guest code, but alive".
 _PAUSED_STATUSES = {"paused", "suspended", "debug", "inmigrate", "postmigrate", "finish-migrate",
                     "restore-vm", "save-vm", "watchdog", "colo"}
+
+
+def checkpoint(step: str) -> None:
+    """Tests only: `QEMUVM_TEST_SUPERVISOR_STOP=STEP:MARKER` stops this process (SIGSTOP) at STEP once, while
+    MARKER exists (it is removed first), so a fault test can kill -9 the supervisor at exactly that step."""
+    wanted, _, marker = os.environ.get("QEMUVM_TEST_SUPERVISOR_STOP", "").partition(":")
+    if wanted == step and marker:
+        try:
+            os.unlink(marker)
+        except FileNotFoundError:
+            return
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def log(message: str) -> None:
@@ -111,6 +123,10 @@ class Supervisor:
             self.save(state=PAUSED)
         elif name == "RESUME":
             self.save(state=RUNNING)
+        elif name == "RESET":
+            # A new boot: `wait --serial` (and anything else reading serial_offset) starts from here, not from
+            # the previous boot's output; `reboot` returns once this is recorded.
+            self.save(resets=int(self.state.get("resets") or 0) + 1, serial_offset=self._serial_size())
         elif name == "SHUTDOWN":
             self.shutdown_reason = record["data"].get("reason")
         elif name == "GUEST_PANICKED":
@@ -128,7 +144,7 @@ class Supervisor:
             argv.insert(1, "-S")  # paused until our monitor listens: no event is lost
         instance.unlink_stale_sockets(self.paths)
         # Where this run's console output starts in serial.log (QEMU appends): `wait --serial` reads from here.
-        serial_offset = self.paths.serial_log.stat().st_size if self.paths.serial_log.exists() else 0
+        serial_offset = self._serial_size()
         with self.paths.qemu_log.open("ab") as qemu_log:
             qemu_log.write(f"--- qemuvm: starting QEMU at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
             qemu_log.flush()
@@ -136,10 +152,17 @@ class Supervisor:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
                                          start_new_session=True, close_fds=True)
         self.qemu_pid = self.proc.pid
+        checkpoint("after-exec")  # QEMU runs, nothing recorded it yet: its pidfile is the only proof
         start_time = instance.process_if_alive(self.qemu_pid, None)
         self.save(state=STARTING, qemu_pid=self.qemu_pid, qemu_cmdline=argv, serial_offset=serial_offset,
                   qemu_start_time=start_time.create_time() if start_time else None, accel=None, qmp_status=None)
         log(f"started QEMU pid {self.qemu_pid}")
+
+    def _serial_size(self) -> int:
+        try:
+            return self.paths.serial_log.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     async def connect(self, exited: asyncio.Future[None], deadline: float) -> QMPClient | None:
         """Connect to the supervisor monitor; None when QEMU exits first or the deadline passes."""
@@ -190,6 +213,7 @@ class Supervisor:
         """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""
         self.shutdown_reason, self.panicked, reached_running = None, False, adopted
         if not adopted:
+            checkpoint("before-qemu")
             self.spawn()
         exited = self.exit_future()
         self.qmp = await self.connect(exited, time.monotonic() + CONNECT_TIMEOUT)
@@ -201,10 +225,13 @@ class Supervisor:
                 # (up's wait) must also see the accelerator and the start time.
                 self.state.update(accel="kvm" if kvm.get("enabled") else "tcg",
                                   started_at=self.state.get("started_at") if adopted else time.time())
-                if not adopted and status == "prelaunch":
+                # An adopted QEMU still in prelaunch never ran: its supervisor died between exec and `cont`.
+                if status == "prelaunch" and (not adopted or not self.state.get("started_at")):
+                    self.state["started_at"] = time.time()
                     await self.set_vnc_password()
                     await self.execute("cont")
                     status = "running"
+                    checkpoint("after-cont")
                 self.save(state=self._state_of(status), qmp_status=status)
                 reached_running = True
                 log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state['accel']}")
@@ -252,9 +279,9 @@ class Supervisor:
             record["signal"] = _signal_name(-code)
         elif code is not None:
             record["exit_code"] = code
-        request = instance.read_json(self.paths.stop_request)
-        if request:
-            record["reason"], record["failure"] = request.get("action", "down"), False
+        intended = intent.action_for(self.paths, self.qemu_pid)
+        if intended:
+            record["reason"], record["failure"] = intended, False
         elif self.panicked:
             record["reason"], record["failure"] = "guest-panic", True
         elif not reached_running:
@@ -278,10 +305,10 @@ class Supervisor:
         """Sleep before a restart; False when a stop request arrives meanwhile."""
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
-            if self.paths.stop_request.exists():
+            if intent.action_for(self.paths, self.qemu_pid):
                 return False
             await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        return not self.paths.stop_request.exists()
+        return not intent.action_for(self.paths, self.qemu_pid)
 
     async def run(self) -> int:
         previous = instance.read_state(self.paths) or {}
@@ -346,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        with instance.locked(paths.supervisor_lock, timeout=None):
+        with instance.locked(paths.supervisor_lock, timeout=None) as lock_fd:
+            # Our pid in the lock we hold: commands find this supervisor even when state.json cannot say.
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
             log(f"supervisor pid {os.getpid()} for {paths.root}")
             return asyncio.run(Supervisor(paths).run())
     except instance.LockTimeout:

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from qemuvm.runtime import instance
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -102,3 +104,26 @@ def poll(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def alive(pid: int | None) -> bool:
+    return instance.process_if_alive(pid, None) is not None
+
+
+def kill_everything(home: Path) -> None:
+    """Teardown: SIGKILL every supervisor, then every proven QEMU, of every instance below `home`."""
+    for paths in instance.list_instances(home):
+        supervisor = instance.live_supervisor(instance.read_state(paths))
+        if supervisor is not None:
+            supervisor.kill()
+            poll("the supervisor to die", lambda s=supervisor: not alive(s.pid), 10)
+        qemu = instance.proven_qemu(instance.read_state(paths))
+        if qemu is not None:
+            qemu.kill()
+            poll("QEMU to die", lambda q=qemu: not alive(q.pid), 10)
+
+
+@pytest.fixture
+def home(qemuvm_home: Path) -> Iterator[Path]:
+    yield qemuvm_home
+    kill_everything(qemuvm_home)

@@ -25,13 +25,6 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (QEMU binds it right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class QemuTimeout(AssertionError):
     pass
 
@@ -190,6 +183,16 @@ class RawQemu:
             pass
 
     # -- QMP ---------------------------------------------------------------------------------
+
+    def host_port(self, guest_port: int) -> int:
+        """The host port QEMU's user network bound for a forward written with host port 0 (QEMU picks a free
+        one itself, so no other process can take it between choosing and binding)."""
+        table = self.qmp("human-monitor-command", {"command-line": "info usernet"})
+        for line in table.splitlines():
+            fields = line.split()
+            if fields and fields[0].startswith("TCP[HOST_FORWARD]") and fields[-3] == str(guest_port):
+                return int(fields[3])
+        raise AssertionError(f"no forward to guest port {guest_port} in:\n{table}")
 
     def qmp(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10) -> Any:
         """Run one QMP command on a fresh connection (one client at a time, as QEMU allows)."""

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -84,17 +83,19 @@ def runnable(profile: Profile, scratch: Path, paths: InstancePaths) -> Profile:
     if profile.machine.firmware == "uefi":
         shutil.copyfile(probe().ovmf_vars or "/usr/share/OVMF/OVMF_VARS_4M.fd", paths.uefi_vars)
     display = profile.display
-    if display and display.vnc and isinstance(display.vnc.port, int):  # another VM may hold a fixed port
-        display = display.model_copy(update={"vnc": display.vnc.model_copy(update={"port": _free_port()})})
     qemu = profile.qemu.model_copy(update={"binary": "qemu-system-x86_64"})
     return profile.model_copy(update={"machine": machine, "disks": disks, "boot": boot, "shares": shares,
                                       "network": network, "display": display, "qemu": qemu})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))  # an ephemeral port: always above 5900, as VNC needs
-        return sock.getsockname()[1]
+def _vnc_searches(argv: list[str]) -> list[str]:
+    """A fixed TCP VNC display may be taken by another VM: let QEMU itself take the first free display from
+    it on (`to=99`), rather than choosing a port here that another process could take before QEMU binds it."""
+    out = list(argv)
+    for index, arg in enumerate(out[:-1]):
+        if arg == "-vnc" and not out[index + 1].startswith("unix:"):
+            out[index + 1] += ",to=99"
+    return out
 
 
 @pytest.fixture
@@ -136,7 +137,8 @@ def test_qemu_accepts_golden(path: Path, scratch: Path, monkeypatch: pytest.Monk
         pytest.skip(reason)
     paths = InstancePaths(scratch / "i")
     paths.root.mkdir(mode=0o700)
-    argv = compile_argv(runnable(profile, scratch, paths), paths, case.host, case.ports, start_paused=True)
+    argv = _vnc_searches(compile_argv(runnable(profile, scratch, paths), paths, case.host, case.ports,
+                                      start_paused=True))
     stderr = scratch / "qemu.err"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)

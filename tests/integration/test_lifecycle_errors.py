@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from test_lifecycle import alive, cli, kill_everything
+from conftest import alive, kill_everything
+from test_lifecycle import cli
 
 from qemuvm import api
 from qemuvm.errors import OperationError, UsageError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import pytest
 
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.qemu import img
+
+# These tests run the real qemu-img (Debian package qemu-utils; scripts/setup installs it).
+pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img: apt-get install qemu-utils")
 
 
 def test_create_info_qcow2(short_tmp: Path) -> None:

@@ -12,16 +12,24 @@ from pathlib import Path
 import psutil
 import pytest
 
+from qemuvm.errors import UsageError
 from qemuvm.runtime import instance
 from qemuvm.runtime.paths import InstancePaths
 
 
-def test_create_dir_is_private(short_tmp: Path) -> None:
+def test_create_dir_is_private_and_never_changes_an_existing_folder(short_tmp: Path) -> None:
     target = short_tmp / "home" / "vm"
     instance.create_dir(target)
-    os.chmod(target, 0o755)
-    instance.create_dir(target)  # an existing folder is tightened again
-    assert target.stat().st_mode & 0o777 == 0o700
+    assert target.stat().st_mode & 0o777 == 0o700 and target.parent.stat().st_mode & 0o777 == 0o700
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # QEMUVM_HOME=/tmp
+    instance.create_dir(shared / "vm")
+    assert shared.stat().st_mode & 0o7777 == 0o1777 and (shared / "vm").stat().st_mode & 0o777 == 0o700
+    instance.check_home(shared)  # sticky: fine
+    os.chmod(shared, 0o777)
+    with pytest.raises(UsageError, match="writable by every user and has no sticky bit"):
+        instance.check_home(shared)
 
 
 def test_write_json_atomic_replaces_whole_file(short_tmp: Path) -> None:

@@ -6,6 +6,7 @@ import email
 import hashlib
 import io
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from qemuvm.runtime import memory
 from qemuvm.runtime.cloudinit import write_iso
 from qemuvm.runtime.paths import InstancePaths
 from qemuvm.runtime.prepare import prepare, remove_ephemeral
+
+# These tests run the real qemu-img (Debian package qemu-utils; scripts/setup installs it).
+pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img: apt-get install qemu-utils")
 
 
 def _profile(text: str, folder: Path):

@@ -72,6 +72,9 @@ def test_disk_stats_names_blockdev_disks_by_node() -> None:
 class FakeProcess:
     pid = 4242
 
+    def cmdline(self) -> list[str]:  # names no instance folder: never taken for a found supervisor
+        return []
+
 
 def _fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, running: bool = True) -> Path:
     (tmp_path / "vm").mkdir()

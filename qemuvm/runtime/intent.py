@@ -1,0 +1,57 @@
+"""Stop intents (`stop.request`): "the coming exit of this QEMU is a `down`/`kill`, not a failure".
+
+An intent belongs to one stop attempt: it names the QEMU it is meant for (pid + start time) and the process
+that asked. It counts only for that QEMU, and only while its requester is alive or until it expires, so an
+interrupted `down` (Ctrl-C, or the CLI killed) cannot turn a later crash into a clean exit that is never
+restarted. Imported by the supervisor: stdlib and runtime only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+from qemuvm.runtime import instance
+from qemuvm.runtime.paths import InstancePaths
+
+
+def request(paths: InstancePaths, action: str, qemu_pid: int | None, qemu_start_time: float | None,
+            lifetime: float) -> None:
+    """Record that this process is about to stop QEMU `qemu_pid` (`action`: down | kill)."""
+    me = instance.process_if_alive(os.getpid(), None)
+    now = time.time()
+    instance.write_json_atomic(paths.stop_request, {
+        "action": action, "time": now, "expires_at": now + lifetime,
+        "requester_pid": os.getpid(), "requester_start_time": me.create_time() if me else None,
+        "qemu_pid": qemu_pid, "qemu_start_time": qemu_start_time})
+
+
+def withdraw(paths: InstancePaths) -> None:
+    """Remove this process's own intent (a stop attempt that ended without QEMU exiting)."""
+    record = instance.read_json(paths.stop_request)
+    if record and record.get("requester_pid") == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            paths.stop_request.unlink()
+
+
+def applies(record: dict[str, Any] | None, qemu_pid: int | None, *, now: float, requester_alive: bool) -> bool:
+    """Whether `record` makes the exit of QEMU `qemu_pid` intentional (pure: a table test covers it)."""
+    if not record or record.get("qemu_pid") != qemu_pid:
+        return False
+    expires = record.get("expires_at")
+    return requester_alive or (isinstance(expires, (int, float)) and now <= expires)
+
+
+def action_for(paths: InstancePaths, qemu_pid: int | None) -> str | None:
+    """The action (down | kill) of the intent that applies to QEMU `qemu_pid` now, or None."""
+    record = instance.read_json(paths.stop_request)
+    if not record:
+        return None
+    pid, started = record.get("requester_pid"), record.get("requester_start_time")
+    alive = isinstance(pid, int) and isinstance(started, (int, float)) \
+        and instance.process_if_alive(pid, started) is not None
+    if not applies(record, qemu_pid, now=time.time(), requester_alive=alive):
+        return None
+    return str(record.get("action") or "down")

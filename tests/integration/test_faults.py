@@ -1,0 +1,189 @@
+"""Faults at every step (issues 10 and 11): the supervisor killed during `up`, corrupt records, an interrupted
+`down`, and commands whose result must already be in state.json when they return. Real QEMU, the test guest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import alive, kill_everything, poll
+from test_lifecycle import cli, guest_profile
+
+from qemuvm import api
+from qemuvm.runtime import instance
+from qemuvm.runtime.paths import InstancePaths
+
+pytestmark = pytest.mark.integration
+
+
+def state_json(name: str) -> dict[str, Any]:
+    return json.loads(InstancePaths.for_name(name).state.read_text())
+
+
+def no_qemu_of(home: Path) -> bool:
+    return not [p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])
+                and "qemu-system" in " ".join(p.info["cmdline"] or [])]
+
+
+# -- read-your-writes: every verb's result is in state.json when it returns --------------------------------
+
+
+def test_every_verb_is_recorded_before_it_returns(home: Path, test_guest: Any) -> None:
+    profile = guest_profile(home, test_guest, "ryw", ready={"serial": "QEMUVM_GUEST_READY", "timeout": "180s"})
+    api.up(profile)
+    for _ in range(50):
+        api.pause("ryw")
+        assert state_json("ryw")["state"] == "paused"
+        assert {r["name"]: r for r in api.ls()}["ryw"]["state"] == "paused"
+        api.resume("ryw")
+        assert state_json("ryw")["state"] == "running"
+        resets = state_json("ryw").get("resets", 0)
+        api.reboot("ryw")
+        assert state_json("ryw")["resets"] > resets  # (a guest reset of its own may add one)
+    for verb in ("pause", "resume", "reboot"):  # the CLI is the same API
+        assert cli(verb, "ryw").returncode == 0
+        assert state_json("ryw")["state"] == ("paused" if verb == "pause" else "running")
+    for _ in range(50):
+        api.kill("ryw")
+        assert state_json("ryw")["state"] == "stopped" and state_json("ryw")["last_exit"]["reason"] == "kill"
+        started = api.start("ryw", wait=False)
+        assert state_json("ryw")["state"] == "running" and state_json("ryw")["qemu_pid"] == started["qemu_pid"]
+        api.down("ryw", force=True)
+        assert state_json("ryw")["state"] == "stopped" and state_json("ryw")["last_exit"]["reason"] == "down"
+        api.up("ryw", wait=False)
+        assert state_json("ryw")["state"] == "running"
+    api.down("ryw", force=True)
+
+
+# -- the supervisor killed at each step of `up` ----------------------------------------------------------------
+
+
+def _up_with_supervisor_stopped_at(home: Path, profile: Path, step: str) -> tuple[subprocess.Popen[str], int]:
+    """`qemuvm up --no-wait` whose supervisor stops itself (SIGSTOP) at `step`; returns up and the supervisor."""
+    marker = home / f"stop-{step}"
+    marker.touch()
+    env = dict(os.environ, QEMUVM_TEST_SUPERVISOR_STOP=f"{step}:{marker}")
+    up = subprocess.Popen([sys.executable, "-m", "qemuvm", "up", str(profile), "--no-wait", "--json"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def stopped_supervisor() -> int | None:
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = proc.info["cmdline"] or []
+            if "qemuvm.runtime.supervisor" in cmdline and str(home) in " ".join(cmdline) \
+                    and proc.info["status"] == psutil.STATUS_STOPPED:
+                return proc.pid
+        return None
+    return up, poll(f"the supervisor to stop at {step}", stopped_supervisor, 60)
+
+
+@pytest.mark.parametrize("step", ["before-qemu", "after-exec", "after-cont"])
+def test_supervisor_killed_during_up(home: Path, test_guest: Any, step: str) -> None:
+    name = f"k9-{step}"
+    profile = guest_profile(home, test_guest, name)
+    up, supervisor = _up_with_supervisor_stopped_at(home, profile, step)
+    os.kill(supervisor, signal.SIGKILL)
+    out, err = up.communicate(timeout=120)
+    paths = InstancePaths.for_name(name)
+    if step == "before-qemu":
+        # Nothing ran: up says how its supervisor ended, and no QEMU exists.
+        assert up.returncode == 1 and "supervisor" in err and "Traceback" not in err
+        assert no_qemu_of(home)
+        assert api.up(profile, wait=False)["state"] == "running"  # a clean start afterwards
+    else:
+        # QEMU outlived its supervisor: up had it adopted and finished the start.
+        assert up.returncode == 0, err
+        result = json.loads(out)
+        assert result["state"] == "running" and alive(result["qemu_pid"])
+        assert api.status(name)["qmp_status"] == "running"
+    listed = {r["name"]: r for r in api.ls()}[name]
+    # after-cont: `up` already saw RESUME recorded and returned; the supervisor died afterwards, so the VM runs
+    # unsupervised until the next command adopts it (below: up refuses, down adopts and stops it).
+    assert listed["state"] == "running" and listed["supervised"] == (step != "after-cont")
+    assert cli("up", str(profile)).returncode == 1  # already running: found, never started twice
+    assert api.down(name, force=True)["state"] == "stopped"
+    assert no_qemu_of(home)
+    api.rm(name)
+    assert not paths.root.exists()
+
+
+def test_qemu_found_without_any_record(home: Path, test_guest: Any) -> None:
+    """state.json lost (or never written): the pidfile still proves the QEMU, and every command finds it."""
+    profile = guest_profile(home, test_guest, "norecord")
+    first = api.up(profile, wait=False)
+    paths = InstancePaths.for_name("norecord")
+    os.kill(first["supervisor_pid"], signal.SIGKILL)
+    poll("the supervisor to die", lambda: not alive(first["supervisor_pid"]), 10)
+    paths.state.write_text("{trunc")  # a torn or corrupt record
+    listed = {r["name"]: r for r in api.ls()}["norecord"]
+    assert listed["qemu_pid"] == first["qemu_pid"]
+    assert cli("up", str(profile)).returncode == 1  # never a second QEMU on the same folder
+    assert alive(first["qemu_pid"]) and paths.qmp_socket.exists()  # ...nor its sockets removed
+    refused = cli("rm", "norecord")
+    assert refused.returncode == 1 and "running" in refused.stderr and paths.root.exists()
+    assert api.down("norecord", force=True)["step"] in ("quit", "acpi")
+    assert not alive(first["qemu_pid"])
+
+
+def test_wrong_types_in_one_state_json_do_not_break_ls(home: Path, test_guest: Any) -> None:
+    profile = guest_profile(home, test_guest, "good")
+    api.up(profile, wait=False)
+    bad = InstancePaths.for_name("bad")
+    instance.create_dir(bad.root)
+    bad.state.write_text(json.dumps({"state": "running", "qemu_pid": "abc", "restarts": []}))
+    listed = cli("ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["good"]["state"] == "running"
+    assert rows["bad"]["state"] == "unknown" and "state.json unreadable" in rows["bad"]["problem"]
+    assert "unknown (state.json unreadable" in cli("ls").stdout
+    api.down("good", force=True)
+
+
+def test_interrupted_down_does_not_disable_the_restart_policy(home: Path, test_guest: Any) -> None:
+    profile = guest_profile(home, test_guest, "intr", cmdline="qemuvm.noacpi",
+                            restart={"policy": "on-failure", "backoff": "1s"})
+    first = api.up(profile)
+    paths = InstancePaths.for_name("intr")
+    down = subprocess.Popen([sys.executable, "-m", "qemuvm", "down", "intr", "--timeout", "60s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    poll("down's intent", lambda: paths.stop_request.exists(), 30)
+    down.send_signal(signal.SIGINT)  # Ctrl-C while it waits for ACPI (which this guest ignores)
+    assert down.wait(30) == 130
+    assert not paths.stop_request.exists()  # the intent went with the attempt
+    os.kill(first["qemu_pid"], signal.SIGKILL)  # a real crash afterwards is restarted
+    again = poll("the restart", lambda: (s := instance.read_state(paths) or {}).get("state") == "running"
+                 and s.get("qemu_pid") != first["qemu_pid"] and s, 60)
+    assert again["restarts"] == 1 and again["last_exit"]["reason"] == "signal"
+    # And a stale intent left by a down that was killed outright (no chance to clean up) expires with it.
+    instance.write_json_atomic(paths.stop_request, {"action": "down", "requester_pid": 1, "expires_at": 0,
+                                                     "qemu_pid": again["qemu_pid"]})
+    os.kill(again["qemu_pid"], signal.SIGKILL)
+    third = poll("the second restart", lambda: (s := instance.read_state(paths) or {}).get("restarts") == 2
+                 and s.get("state") == "running" and s, 60)
+    assert third["last_exit"]["reason"] == "signal"
+    api.kill("intr")
+    assert (instance.read_state(paths) or {})["last_exit"]["reason"] == "kill"
+
+
+def test_down_with_a_stopped_supervisor_says_stopped(home: Path, test_guest: Any) -> None:
+    profile = guest_profile(home, test_guest, "frozen")
+    first = api.up(profile, wait=False)
+    os.kill(first["supervisor_pid"], signal.SIGSTOP)
+    try:
+        result = cli("down", "frozen", "--force", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["state"] == "stopped"
+        assert {r["name"]: r for r in api.ls()}["frozen"]["state"] != "running"
+    finally:
+        os.kill(first["supervisor_pid"], signal.SIGCONT)
+    poll("the supervisor to record and exit", lambda: not alive(first["supervisor_pid"]), 30)
+    assert state_json("frozen")["state"] == "stopped"
+    kill_everything(home)
