@@ -230,6 +230,7 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
         "vnc_password_file": profile.display.vnc.password_file if profile.display and profile.display.vnc else None,
         "ssh": {"user": profile.ssh.user, "port": profile.ssh.port},
         "remove_on_down": remove_on_down,
+        "serial_log_max": profile.serial.log_max,
     })
 
 
@@ -290,8 +291,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
                 _write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down)
             prepare(profile, paths, host)
             instance.unlink_stale_sockets(paths)
-            with contextlib.suppress(FileNotFoundError):
-                paths.stop_request.unlink()
+            intent.clear(paths)
             serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
             progress(f"starting {profile.name} …")
             proc = launch.start_supervisor(paths)
@@ -311,7 +311,12 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
 
         conditions = waiting.ready_conditions(paths, profile, serial_offset=serial_offset)
         limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)
-        result["ready_after_s"] = round(waiting.wait_for(paths, conditions, limit, progress=progress), 2)
+        try:
+            result["ready_after_s"] = round(waiting.wait_for(paths, conditions, limit, progress=progress), 2)
+        except KeyboardInterrupt:  # Ctrl-C ends the wait, not the VM: say so
+            progress(f"interrupted while waiting; {profile.name} keeps running (qemuvm down {profile.name} "
+                     "stops it)")
+            raise
         result["ready"] = True
     return result
 
@@ -427,12 +432,12 @@ def _escalate(name: str, paths: InstancePaths, state: dict[str, Any], grace: flo
                 progress(f"ACPI power-down sent to {name}; waiting up to {grace:g} s …")
                 monitor.execute("system_powerdown")
                 step = "acpi" if _wait_gone(state, grace) else None
+                if step is None:
+                    progress(f"{name} did not power off within {grace:g} s; forcing")
             else:
                 progress(f"{name} is paused: an ACPI power-down would go unanswered; using quit")
         except OperationError:
-            pass
-        if step is None:
-            progress(f"{name} did not power off within {grace:g} s; forcing")
+            progress(f"{name}: the monitor did not answer the power-down; forcing")
     if step is None:
         with contextlib.suppress(OperationError):
             monitor.execute("quit")
@@ -540,6 +545,13 @@ def qmp(name: str, command: str, arguments: dict[str, Any] | None = None, *, hom
     return _monitor(paths).execute(command, arguments)
 
 
+def qmp_risk(command: str, arguments: dict[str, Any] | None = None) -> str | None:
+    """Why a raw QMP command deserves a warning (it ends the VM or touches host files), or None."""
+    from qemuvm.control.client import risk
+
+    return risk(command, arguments)
+
+
 def supervise(name: str, *, home: Path | None = None) -> dict[str, Any]:
     """Give a running but unsupervised QEMU a supervisor again (after proving it is ours)."""
     paths = instance_paths(name, home)
@@ -548,10 +560,6 @@ def supervise(name: str, *, home: Path | None = None) -> dict[str, Any]:
 
 
 # -- status / ls -----------------------------------------------------------------------------------
-
-_QMP_STATES = {"running": RUNNING, "paused": PAUSED, "prelaunch": instance.STARTING, "shutdown": instance.SHUTDOWN,
-               "guest-panicked": instance.CRASHED, "internal-error": instance.CRASHED,
-               "io-error": instance.CRASHED, "suspended": PAUSED}
 
 
 def _view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
@@ -583,7 +591,9 @@ def status(name: str, *, home: Path | None = None) -> dict[str, Any]:
         try:
             live = _monitor(paths, timeout=5.0, busy_timeout=3.0).execute("query-status")["status"]
             result["qmp_status"] = live
-            result["state"] = _QMP_STATES.get(live, PAUSED)
+            # A reset while paused leaves QEMU in prelaunch until `cont`: it is paused, not starting (as `ls`).
+            paused_reset = live == "prelaunch" and (state or {}).get("state") == PAUSED
+            result["state"] = PAUSED if paused_reset else instance.qmp_state(live)
         except OperationError:
             result["qmp_status"] = None  # busy or going away: state.json's word stands
     return result

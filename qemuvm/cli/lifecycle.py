@@ -300,6 +300,9 @@ def qmp(
             raise UsageError(f"the arguments are not JSON: {exc}") from None
         if not isinstance(args, dict):
             raise UsageError("the arguments must be a JSON object")
+    why = api.qmp_risk(command, args)
+    if why:
+        print(f"qemuvm: warning: {command} {why}", file=sys.stderr)
     print_json(api.qmp(name, command, args))
 
 
@@ -309,7 +312,7 @@ def wait_(
     for_: list[str] = typer.Option(None, "--for", help="serial:REGEX | ssh | port:N | event:NAME | shutdown | ready "
                                    "(repeatable; all must hold). The flags below are the same conditions."),
     serial: str = typer.Option(None, "--serial", help="A regex on the serial console (since the current start)."),
-    port: int = typer.Option(None, "--port", help="A guest TCP port reachable through a forward."),
+    port: int = typer.Option(None, "--port", min=1, max=65535, help="A guest TCP port reachable through a forward."),
     event: str = typer.Option(None, "--event", help="A QMP event (from now on)."),
     ssh: bool = typer.Option(False, "--ssh", help="An SSH command succeeds."),
     shutdown: bool = typer.Option(False, "--shutdown", help="QEMU has exited."),
@@ -326,14 +329,15 @@ def wait_(
         kind, _, value = spec.partition(":")
         if kind == "serial" and value:
             serial = value
-        elif kind == "port" and value.isdigit():
+        elif kind == "port" and value.isdigit() and 1 <= int(value) <= 65535:
             port = int(value)
         elif kind == "event" and value:
             event = value
         elif kind in ("ssh", "shutdown", "ready") and not value:
             ssh, shutdown, ready = ssh or kind == "ssh", shutdown or kind == "shutdown", ready or kind == "ready"
         else:
-            raise UsageError(f"--for {spec!r}: expected serial:REGEX, ssh, port:N, event:NAME, shutdown or ready")
+            raise UsageError(f"--for {spec!r}: expected serial:REGEX, ssh, port:N (1-65535), event:NAME, shutdown or "
+                             "ready")
     conditions = []
     if serial:
         state = instance.read_state(paths) or {}

@@ -38,6 +38,9 @@ def smoke(
         None, "--artifacts", help="Folder for the evidence when a step fails [default: ./qemuvm-artifacts/NAME]."
     ),
     keep: bool = typer.Option(False, "--keep", help="Leave the instance running (and its files) at the end."),
+    redact: bool = typer.Option(False, "--redact", help="Blank secret-looking values (password:, token:, ...) in "
+                                "the copied profile.yaml, argv.json and run.sh. Artifacts are 0600 in a 0700 "
+                                "folder either way."),
     set_: list[str] = SetOption,
     timeout: float = typer.Option(None, "--timeout", help="Seconds for the whole run [default: smoke.timeout]."),
     json_: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
@@ -50,7 +53,7 @@ def smoke(
     from qemuvm.workflow import smoke as smoke_
 
     result = smoke_.run(str(profile), sets=set_ or (), junit_file=junit, artifacts=artifacts, keep=keep,
-                        timeout=timeout)
+                        timeout=timeout, redact=redact)
     if json_:
         print_json(result.to_json())
     return result.exit_code

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient
 
 from qemuvm.errors import OperationError
 
@@ -48,6 +48,28 @@ class QmpSession:
             return await asyncio.wait_for(self.client.execute(command, arguments), self.timeout)
         except ExecuteError as exc:
             raise QmpError(command, exc.error_class, str(exc)) from None
+        except (ExecInterruptedError, EOFError, ConnectionError) as exc:
+            raise OperationError(f"QEMU closed the monitor before answering {command} (it exited or was killed: "
+                                 f"{type(exc).__name__})") from None
+
+
+# Commands that end the VM or write (or read) host files with QEMU's rights: `qemuvm qmp` says so first.
+_RISKY = {"quit": "ends QEMU at once (the guest is not asked)",
+          "dump-guest-memory": "writes the guest's memory to a host file",
+          "migrate": "streams the VM state to the URI (exec: runs a shell command)",
+          "screendump": "writes a host file", "pmemsave": "writes a host file", "memsave": "writes a host file",
+          "drive-backup": "writes a host file", "drive-mirror": "writes a host file",
+          "blockdev-snapshot-sync": "creates a host file",
+          "human-monitor-command": "runs an HMP command (which may do any of the above)"}
+
+
+def risk(command: str, arguments: dict[str, Any] | None) -> str | None:
+    """Why a QMP command deserves a warning before it runs, or None (pure)."""
+    if command in _RISKY:
+        return _RISKY[command]
+    if command in ("blockdev-add", "blockdev-create") and "filename" in str(arguments or {}):
+        return "opens or creates a host file with QEMU's rights"
+    return None
 
 
 class Monitor:

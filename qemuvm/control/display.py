@@ -44,6 +44,8 @@ async def screendump(session: QmpSession, out: str | os.PathLike[str]) -> Path:
     """Write the VM's screen to `out` as PNG. QEMU writes the file itself, so it gets a temp name next
     to `out` (same owner, same file system) and is renamed once complete."""
     target = Path(out).resolve()
+    if target.is_dir() or str(out).endswith("/"):
+        raise UsageError(f"{out} is a folder; name the PNG file to write (e.g. {Path(out) / 'screen.png'})")
     if not target.parent.is_dir():
         raise UsageError(f"folder {target.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)

@@ -224,6 +224,11 @@ class Display(Section):
 
 class Serial(Section):
     log: bool = Field(True, description="Also write the console to serial.log in the instance dir")
+    log_max: SizeBytes = Field(
+        16 << 20, description="serial.log is kept below about this size: past it, its newest half moves to "
+        "serial.log.1 (replacing the one before) and serial.log starts again, so a chatty guest cannot fill "
+        "the disk. events.jsonl is capped the same way at 4 MiB (events.jsonl.1). Default 16M",
+    )
 
 
 class Restart(Section):
@@ -233,7 +238,8 @@ class Restart(Section):
         "always: also after a guest power-off (never after `down`)",
     )
     max_retries: int = Field(5, ge=0, le=1000)
-    backoff: Duration = Field(1.0, description="Delay before the first restart; doubles each time, capped at 60s")
+    backoff: Duration = Field(1.0, ge=0.1, description="Delay before the first restart (at least 0.1s); doubles "
+                              "each time, capped at 60s")
 
 
 class Shutdown(Section):
@@ -279,7 +285,13 @@ class Qemu(Section):
     binary: SafeStr = "qemu-system-x86_64"
     extra_args: list[SafeStr] = Field(
         default_factory=list,
-        description="Appended last, verbatim; repeating a single-valued option qemuvm generates is an error",
+        description="Appended last, verbatim; repeating a single-valued option qemuvm generates is an error, "
+        "and so is anything that listens beyond loopback (a TCP monitor, gdb stub, serial, chardev, -incoming, "
+        "SPICE) unless allow_unsafe_args is set",
+    )
+    allow_unsafe_args: bool = Field(
+        False, description="Let extra_args open listeners beyond loopback (an unauthenticated QEMU monitor on the "
+        "network gives whoever reaches it the host files QEMU can open). Off by default",
     )
 
 

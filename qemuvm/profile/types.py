@@ -6,6 +6,7 @@ validation error reads `'1Q' is not a size such as 512M or 2G` rather than pydan
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -54,13 +55,20 @@ def parse_duration(value: Any) -> float:
     """`30s`, `2m`, `500ms`, `1h` or a number of seconds -> seconds."""
     if isinstance(value, bool):
         raise _fail("duration", "{value!r} is not a duration such as 30s, 2m or 90", value=value)
-    if isinstance(value, int | float) and value >= 0:
-        return float(value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match:
-        raise _fail("duration", "{value!r} is not a duration such as 30s, 2m or 90", value=value)
-    number, unit = match.groups()
-    return float(number) * _SECONDS[unit.lower() if unit else None]
+    if isinstance(value, int | float) and value >= 0 and math.isfinite(value):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if not match:
+            raise _fail("duration", "{value!r} is not a duration such as 30s, 2m or 90", value=value)
+        number, unit = match.groups()
+        seconds = float(number) * _SECONDS[unit.lower() if unit else None]
+    if seconds > MAX_DURATION:  # a wait that never ends is no timeout
+        raise _fail("duration", "{value!r} is longer than a week (604800 s)", value=value)
+    return seconds
+
+
+MAX_DURATION = 7 * 24 * 3600.0
 
 
 def _safe_text(value: str) -> str:

@@ -6,6 +6,7 @@ Each problem is one line, `FILE:LINE: field.path: message`, in the order the fil
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -116,10 +117,54 @@ def _message(error: dict[str, Any], path: FieldPath) -> str:
     return error["msg"]
 
 
+# Options whose value can be a network endpoint QEMU listens on (chardev syntax and kin).
+_ENDPOINT_OPTIONS = frozenset({"-monitor", "-qmp", "-qmp-pretty", "-serial", "-parallel", "-gdb", "-chardev",
+                               "-incoming", "-debugcon", "-spice", "-vnc", "-netdev", "-nic"})
+_LOOPBACK = ("127.", "::1", "[::1]", "localhost")
+
+
+def _network_listener(option: str, value: str) -> str | None:
+    """Why `option value` would listen beyond loopback, or None. Pure: reads the text only."""
+    if option == "-s":
+        return "-s opens a gdb stub on every address (tcp::1234)"
+    if option not in _ENDPOINT_OPTIONS:
+        return None
+    low = value.lower()
+    if option == "-spice":
+        host = re.search(r"(?:^|,)addr=([^,]*)", low)
+        return None if host and host[1].startswith(_LOOPBACK) else "SPICE listens beyond loopback"
+    if option in ("-netdev", "-nic"):
+        for fwd in re.findall(r"hostfwd=(?:tcp|udp):([^:]*):", low):
+            if not fwd.startswith(_LOOPBACK):
+                return f"a hostfwd on {fwd or 'every address'}"
+        return None
+    match = re.match(r"(?:tcp|telnet|websocket|udp):([^,]*)", low)
+    if match:
+        host = match[1].rsplit(":", 1)[0] if ":" in match[1] else ""
+        if not host.startswith(_LOOPBACK):
+            return f"{option} {value.split(',')[0]} listens on {host or 'every address'}"
+        return None
+    if low.startswith("socket") and ("port=" in low or "host=" in low):
+        host = re.search(r"(?:^|,)host=([^,]*)", low)
+        if not (host and host[1].startswith(_LOOPBACK)):
+            return f"{option} socket listens on {host[1] if host and host[1] else 'every address'}"
+    return None
+
+
 def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
     """Rules that span sections."""
     problems: list[tuple[FieldPath, str]] = []
-    for index, arg in enumerate(profile.qemu.extra_args):
+    args = profile.qemu.extra_args
+    for index, arg in enumerate(args):
+        if not arg.startswith("-") or profile.qemu.allow_unsafe_args:
+            continue
+        option, _, inline = arg.partition("=")
+        value = inline or (args[index + 1] if index + 1 < len(args) else "")
+        why = _network_listener("-" + option.lstrip("-"), value)
+        if why:
+            problems.append((("qemu", "extra_args", index), f"{arg} is refused: {why}, unauthenticated; bind it "
+                             "to 127.0.0.1 or a unix socket, or set qemu.allow_unsafe_args: true"))
+    for index, arg in enumerate(args):
         option = "-" + arg.split("=", 1)[0].lstrip("-") if arg.startswith("-") else ""
         if option in FORBIDDEN_OPTIONS:
             problems.append(((("qemu", "extra_args", index)),

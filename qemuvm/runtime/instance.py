@@ -29,6 +29,26 @@ ALIVE_STATES = frozenset({STARTING, RUNNING, PAUSED, SHUTDOWN})
 _START_TIME_SLACK = 0.05
 
 
+# QMP run states (query-status) that mean "alive, not executing guest code". io-error is among them: with
+# QEMU's default werror=enospc→stop a full host disk pauses the guest, and `resume` continues it once there
+# is room again -- it is not a crash.
+_PAUSED_STATUSES = frozenset({"paused", "suspended", "debug", "inmigrate", "postmigrate", "finish-migrate",
+                              "restore-vm", "save-vm", "watchdog", "colo", "io-error"})
+
+
+def qmp_state(status: str) -> str:
+    """The qemuvm state of a QMP run status (the one map; a table test covers every status QEMU 7.2 has)."""
+    if status == "running":
+        return RUNNING
+    if status == "prelaunch":
+        return STARTING
+    if status == "shutdown":
+        return SHUTDOWN
+    if status in ("guest-panicked", "internal-error"):
+        return CRASHED
+    return PAUSED  # the paused family, and any status a newer QEMU adds: alive but not known to run
+
+
 class LockTimeout(Exception):
     """The instance lock stayed busy past the deadline."""
 
@@ -80,9 +100,41 @@ def write_private_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> No
         raise
 
 
+_BLOCK = 4096
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """state.json and friends: indented JSON, written atomically (write_private_atomic)."""
-    write_private_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+    """state.json and friends: indented JSON, written atomically (write_private_atomic).
+
+    The text is padded with spaces to whole 4 KiB blocks, so that when the disk is full (no room for the
+    temporary copy) the record can still be overwritten in place, in blocks it already owns: a full disk
+    never freezes an instance's state or stops a `down`."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    padded = text + " " * (-len(text) % _BLOCK)
+    try:
+        write_private_atomic(path, padded)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _overwrite_in_place(path, padded):
+            raise
+
+
+def _overwrite_in_place(path: Path, text: str) -> bool:
+    """Write `text` over the existing file without growing it; False when it does not fit."""
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_size:
+            return False
+        size = os.fstat(fd).st_size
+        os.pwrite(fd, data + b" " * (size - len(data)), 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

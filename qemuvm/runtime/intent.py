@@ -28,12 +28,21 @@ def request(paths: InstancePaths, action: str, qemu_pid: int | None, qemu_start_
         "qemu_pid": qemu_pid, "qemu_start_time": qemu_start_time})
 
 
+def clear(paths: InstancePaths) -> None:
+    """No intent, but a file of one block ready for it: a later `down` on a full disk writes its intent over
+    these blocks in place (instance.write_json_atomic) instead of needing new ones."""
+    instance.write_private_atomic(paths.stop_request, " " * 4095 + "\n")
+
+
 def withdraw(paths: InstancePaths) -> None:
     """Remove this process's own intent (a stop attempt that ended without QEMU exiting)."""
     record = instance.read_json(paths.stop_request)
     if record and record.get("requester_pid") == os.getpid():
-        with contextlib.suppress(FileNotFoundError):
-            paths.stop_request.unlink()
+        try:
+            clear(paths)
+        except OSError:  # a full disk: blank it in place
+            with contextlib.suppress(OSError):
+                instance.write_json_atomic(paths.stop_request, {})
 
 
 def applies(record: dict[str, Any] | None, qemu_pid: int | None, *, now: float, requester_alive: bool) -> bool:

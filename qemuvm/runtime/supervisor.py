@@ -47,9 +47,9 @@ from qemuvm.runtime.paths import InstancePaths
 MAX_BACKOFF = 60.0
 CONNECT_TIMEOUT = 30.0  # QEMU creates its monitor sockets within a second; this covers a loaded host
 QMP_TIMEOUT = 10.0
-# QMP run states that mean "not executing guest code, but alive".
-_PAUSED_STATUSES = {"paused", "suspended", "debug", "inmigrate", "postmigrate", "finish-migrate",
-                    "restore-vm", "save-vm", "watchdog", "colo"}
+SERIAL_LOG_MAX = 16 << 20  # the profile's serial.log_max default (supervisor.json carries the value)
+EVENTS_MAX = 4 << 20  # events.jsonl: past this it becomes events.jsonl.1 (an RTC_CHANGE a second is ~100 B/s)
+
 
 
 def checkpoint(step: str) -> None:
@@ -65,7 +65,8 @@ def checkpoint(step: str) -> None:
 
 
 def log(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+    with contextlib.suppress(OSError):  # supervisor.log on a full disk: the message is lost, the VM is not
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
 
 
 def _signal_name(number: int) -> str:
@@ -98,6 +99,7 @@ class Supervisor:
         self.max_retries: int = int(restart.get("max_retries", 5))
         self.backoff: float = float(restart.get("backoff", 1.0))
         self.state: dict[str, Any] = {}
+        self.unsaved = False  # the last state write failed (disk full): housekeeping retries it
         # Per QEMU run:
         self.shutdown_reason: str | None = None
         self.panicked = False
@@ -108,17 +110,55 @@ class Supervisor:
     # -- state ---------------------------------------------------------------------------------
 
     def save(self, **changes: Any) -> None:
+        """Record the state. A write that fails (a full disk with no room even in place) is logged and retried
+        by `housekeeping` until it lands: the record catches up rather than freezing."""
         self.state.update(changes)
         self.state["updated_at"] = time.time()
-        instance.write_json_atomic(self.paths.state, self.state)
+        try:
+            instance.write_json_atomic(self.paths.state, self.state)
+            if self.unsaved:
+                log("state.json written again")
+            self.unsaved = False
+        except OSError as exc:
+            if not self.unsaved:
+                log(f"cannot write state.json ({exc.strerror}); retrying every second")
+            self.unsaved = True
+
+    async def housekeeping(self) -> None:
+        """Every second: retry a state write that failed, and keep serial.log within its cap."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.unsaved:
+                self.save()
+            with contextlib.suppress(OSError):
+                self.rotate_serial_log()
+
+    def rotate_serial_log(self) -> None:
+        """QEMU appends to serial.log (O_APPEND) for its whole life: past the cap, keep its newest half as
+        serial.log.1 and truncate serial.log in place -- QEMU's next write lands at the new end."""
+        limit = int(self.config.get("serial_log_max") or SERIAL_LOG_MAX)
+        if self._serial_size() <= limit:
+            return
+        with self.paths.serial_log.open("rb") as handle:
+            handle.seek(-(limit // 2), os.SEEK_END)
+            newest = handle.read()
+        instance.write_private_atomic(self.paths.serial_log.with_name("serial.log.1"), newest)
+        os.truncate(self.paths.serial_log, 0)
+        self.save(serial_offset=0)  # waits read the new file from its start
+        log(f"serial.log passed {limit} bytes: its newest {len(newest)} bytes are in serial.log.1")
 
     def on_event(self, event: Message) -> None:
         name = event.get("event", "")
         stamp = event.get("timestamp", {})
         record = {"timestamp": stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6,
                   "event": name, "data": event.get("data", {})}
-        with self.paths.events.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            if self.paths.events.exists() and self.paths.events.stat().st_size > EVENTS_MAX:
+                os.replace(self.paths.events, self.paths.events.with_name("events.jsonl.1"))
+            with self.paths.events.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk loses the event line, never the state change below
+            log(f"cannot append to events.jsonl ({exc.strerror}): {name}")
         if name == "STOP" and self.state.get("state") == RUNNING:
             self.save(state=PAUSED)
         elif name == "RESUME":
@@ -232,7 +272,7 @@ class Supervisor:
                     await self.execute("cont")
                     status = "running"
                     checkpoint("after-cont")
-                self.save(state=self._state_of(status), qmp_status=status)
+                self.save(state=instance.qmp_state(status), qmp_status=status)
                 reached_running = True
                 log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state['accel']}")
             except Exception as exc:  # QEMU died under us: the exit below tells why
@@ -255,18 +295,6 @@ class Supervisor:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.qmp.disconnect(), 2)
         self.qmp = None
-
-    @staticmethod
-    def _state_of(status: str) -> str:
-        if status == "running":
-            return RUNNING
-        if status == "prelaunch":
-            return STARTING
-        if status in ("shutdown",):
-            return "shutdown"
-        if status in ("guest-panicked", "internal-error", "io-error"):
-            return CRASHED
-        return PAUSED if status in _PAUSED_STATUSES else RUNNING
 
     def _exit_record(self, reached_running: bool) -> dict[str, Any]:
         code: int | None = None
@@ -334,6 +362,7 @@ class Supervisor:
             log(f"adopting QEMU pid {self.qemu_pid}")
         else:
             self.save()
+        saver = asyncio.get_running_loop().create_task(self.housekeeping())
         while True:
             last_exit = await self.run_qemu(adopted=adopt)
             adopt = False
@@ -355,6 +384,13 @@ class Supervisor:
                 self.save(state=STOPPED, next_restart_at=None)
                 break
             self.save(restarts=self.state["restarts"] + 1, next_restart_at=None)
+        saver.cancel()
+        if self.unsaved:  # the final record must land: a last tries before giving up
+            for _ in range(10):
+                self.save()
+                if not self.unsaved:
+                    break
+                await asyncio.sleep(0.5)
         with contextlib.suppress(FileNotFoundError):
             self.paths.stop_request.unlink()
         log(f"supervisor exits: {self.state['state']}")

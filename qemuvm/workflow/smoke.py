@@ -24,6 +24,7 @@ from typing import Any
 
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Profile, SmokeCheck
+from qemuvm.runtime import instance
 from qemuvm.runtime.paths import InstancePaths
 from qemuvm.workflow import junit
 from qemuvm.workflow.junit import Case
@@ -31,6 +32,17 @@ from qemuvm.workflow.junit import Case
 # Instance files copied into the artifacts folder when a run fails (missing ones are skipped).
 ARTIFACT_FILES = ("serial.log", "qemu.log", "events.jsonl", "argv.json", "run.sh", "profile.yaml",
                   "state.json", "supervisor.log")
+REDACTED_FILES = ("profile.yaml", "argv.json", "run.sh")
+# Keys whose values `--redact` replaces: passwords, secrets, tokens, keys (cloud-init's chpasswd included).
+_SECRET_KEY = re.compile(r"^(\s*-?\s*[\w.-]*(?:pass(?:wd|word)?|secret|token|api[_-]?key|private[_-]?key|"
+                         r"chpasswd|hashed_passwd)[\w.-]*\s*:\s*)(?!\s*$)(.+)$", re.IGNORECASE | re.MULTILINE)
+
+
+def redact(text: str) -> str:
+    """Secret-looking YAML values blanked (`password: hunter2` -> `password: <redacted>`). Pure."""
+    return _SECRET_KEY.sub(lambda m: m[1] + "<redacted>", text)
+
+
 SERIAL_POLL = 0.1  # seconds between reads of serial.log (the contract: no slower than 100 ms)
 SSH_RETRY = 0.25  # seconds between SSH attempts while the guest's sshd is not up yet
 TAIL_LINES = 30  # serial lines quoted in a failure
@@ -197,7 +209,7 @@ class _Clock:
 
 def run(profile_file: str, *, sets: list[str] | tuple[str, ...] = (), junit_file: str | Path | None = None,
         artifacts: str | Path | None = None, keep: bool = False, timeout: float | None = None,
-        progress: Progress | None = None, token: str | None = None) -> SmokeResult:
+        progress: Progress | None = None, token: str | None = None, redact: bool = False) -> SmokeResult:
     """Smoke-test `profile_file`. An invalid profile raises ProfileError (exit 2) before anything starts."""
     from qemuvm.profile.validate import load_and_validate
 
@@ -207,7 +219,7 @@ def run(profile_file: str, *, sets: list[str] | tuple[str, ...] = (), junit_file
     result = SmokeResult(instance=name, suite=f"qemuvm.smoke.{profile.name}")
     clock = _Clock(timeout if timeout is not None else profile.smoke.timeout)
     scratch = Path(tempfile.mkdtemp(prefix="qvsmoke", dir="/tmp"))
-    runner = _Runner(profile, name, clock, progress, result)
+    runner = _Runner(profile, name, clock, progress, result, redact=redact)
     progress.line(f"smoke {profile_file}: instance {name}, timeout {clock.total:g}s")
     try:
         runner.boot(profile_file, [*sets, *isolation_overrides(profile, scratch)])
@@ -245,8 +257,10 @@ def run(profile_file: str, *, sets: list[str] | tuple[str, ...] = (), junit_file
 class _Runner:
     """The steps of one run, against the lifecycle API."""
 
-    def __init__(self, profile: Profile, name: str, clock: _Clock, progress: Progress, result: SmokeResult):
+    def __init__(self, profile: Profile, name: str, clock: _Clock, progress: Progress, result: SmokeResult,
+                 redact: bool = False):
         self.profile, self.name, self.clock, self.progress, self.result = profile, name, clock, progress, result
+        self.redact = redact
         self.paths = InstancePaths.for_name(name)
         self.started = False
         self.current = "boot"
@@ -334,12 +348,18 @@ class _Runner:
         """Copy the evidence (logs, argv, status, a screenshot when there is a display) to `dest`."""
         from qemuvm import api
 
-        dest.mkdir(parents=True, exist_ok=True)
+        # The evidence is as private as the instance it comes from (0700 folder, 0600 files): profile.yaml
+        # holds cloud-init user data, passwords included. `--redact` also blanks secret-looking values.
+        instance.create_dir(dest)
         for file in ARTIFACT_FILES:
             with contextlib.suppress(OSError):
-                shutil.copyfile(self.paths.root / file, dest / file)
+                data = (self.paths.root / file).read_bytes()
+                if self.redact and file in REDACTED_FILES:
+                    data = redact(data.decode(errors="replace")).encode()
+                instance.write_private_atomic(dest / file, data)
         with contextlib.suppress(Exception):
-            (dest / "status.json").write_text(json.dumps(api.status(self.name), indent=2, default=str) + "\n")
+            instance.write_private_atomic(dest / "status.json",
+                                          json.dumps(api.status(self.name), indent=2, default=str) + "\n")
         if self.profile.display is not None and self.profile.display.vga != "none" and self._alive():
             _best_effort(lambda: _screenshot(self.name, dest / "screenshot.png"))
         junit.write(dest / "junit.xml", self.result.suite, self.result.cases)

@@ -43,6 +43,13 @@ class SshTarget:
     known_hosts: Path
 
 
+def ssh_quote(path: str) -> str:
+    """A path as one ssh_config argument: ssh splits option values at white space (several known_hosts files)
+    and expands %-tokens, so quote it in ssh's own way and double every %; never split, never expanded."""
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
+
+
 def build_argv(target: SshTarget, command: Sequence[str] = (), *, tty: bool = False,
                connect_timeout: int = 5, ssh_binary: str = "ssh") -> list[str]:
     """The OpenSSH command line. Pure.
@@ -56,7 +63,7 @@ def build_argv(target: SshTarget, command: Sequence[str] = (), *, tty: bool = Fa
         "-p", str(target.port),
         "-o", "IdentitiesOnly=yes",
         "-o", "StrictHostKeyChecking=accept-new",
-        "-o", f"UserKnownHostsFile={target.known_hosts}",
+        "-o", f"UserKnownHostsFile={ssh_quote(str(target.known_hosts))}",
         "-o", "BatchMode=yes",
         "-o", f"ConnectTimeout={connect_timeout}",
         "-o", "LogLevel=ERROR",

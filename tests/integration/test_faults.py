@@ -154,10 +154,10 @@ def test_interrupted_down_does_not_disable_the_restart_policy(home: Path, test_g
     paths = InstancePaths.for_name("intr")
     down = subprocess.Popen([sys.executable, "-m", "qemuvm", "down", "intr", "--timeout", "60s"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    poll("down's intent", lambda: paths.stop_request.exists(), 30)
+    poll("down's intent", lambda: instance.read_json(paths.stop_request), 30)
     down.send_signal(signal.SIGINT)  # Ctrl-C while it waits for ACPI (which this guest ignores)
     assert down.wait(30) == 130
-    assert not paths.stop_request.exists()  # the intent went with the attempt
+    assert not instance.read_json(paths.stop_request)  # the intent went with the attempt
     os.kill(first["qemu_pid"], signal.SIGKILL)  # a real crash afterwards is restarted
     again = poll("the restart", lambda: (s := instance.read_state(paths) or {}).get("state") == "running"
                  and s.get("qemu_pid") != first["qemu_pid"] and s, 60)
@@ -187,3 +187,80 @@ def test_down_with_a_stopped_supervisor_says_stopped(home: Path, test_guest: Any
     poll("the supervisor to record and exit", lambda: not alive(first["supervisor_pid"]), 30)
     assert state_json("frozen")["state"] == "stopped"
     kill_everything(home)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_never_freezes_the_state_or_blocks_a_stop(test_guest: Any, monkeypatch, short_tmp) -> None:
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="qf", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(home)], check=True)
+    monkeypatch.setenv("QEMUVM_HOME", str(home))
+    try:
+        profile = guest_profile(short_tmp, test_guest, "full")
+        api.up(profile, wait=False)
+        with (home / "filler").open("wb") as filler, pytest.raises(OSError):  # fill every last block
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+        assert api.pause("full")["state"] == "paused"
+        assert state_json("full")["state"] == "paused" and api.status("full")["state"] == "paused"
+        assert api.resume("full")["state"] == "running" and state_json("full")["state"] == "running"
+        done = cli("down", "full", "--force", "--json")
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert json.loads(done.stdout)["state"] == "stopped" and state_json("full")["state"] == "stopped"
+        assert cli("rm", "full").returncode == 0 and not (home / "full").exists()
+    finally:
+        kill_everything(home)
+        subprocess.run(["umount", "-l", str(home)], check=False)
+        home.rmdir()
+
+
+def test_ssh_never_splits_a_home_with_spaces_quotes_or_percent(test_guest: Any, monkeypatch, short_tmp) -> None:
+    home = short_tmp / 'my "VMs" 100%d'
+    decoy = short_tmp / "my"  # what an unquoted UserKnownHostsFile would have written to
+    decoy.write_text("untouched\n")
+    monkeypatch.setenv("QEMUVM_HOME", str(home))
+    profile = guest_profile(short_tmp, test_guest, "spaced", ssh={"identity": str(test_guest.key)})
+    try:
+        api.up(profile)
+        done = cli("ssh", "spaced", "--", "echo", "hi")
+        assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
+        assert "ssh-ed25519" in (home / "spaced" / "known_hosts").read_text()
+        assert decoy.read_text() == "untouched\n"
+        assert sorted(p.name for p in short_tmp.iterdir()) == sorted([home.name, "my", "spaced.yaml"])
+    finally:
+        kill_everything(home)
+
+
+def test_a_chatty_guest_cannot_grow_serial_log_without_bound(home: Path, test_guest: Any) -> None:
+    import socket
+
+    profile = guest_profile(home, test_guest, "chatty", cmdline="qemuvm.shell", serial={"log_max": "64K"})
+    api.up(profile)
+    paths = InstancePaths.for_name("chatty")
+    rotated = paths.serial_log.with_name("serial.log.1")
+    # Type into the console and go: a connected client that does not read would hold the guest's output back.
+    # Stay until the guest answers (QEMU drops what a client sent when it hangs up first).
+    def type_in(text: bytes, answer: bytes) -> None:
+        with socket.socket(socket.AF_UNIX) as console:
+            console.connect(str(paths.serial_socket))
+            console.settimeout(120)
+            console.sendall(text)
+            seen = b""
+            while answer not in seen:
+                chunk = console.recv(65536)
+                assert chunk, "the console closed"
+                seen = seen[-4096:] + chunk
+
+    type_in(b"\nwhile :; do echo 0123456789abcdef0123456789abcdef0123456789abcdef; done\n", b"abcdef\r\n0123")
+    poll("serial.log to be rotated", rotated.exists, 120)
+    type_in(b"\x03\necho QUIET_\\NOW\n", b"QUIET_NOW")  # Ctrl-C: the loop ends
+    poll("the guest to be quiet and serial.log within its cap again",
+         lambda: "QUIET_NOW" in paths.serial_log.read_text(errors="replace")
+         and paths.serial_log.stat().st_size <= 64 << 10, 120)
+    assert rotated.stat().st_size == 32 << 10  # the newest half of the 64K cap
+    assert state_json("chatty")["serial_offset"] <= paths.serial_log.stat().st_size
+    logs = cli("logs", "chatty", "-n", "5")
+    assert logs.returncode == 0 and "Traceback" not in logs.stderr
+    assert api.down("chatty", force=True)["state"] == "stopped"

@@ -84,10 +84,18 @@ def test_a_wrong_expectation_fails_with_junit_and_artifacts(test_guest, qemuvm_h
 def test_a_guest_that_never_becomes_ready_times_out(test_guest, qemuvm_home, short_tmp):
     done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--set", "ready.serial=NEVER_PRINTED_MARKER",
                  "--set", "ready.ssh=false", "--timeout", "15", "--junit", "out.xml",
+                 "--set", "cloud_init.user_data.password=hunter2", "--redact",
                  "--artifacts", "evidence", cwd=short_tmp)
     assert done.returncode == 1
     cases = report(short_tmp / "out.xml")
     assert "timed out" in cases["ready"].find("failure").get("message")  # the 15 s bound ended it
+    # The evidence is as private as the instance (issue 11): 0700 folder, 0600 files; --redact blanks secrets.
+    evidence = short_tmp / "evidence"
+    assert evidence.stat().st_mode & 0o777 == 0o700
+    assert {f.name: f.stat().st_mode & 0o777 for f in evidence.iterdir() if f.name != "junit.xml"} \
+        == dict.fromkeys((f.name for f in evidence.iterdir() if f.name != "junit.xml"), 0o600)
+    profile_copy = (evidence / "profile.yaml").read_text()
+    assert "hunter2" not in profile_copy and "password: <redacted>" in profile_copy
     assert cases["kernel"].find("skipped") is not None
     assert (short_tmp / "evidence" / "serial.log").exists() and (short_tmp / "evidence" / "argv.json").exists()
     assert_nothing_left(qemuvm_home)

@@ -156,7 +156,7 @@ def test_ssh_argv(tmp_path):
     assert argv[argv.index("-i") + 1] == str(tmp_path / "id")
     assert argv[argv.index("-p") + 1] == "2222"
     options = [argv[i + 1] for i, a in enumerate(argv) if a == "-o"]
-    for expected in ("StrictHostKeyChecking=accept-new", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+    for expected in ("StrictHostKeyChecking=accept-new", f'UserKnownHostsFile="{tmp_path / "known_hosts"}"',
                      "BatchMode=yes", "ConnectTimeout=5", "LogLevel=ERROR"):
         assert expected in options
     assert "-T" in argv and "-t" not in argv
@@ -210,3 +210,15 @@ def test_plugin_overrides_become_typed_sets(tmp_path):
     data = load_profile(path, sets).data
     assert data["machine"] == {"memory": "256M", "cpus": 2} and data["qemu"]["extra_args"] == ["-no-reboot"]
     assert data["ready"] is None and data["name"] == "x"
+
+
+def test_redact_blanks_secret_values_only() -> None:
+    from qemuvm.workflow.smoke import redact
+
+    text = ("cloud_init:\n  user_data:\n    password: hunter2\n    chpasswd: {expire: false}\n"
+            "    users:\n      - name: bob\n        hashed_passwd: $6$abc\n        api_key: xyz\n"
+            "    hostname: web\n    ssh_pwauth: true\n")
+    out = redact(text)
+    assert "hunter2" not in out and "$6$abc" not in out and "xyz" not in out
+    assert "password: <redacted>" in out and "hashed_passwd: <redacted>" in out
+    assert "hostname: web" in out and "ssh_pwauth: true" in out and "name: bob" in out
