@@ -212,6 +212,8 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
                         forwards: list[dict[str, Any]], vnc: dict[str, Any] | None, remove_on_down: bool) -> None:
     import yaml
 
+    from qemuvm.runtime.prepare import vnc_password_file
+
     dumped = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
     header = f"# The resolved profile of instance {profile.name}, as launched.\n"
     instance.write_private_atomic(paths.profile, header + dumped)
@@ -227,7 +229,7 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
         "shutdown_timeout": profile.shutdown.timeout,
         "forwards": forwards,
         "vnc": vnc,
-        "vnc_password_file": profile.display.vnc.password_file if profile.display and profile.display.vnc else None,
+        "vnc_password_file": vnc_password_file(profile, paths),
         "ssh": {"user": profile.ssh.user, "port": profile.ssh.port},
         "remove_on_down": remove_on_down,
         "serial_log_max": profile.serial.log_max,
@@ -295,11 +297,15 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
             serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
             progress(f"starting {profile.name} …")
             proc = launch.start_supervisor(paths)
-            fresh = False  # from here on the folder holds evidence (logs) worth keeping
             launch.wait_until_up(paths, proc)
     except BaseException:
-        if fresh:  # failed before anything ran: leave nothing behind
+        # A first start that failed leaves nothing behind (its error already quotes qemu.log) -- unless a
+        # process of it still lives (Ctrl-C mid-start, a supervisor killed): never delete a folder under it.
+        # An existing instance keeps its folder (disks, overlays, logs) without stale sockets.
+        if fresh and not instance.is_active(instance.read_state(paths)) and instance.scan_for_qemu(paths) is None:
             shutil.rmtree(paths.root, ignore_errors=True)
+        elif not instance.is_active(instance.read_state(paths)):
+            instance.unlink_stale_sockets(paths)
         raise
     # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
     result = _view(paths, instance.read_state(paths))
@@ -596,6 +602,12 @@ def status(name: str, *, home: Path | None = None) -> dict[str, Any]:
             result["state"] = PAUSED if paused_reset else instance.qmp_state(live)
         except OperationError:
             result["qmp_status"] = None  # busy or going away: state.json's word stands
+    if result.get("vnc") and paths.vnc_password.exists():  # the owner may see it: the file is theirs, 0600
+        from qemuvm import files
+
+        with contextlib.suppress(UsageError):
+            result["vnc"] = {**result["vnc"], "password": files.read_text(paths.vnc_password, "vnc.password",
+                                                                          4096).strip()}
     return result
 
 

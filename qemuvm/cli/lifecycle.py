@@ -41,7 +41,8 @@ def _forward_text(fwd: dict[str, Any]) -> str:
 def _vnc_text(vnc: dict[str, Any] | None) -> str | None:
     if not vnc:
         return None
-    return f"unix:{vnc['unix']}" if vnc.get("unix") else f"{vnc['listen']}:{vnc['port']} (display :{vnc['display']})"
+    where = f"unix:{vnc['unix']}" if vnc.get("unix") else f"{vnc['listen']}:{vnc['port']} (display :{vnc['display']})"
+    return where + (f", password {vnc['password']}" if vnc.get("password") else "")
 
 
 def _print_started(result: dict[str, Any]) -> None:

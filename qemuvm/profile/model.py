@@ -203,6 +203,16 @@ class Vnc(Section):
     password_file: SafeStr | None = Field(
         None, description="File with the VNC password (only the first 8 characters count)"
     )
+    password: Literal["auto", "none"] = Field(
+        "auto", description="Without password_file, a TCP VNC server gets a password of its own: auto (the "
+        "default) makes one per instance (vnc.password in the instance folder, 0600, shown by `qemuvm status`), "
+        "so other local users cannot watch or type; none leaves loopback open to every local user (an explicit "
+        "choice). A unix socket (port: unix) lives in the 0700 instance folder and needs none",
+    )
+
+    @property
+    def needs_password(self) -> bool:
+        return bool(self.password_file) or (self.port != "unix" and self.password == "auto")
 
     @field_validator("listen")
     @classmethod
@@ -214,6 +224,8 @@ class Vnc(Section):
     def _exposure(self) -> Vnc:
         if not ipaddress.ip_address(self.listen).is_loopback and not self.password_file:
             raise ValueError(f"listening on {self.listen} (not loopback) requires password_file")
+        if self.password_file and self.password == "none":
+            raise ValueError("password: none contradicts password_file; drop one of them")
         return self
 
 

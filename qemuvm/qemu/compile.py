@@ -392,9 +392,9 @@ class _Compiler:
                 target = f"{host}:{self.ports.vnc_port - 5900}"
             else:
                 target = f"{host}:0,to=99"  # QEMU takes the first free display from 5900 up
-        if vnc.password_file:
-            target += ",password=on"  # the launcher sets it over QMP (set_password) from the file
-            fields = (*fields, "display.vnc.password_file")
+        if vnc.needs_password:
+            target += ",password=on"  # the supervisor sets it over QMP (set_password) before the guest runs
+            fields = (*fields, "display.vnc.password_file" if vnc.password_file else "display.vnc.password")
         self.add(fields, "-vnc", target)
 
     # -- extra args --------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class InstancePaths:
     seed_iso = property(lambda self: self.root / "seed.iso")
     uefi_vars = property(lambda self: self.root / "OVMF_VARS.fd")
     vnc_socket = property(lambda self: self.root / "vnc.sock")
+    vnc_password = property(lambda self: self.root / "vnc.password")  # generated (display.vnc.password: auto)
     guest_agent_socket = property(lambda self: self.root / "qga.sock")
     ssh_key = property(lambda self: self.root / "id_ed25519")
     known_hosts = property(lambda self: self.root / "known_hosts")

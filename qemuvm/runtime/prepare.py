@@ -8,7 +8,9 @@ temporary name and renamed, so an error never leaves half a file that a later st
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import string
 import tempfile
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from qemuvm.errors import UsageError
 from qemuvm.profile.model import Disk, Profile
 from qemuvm.qemu import img
 from qemuvm.qemu.host import HostFacts
-from qemuvm.runtime import cloudinit, memory
+from qemuvm.runtime import cloudinit, instance, memory
 from qemuvm.runtime.paths import InstancePaths
 
 
@@ -30,7 +32,19 @@ def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:
         cloudinit.write_seed(profile, paths)
     if profile.machine.firmware == "uefi":
         _prepare_uefi_vars(paths, host)
-    # VNC passwords need nothing here: control.display.apply_vnc_password sets them over QMP.
+    vnc = profile.display.vnc if profile.display else None
+    if vnc is not None and vnc.needs_password and not vnc.password_file and not paths.vnc_password.exists():
+        # One per instance, kept across its restarts; the supervisor applies it over QMP before `cont`.
+        alphabet = string.ascii_letters + string.digits
+        instance.write_private_atomic(paths.vnc_password, "".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
+
+
+def vnc_password_file(profile: Profile, paths: InstancePaths) -> str | None:
+    """The file whose first line is this instance's VNC password, or None (no password)."""
+    vnc = profile.display.vnc if profile.display else None
+    if vnc is None or not vnc.needs_password:
+        return None
+    return vnc.password_file or str(paths.vnc_password)
 
 
 def _temp_path(target: Path) -> Path:

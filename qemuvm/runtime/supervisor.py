@@ -40,6 +40,7 @@ from typing import Any
 from qemu.qmp import EventListener, Message, QMPClient
 from qemu.qmp.protocol import Runstate
 
+from qemuvm import files
 from qemuvm.runtime import instance, intent
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STARTING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
@@ -245,9 +246,9 @@ class Supervisor:
         """`password=on` VNC refuses everyone until a password is set: set it before the guest runs."""
         password_file = self.config.get("vnc_password_file")
         if password_file:
-            from qemuvm.control.display import read_vnc_password
-
-            await self.execute("set_password", {"protocol": "vnc", "password": read_vnc_password(password_file)})
+            text = files.read_text(password_file, "display.vnc.password_file", 4096)
+            password = (text.splitlines() or [""])[0]
+            await self.execute("set_password", {"protocol": "vnc", "password": password})
 
     async def run_qemu(self, adopted: bool) -> dict[str, Any]:
         """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""

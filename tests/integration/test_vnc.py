@@ -101,7 +101,7 @@ def test_without_password_the_loopback_server_is_open() -> None:
 
 
 def test_password_file_errors(vnc_vm: RawQemu, short_tmp: Path) -> None:
-    with pytest.raises(UsageError, match="password_file: .*missing does not exist"):
+    with pytest.raises(UsageError, match=r"password_file: .*missing does not exist"):
         apply_vnc_password(vnc_vm.qmp_sock, short_tmp / "missing")
     with pytest.raises(UsageError, match="is not a regular file"):  # /dev/zero would never end
         apply_vnc_password(vnc_vm.qmp_sock, "/dev/zero")
@@ -131,11 +131,37 @@ def test_up_applies_the_password_and_status_shows_the_address(qemuvm_home: Path,
         api.down("vnc", force=True)
 
 
+def test_default_vnc_gets_a_password_of_its_own(qemuvm_home: Path, short_tmp: Path) -> None:
+    """No password_file: another local user must not watch or type, so qemuvm makes a per-instance password
+    (0600), applies it, and `status` shows it; `password: none` is the explicit open choice."""
+    from qemuvm import api
+
+    profile = short_tmp / "auto.yaml"
+    profile.write_text("machine: {accel: tcg, memory: 64M}\nnetwork: []\ndisplay: {vnc: {}}\n")
+    try:
+        port = api.up(profile, wait=False)["vnc"]["port"]
+        password = api.status("auto")["vnc"]["password"]
+        assert len(password) == 8 and (qemuvm_home / "auto" / "vnc.password").stat().st_mode & 0o777 == 0o600
+        with pytest.raises(AssertionError, match="server wants authentication"):
+            rfb_handshake(port, None)
+        assert rfb_handshake(port, password)[2] == "QEMU (auto)"
+        api.down("auto", force=True)
+        assert api.up("auto", wait=False)["vnc"]["port"] and api.status("auto")["vnc"]["password"] == password
+    finally:
+        api.down("auto", force=True)
+    open_profile = short_tmp / "open.yaml"
+    open_profile.write_text("machine: {accel: tcg, memory: 64M}\nnetwork: []\ndisplay: {vnc: {password: none}}\n")
+    try:
+        assert rfb_handshake(api.up(open_profile, wait=False)["vnc"]["port"], None)[2] == "QEMU (open)"
+    finally:
+        api.down("open", force=True)
+
+
 def test_up_refuses_an_unreadable_password_file(qemuvm_home: Path, short_tmp: Path) -> None:
     from qemuvm import api
 
     profile = short_tmp / "novnc.yaml"
     profile.write_text(f"machine: {{accel: tcg}}\nnetwork: []\ndisplay: {{vnc: {{password_file: {short_tmp}/nope}}}}\n")
-    with pytest.raises(UsageError, match="password_file: .*nope does not exist"):
+    with pytest.raises(UsageError, match=r"password_file: .*nope does not exist"):
         api.up(profile, wait=False)
     assert not (qemuvm_home / "novnc").exists()
