@@ -65,9 +65,9 @@ def test_another_user_gets_nothing(home: Path, test_guest: Any, short_tmp: Path,
     status = api.up(profile)
     folder = home / "mine"
     evidence = short_tmp / "evidence"
-    smoke = subprocess.run([sys.executable, "-m", "qemuvm", "smoke", str(profile), "--set", "ready.serial=NEVER_PRINTED", "--timeout", "5",
-                            "--artifacts", str(evidence), "--set", "name=mine-smoke"], capture_output=True,
-                           text=True, timeout=300, check=False)
+    smoke = subprocess.run([sys.executable, "-m", "qemuvm", "smoke", str(profile), "--set",
+                            "ready.serial=NEVER_PRINTED", "--timeout", "5", "--artifacts", str(evidence),
+                            "--set", "name=mine-smoke"], capture_output=True, text=True, timeout=300, check=False)
     assert smoke.returncode == 1 and (evidence / "profile.yaml").exists(), smoke.stderr
     os.chmod(short_tmp, 0o711)
     targets = [str(folder / f) for f in ("qmp.sock", "supervisor.sock", "serial.sock", "id_ed25519",

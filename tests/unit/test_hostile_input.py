@@ -127,8 +127,9 @@ def test_extra_args_may_not_listen_beyond_loopback(short_tmp: Path, extra: str) 
 
 
 @pytest.mark.parametrize("argv", [
-    ["up"], ["status", "x", "--bogus"], ["nosuchcmd"], ["top", "--interval", "0"], ["image", "create", "x.qcow2", "-5G"],
-    ["wait", "x", "--for", "port:0"], ["ls", "--nope"], ["down"], ["qmp"], ["render"],
+    ["up"], ["status", "x", "--bogus"], ["nosuchcmd"], ["top", "--interval", "0"],
+    ["image", "create", "x.qcow2", "-5G"], ["wait", "x", "--for", "port:0"], ["ls", "--nope"], ["down"], ["qmp"],
+    ["render"],
 ])
 def test_usage_errors_are_one_message_and_exit_2(short_tmp: Path, argv: list[str]) -> None:
     done = qemuvm(*argv, home=short_tmp / "home", cwd=short_tmp)
