@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient
+from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, QMPError
 
 from qemuvm.errors import OperationError
 
@@ -110,6 +110,8 @@ class Monitor:
             return await work(QmpSession(client, self.timeout))
         except TimeoutError:
             raise OperationError(f"QEMU did not answer within {self.timeout:g} s ({self.socket})") from None
+        except QMPError as exc:  # the connection broke under a command (QEMU exited or was killed)
+            raise OperationError(f"the QMP connection to {self.socket} ended: {type(exc).__name__}") from None
         finally:
             await _quiet_disconnect(client)
 

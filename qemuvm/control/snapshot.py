@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qemu.qmp.protocol import Runstate
+
 from qemuvm.control.client import Monitor, QmpSession
 from qemuvm.errors import OperationError, UsageError
 
@@ -70,7 +72,13 @@ async def _run_job(session: QmpSession, command: str, arguments: dict[str, Any],
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise OperationError(f"{command} did not finish within {timeout:.0f} s")
-            event = await asyncio.wait_for(listener.get(), remaining)
+            try:
+                event = await asyncio.wait_for(listener.get(), min(remaining, 1.0))
+            except TimeoutError:
+                if session.client.runstate != Runstate.RUNNING:  # QEMU went away: no event will ever come
+                    raise OperationError(f"QEMU exited during {command}; the images keep their previous "
+                                         "snapshots") from None
+                continue
             data = event.get("data", {})
             if data.get("id") == job_id and data.get("status") == "concluded":
                 break

@@ -107,3 +107,52 @@ def test_list_instances_and_tail(short_tmp: Path) -> None:
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     assert instance.tail(log, 2) == "line 98\nline 99"
     assert instance.tail(short_tmp / "missing") == ""
+
+
+@pytest.mark.parametrize(("status", "state"), [
+    ("running", "running"), ("prelaunch", "starting"), ("shutdown", "shutdown"), ("paused", "paused"),
+    ("io-error", "paused"), ("suspended", "paused"), ("inmigrate", "paused"), ("postmigrate", "paused"),
+    ("finish-migrate", "paused"), ("restore-vm", "paused"), ("save-vm", "paused"), ("watchdog", "paused"),
+    ("debug", "paused"), ("colo", "paused"), ("guest-panicked", "crashed"), ("internal-error", "crashed"),
+    ("some-future-status", "paused"),
+])
+def test_qmp_status_map(status: str, state: str) -> None:
+    assert instance.qmp_state(status) == state
+
+
+@pytest.mark.parametrize(("record", "qemu_pid", "now", "requester_alive", "applies"), [
+    (None, 10, 0.0, False, False),
+    ({"qemu_pid": 10, "expires_at": 100.0}, 10, 50.0, False, True),  # young: applies
+    ({"qemu_pid": 10, "expires_at": 100.0}, 10, 150.0, False, False),  # expired, requester gone
+    ({"qemu_pid": 10, "expires_at": 100.0}, 10, 150.0, True, True),  # expired but the down still runs
+    ({"qemu_pid": 10, "expires_at": 100.0}, 11, 50.0, True, False),  # meant for another QEMU
+    ({"qemu_pid": 10}, 10, 50.0, False, False),  # no expiry, requester gone
+    ({}, 10, 0.0, True, False),
+])
+def test_stop_intent_applies(record, qemu_pid, now, requester_alive, applies) -> None:
+    from qemuvm.runtime import intent
+
+    assert intent.applies(record, qemu_pid, now=now, requester_alive=requester_alive) is applies
+
+
+def test_state_problem_names_the_bad_field() -> None:
+    assert instance.state_problem({"state": "running", "qemu_pid": 12}) is None
+    assert instance.state_problem({"qemu_pid": "abc"}) == "qemu_pid is str, not int"
+    assert instance.state_problem({"restarts": True}) == "restarts is bool, not int"
+    assert instance.state_problem({"forwards": {}}) == "forwards is dict, not list"
+
+
+def test_records_survive_a_full_disk_in_place(short_tmp: Path, monkeypatch) -> None:
+    import errno
+
+    path = short_tmp / "state.json"
+    instance.write_json_atomic(path, {"state": "running"})
+    assert path.stat().st_size % 4096 == 0  # padded: room to rewrite in place
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(instance, "write_private_atomic", no_space)
+    instance.write_json_atomic(path, {"state": "paused", "note": "x" * 100})
+    assert instance.read_json(path) == {"state": "paused", "note": "x" * 100}
+    with pytest.raises(OSError):
+        instance.write_json_atomic(path, {"big": "y" * 9000})  # does not fit: the error stands
