@@ -41,11 +41,10 @@ from qemu.qmp import EventListener, Message, QMPClient
 from qemu.qmp.protocol import Runstate
 
 from qemuvm import files
-from qemuvm.runtime import instance, intent
+from qemuvm.runtime import decisions, instance, intent
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STARTING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
-MAX_BACKOFF = 60.0
 CONNECT_TIMEOUT = 30.0  # QEMU creates its monitor sockets within a second; this covers a loaded host
 QMP_TIMEOUT = 10.0
 SERIAL_LOG_MAX = 16 << 20  # the profile's serial.log_max default (supervisor.json carries the value)
@@ -308,23 +307,10 @@ class Supervisor:
             record["signal"] = _signal_name(-code)
         elif code is not None:
             record["exit_code"] = code
-        intended = intent.action_for(self.paths, self.qemu_pid)
-        if intended:
-            record["reason"], record["failure"] = intended, False
-        elif self.panicked:
-            record["reason"], record["failure"] = "guest-panic", True
-        elif not reached_running:
-            record["reason"], record["failure"] = "start-failed", True
-        elif record["signal"]:
-            record["reason"], record["failure"] = "signal", True
-        elif code not in (0, None):
-            record["reason"], record["failure"] = "error", True
-        elif self.shutdown_reason in ("guest-shutdown", "host-qmp-quit", "host-qmp-system-reset"):
-            record["reason"], record["failure"] = self.shutdown_reason, False
-        elif self.shutdown_reason == "host-signal":
-            record["reason"], record["failure"] = "signal", True
-        else:  # adopted, and QEMU ended without a word: it was killed (the exit code is lost)
-            record["reason"], record["failure"] = "killed", True
+        record["reason"], record["failure"] = decisions.classify(decisions.Exit(
+            exit_code=record["exit_code"], signal=record["signal"], shutdown_reason=self.shutdown_reason,
+            intended=intent.action_for(self.paths, self.qemu_pid), panicked=self.panicked,
+            reached_running=reached_running))
         log(f"QEMU exited: {record}")
         return record
 
@@ -368,17 +354,16 @@ class Supervisor:
             last_exit = await self.run_qemu(adopted=adopt)
             adopt = False
             failure = last_exit.pop("failure")
-            restart = (self.policy == "always" or (failure and self.policy == "on-failure")) \
-                and last_exit["reason"] not in ("down", "kill", "start-failed", "host-qmp-quit")
             final = CRASHED if failure else STOPPED
-            if restart and self.state["restarts"] >= self.max_retries:
-                log(f"giving up after {self.state['restarts']} restarts")
+            restarts = self.state["restarts"]
+            delay = decisions.restart_delay(self.policy, last_exit["reason"], failure, restarts, self.max_retries,
+                                            self.backoff)
+            if decisions.gives_up(self.policy, last_exit["reason"], failure, restarts, self.max_retries):
+                log(f"giving up after {restarts} restarts")
                 last_exit["gave_up"] = True
-                restart = False
-            if not restart:
+            if delay is None:
                 self.save(state=final, last_exit=last_exit, qmp_status=None)
                 break
-            delay = min(self.backoff * (2 ** self.state["restarts"]), MAX_BACKOFF)
             self.save(state=STARTING, last_exit=last_exit, qmp_status=None, next_restart_at=time.time() + delay)
             log(f"restarting in {delay:g} s (policy {self.policy})")
             if not await self.wait_backoff(delay):
