@@ -7,12 +7,10 @@ with one clear sentence, and returns plain data (dicts) that `--json` prints as 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,18 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, ProfileError, UsageError
-from qemuvm.runtime import instance, intent, launch
+from qemuvm.runtime import instance, intent, launch, ports, records
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile
-    from qemuvm.qemu.compile import PortPlan
     from qemuvm.qemu.host import HostFacts
 
 Progress = Callable[[str], None]
 GRACE_AFTER_QUIT = 10.0  # `quit` and SIGTERM each get this long before the next step
-VNC_BASE = 5900
 
 
 def _silent(_message: str) -> None:
@@ -84,102 +80,6 @@ def _host_facts(binary: str) -> HostFacts:
     return host.probe(binary)
 
 
-def _bind_check(address: str, port: int, protocol: str = "tcp") -> bool:
-    """True when `port` can be bound on `address` now (SO_REUSEADDR, as QEMU binds)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
-    with socket.socket(family, kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
-def _free_port(address: str, protocol: str = "tcp", reserved: frozenset[int] = frozenset()) -> int:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
-    while True:
-        with socket.socket(family, kind) as sock:
-            sock.bind((address or "0.0.0.0", 0))
-            port = sock.getsockname()[1]
-        if port not in reserved:
-            return port
-
-
-# A start whose supervisor.json is younger than this still holds its ports, even before QEMU binds them.
-_RESERVATION_S = 120.0
-
-
-def reserved_ports(home: Path | None, excluding: str) -> frozenset[int]:
-    """Host ports other instances hold or are about to bind: those of every active instance, and of every
-    start still under way (its supervisor.json is fresh). Lets parallel `up`s plan ports without waiting for
-    each other's QEMU to bind them."""
-    ports: set[int] = set()
-    now = time.time()
-    for other in instance.list_instances(home):
-        if other.name == excluding:
-            continue
-        try:
-            fresh = now - other.supervisor_config.stat().st_mtime < _RESERVATION_S
-        except OSError:
-            continue
-        if not fresh and not instance.is_active(instance.read_state(other)):
-            continue
-        config = instance.read_json(other.supervisor_config) or {}
-        ports.update(int(f["host_port"]) for f in config.get("forwards", []) if f.get("host_port"))
-        if (config.get("vnc") or {}).get("port"):
-            ports.add(int(config["vnc"]["port"]))
-    return frozenset(ports)
-
-
-def plan_ports(profile: Profile, reserved: frozenset[int] = frozenset()
-               ) -> tuple[PortPlan, list[dict[str, Any]], dict[str, Any] | None]:
-    """Host ports for this start: free ones for `host: 0` and VNC auto, an SSH forward when none targets
-    ssh.port; fixed ports must be free. Returns the PortPlan, the forwards and VNC as state.json shows them."""
-    from qemuvm.qemu.compile import PortPlan
-
-    planned: dict[tuple[int, int], int] = {}
-    forwards: list[dict[str, Any]] = []
-    ssh_covered = False
-    user_nics = [i for i, nic in enumerate(profile.network) if nic.mode == "user"]
-    for nic_index in user_nics:
-        for number, fwd in enumerate(profile.network[nic_index].forwards):
-            port = fwd.host
-            if port == 0:
-                port = planned[(nic_index, number)] = _free_port(fwd.address, fwd.protocol, reserved)
-            elif port in reserved or not _bind_check(fwd.address, port, fwd.protocol):
-                raise OperationError(f"host port {port} (network[{nic_index}].forwards[{number}]) is already in use")
-            is_ssh = fwd.protocol == "tcp" and fwd.guest == profile.ssh.port
-            ssh_covered = ssh_covered or is_ssh
-            forwards.append({"nic": nic_index, "protocol": fwd.protocol, "host_address": fwd.address or "0.0.0.0",
-                             "host_port": port, "guest_port": fwd.guest, "ssh": is_ssh})
-    ssh_port = None
-    if user_nics and not ssh_covered:
-        ssh_port = _free_port("127.0.0.1", reserved=reserved)
-        forwards.append({"nic": user_nics[0], "protocol": "tcp", "host_address": "127.0.0.1", "host_port": ssh_port,
-                         "guest_port": profile.ssh.port, "ssh": True})
-    vnc_port, vnc = None, None
-    if profile.display is not None and profile.display.vnc is not None:
-        spec = profile.display.vnc
-        if spec.port == "unix":
-            vnc = {"unix": None}  # filled in by the caller, who knows the instance folder
-        elif spec.port == "auto":
-            vnc_port = next((p for p in range(VNC_BASE, VNC_BASE + 100)
-                             if p not in reserved and _bind_check(spec.listen, p)), None)
-            if vnc_port is None:
-                raise OperationError(f"no free VNC port from {VNC_BASE} to {VNC_BASE + 99} on {spec.listen}")
-            vnc = {"listen": spec.listen, "port": vnc_port, "display": vnc_port - VNC_BASE}
-        else:
-            if int(spec.port) in reserved or not _bind_check(spec.listen, int(spec.port)):
-                raise OperationError(f"VNC port {spec.port} (display.vnc.port) is already in use")
-            vnc = {"listen": spec.listen, "port": int(spec.port), "display": int(spec.port) - VNC_BASE}
-    return PortPlan(vnc_port=vnc_port, forwards=planned, ssh_host_port=ssh_port), forwards, vnc
-
-
 def _load(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str], name: str | None,
           home: Path | None) -> tuple[Profile, bool]:
     """The profile to start: a file, or the saved profile of the instance `source`. (profile, is_saved)."""
@@ -221,19 +121,12 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
     lines = " \\\n    ".join(shlex.quote(arg) for arg in argv)
     instance.write_private_atomic(paths.run_sh, f"#!/bin/sh\n# Instance {profile.name} without qemuvm: the exact "
                                   f"QEMU command line (argv.json).\nexec {lines}\n", mode=0o700)
-    instance.write_json_atomic(paths.supervisor_config, {
-        "name": profile.name,
-        "argv": paused_argv,
-        "restart": {"policy": profile.restart.policy, "max_retries": profile.restart.max_retries,
-                    "backoff": profile.restart.backoff},
-        "shutdown_timeout": profile.shutdown.timeout,
-        "forwards": forwards,
-        "vnc": vnc,
-        "vnc_password_file": vnc_password_file(profile, paths),
-        "ssh": {"user": profile.ssh.user, "port": profile.ssh.port},
-        "remove_on_down": remove_on_down,
-        "serial_log_max": profile.serial.log_max,
-    })
+    records.write_launch_spec(paths, records.LaunchSpec(
+        name=profile.name, argv=paused_argv,
+        restart=records.Restart(profile.restart.policy, profile.restart.max_retries, profile.restart.backoff),
+        shutdown_timeout=profile.shutdown.timeout, forwards=forwards, vnc=vnc,
+        vnc_password_file=vnc_password_file(profile, paths), ssh={"user": profile.ssh.user, "port": profile.ssh.port},
+        remove_on_down=remove_on_down, serial_log_max=profile.serial.log_max))
 
 
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
@@ -283,7 +176,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
             # Ports are chosen under one home-wide lock and recorded in supervisor.json before it is let go:
             # a parallel `up` sees them as reserved (reserved_ports) and never picks the same one.
             with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
-                plan, forwards, vnc = plan_ports(profile, reserved_ports(home, profile.name))
+                plan, forwards, vnc = ports.plan_ports(profile, ports.reserved_ports(home, profile.name))
                 if vnc is not None and "unix" in vnc:
                     vnc = {"unix": str(paths.vnc_socket)}
                 # boot.once applies to the instance's first start only (an install ISO, as virt-install does).
@@ -402,7 +295,8 @@ def down(name: str, *, timeout: float | None = None, force: bool = False, home: 
     An instance started with `remove_on_down` (`up --rm`) is removed once stopped."""
     paths = instance_paths(name, home)
     result = _stop(name, paths, timeout, force, progress)
-    if (instance.read_json(paths.supervisor_config) or {}).get("remove_on_down"):
+    spec = records.read_launch_spec(paths)
+    if spec is not None and spec.remove_on_down:
         rm(name, home=home)
         result["removed"] = True
     return result
@@ -418,8 +312,8 @@ def _stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
             state = _wait_recorded(paths)
         view = instance.effective_state(state)
         return {"name": name, "step": None, "state": view.get("state"), "already_stopped": True}
-    config = instance.read_json(paths.supervisor_config) or {}
-    grace = timeout if timeout is not None else float(config.get("shutdown_timeout", 60.0))
+    spec = records.read_launch_spec(paths)
+    grace = timeout if timeout is not None else (spec or records.LaunchSpec("", [])).shutdown_timeout
     _request_stop(paths, "down", state, lifetime=grace + 3 * GRACE_AFTER_QUIT)
     try:
         return _escalate(name, paths, state, grace, force, started, progress)

@@ -41,13 +41,13 @@ from qemu.qmp import EventListener, Message, QMPClient
 from qemu.qmp.protocol import Runstate
 
 from qemuvm import files
-from qemuvm.runtime import decisions, instance, intent
+from qemuvm.errors import UsageError
+from qemuvm.runtime import decisions, instance, intent, records
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STARTING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
 CONNECT_TIMEOUT = 30.0  # QEMU creates its monitor sockets within a second; this covers a loaded host
 QMP_TIMEOUT = 10.0
-SERIAL_LOG_MAX = 16 << 20  # the profile's serial.log_max default (supervisor.json carries the value)
 EVENTS_MAX = 4 << 20  # events.jsonl: past this it becomes events.jsonl.1 (an RTC_CHANGE a second is ~100 B/s)
 
 
@@ -90,14 +90,16 @@ class _Recorder(EventListener):
 class Supervisor:
     def __init__(self, paths: InstancePaths) -> None:
         self.paths = paths
-        config = instance.read_json(paths.supervisor_config)
-        if config is None:
-            raise SystemExit(f"qemuvm supervisor: {paths.supervisor_config} is missing or invalid")
-        self.config = config
-        restart = config.get("restart", {})
-        self.policy: str = restart.get("policy", "never")
-        self.max_retries: int = int(restart.get("max_retries", 5))
-        self.backoff: float = float(restart.get("backoff", 1.0))
+        try:
+            spec = records.read_launch_spec(paths)
+        except UsageError as exc:
+            raise SystemExit(f"qemuvm supervisor: {exc}") from None
+        if spec is None:
+            raise SystemExit(f"qemuvm supervisor: {paths.supervisor_config} is missing")
+        self.spec = spec
+        self.policy = spec.restart.policy
+        self.max_retries = spec.restart.max_retries
+        self.backoff = spec.restart.backoff
         self.state: dict[str, Any] = {}
         self.unsaved = False  # the last state write failed (disk full): housekeeping retries it
         # Per QEMU run:
@@ -136,12 +138,12 @@ class Supervisor:
     def rotate_serial_log(self) -> None:
         """QEMU appends to serial.log (O_APPEND) for its whole life: past the cap, keep its newest half as
         serial.log.1 and truncate serial.log in place -- QEMU's next write lands at the new end."""
-        limit = int(self.config.get("serial_log_max") or SERIAL_LOG_MAX)
+        limit = self.spec.serial_log_max
         if self._serial_size() <= limit:
             return
         with self.paths.serial_log.open("rb") as handle:
             handle.seek(-(limit // 2), os.SEEK_END)
-            newest = handle.read()
+            newest = handle.read(limit // 2)  # what QEMU appends before the truncate below is lost (a moment)
         instance.write_private_atomic(self.paths.serial_log.with_name("serial.log.1"), newest)
         os.truncate(self.paths.serial_log, 0)
         self.save(serial_offset=0)  # waits read the new file from its start
@@ -179,9 +181,7 @@ class Supervisor:
     # -- QEMU ------------------------------------------------------------------------------------
 
     def spawn(self) -> None:
-        argv = list(self.config["argv"])
-        if "-S" not in argv:
-            argv.insert(1, "-S")  # paused until our monitor listens: no event is lost
+        argv = list(self.spec.argv)  # compiled with -S by `up`: paused until our monitor listens, no event lost
         instance.unlink_stale_sockets(self.paths)
         # Where this run's console output starts in serial.log (QEMU appends): `wait --serial` reads from here.
         serial_offset = self._serial_size()
@@ -243,7 +243,7 @@ class Supervisor:
 
     async def set_vnc_password(self) -> None:
         """`password=on` VNC refuses everyone until a password is set: set it before the guest runs."""
-        password_file = self.config.get("vnc_password_file")
+        password_file = self.spec.vnc_password_file
         if password_file:
             text = files.read_text(password_file, "display.vnc.password_file", 4096)
             password = (text.splitlines() or [""])[0]
@@ -330,15 +330,15 @@ class Supervisor:
         adopt = instance.proven_qemu(previous) is not None
         me = instance.process_if_alive(os.getpid(), None)
         self.state = {
-            "name": self.config.get("name", self.paths.name),
+            "name": self.spec.name or self.paths.name,
             "state": STARTING,
             "supervisor_pid": os.getpid(),
             "supervisor_start_time": me.create_time() if me else None,
             "policy": self.policy,
             "restarts": int(previous.get("restarts", 0)) if adopt else 0,
-            "forwards": self.config.get("forwards", []),
-            "vnc": self.config.get("vnc"),
-            "ssh": self.config.get("ssh"),
+            "forwards": self.spec.forwards,
+            "vnc": self.spec.vnc,
+            "ssh": self.spec.ssh,
             "started_at": previous.get("started_at") if adopt else None,
             "last_exit": previous.get("last_exit"),
         }

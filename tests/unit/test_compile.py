@@ -150,8 +150,8 @@ def test_ssh_forward_goes_to_first_user_nic_and_planned_ports_apply() -> None:
     netdevs = values(p, "-netdev", ports=plan)
     assert netdevs[1] == "user,id=net1,hostfwd=tcp:127.0.0.1:40000-:80,hostfwd=tcp:127.0.0.1:2200-:2022"
     assert netdevs[2] == "user,id=net2"
-    assert values(p, "-vnc", ports=plan) == ["127.0.0.1:11"]
-    assert values(p, "-vnc") == ["127.0.0.1:0,to=99"]
+    assert values(p, "-vnc", ports=plan) == ["127.0.0.1:11,password=on"]  # a per-instance password by default
+    assert values(p, "-vnc") == ["127.0.0.1:0,to=99,password=on"]
 
 
 def test_no_network_no_nic_and_sandbox_without_bridge_only() -> None:

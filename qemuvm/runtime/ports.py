@@ -1,0 +1,121 @@
+"""Host ports for a start: free ones for `host: 0` forwards and VNC `auto`, an SSH forward when none targets
+ssh.port, fixed ones checked free -- and the ports other instances hold or are about to bind, so parallel
+`up`s never pick the same one (they are recorded in each LaunchSpec under a home-wide lock)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemuvm.errors import OperationError, UsageError
+from qemuvm.runtime import instance, records
+
+if TYPE_CHECKING:
+    from qemuvm.profile.model import Profile
+    from qemuvm.qemu.compile import PortPlan
+
+VNC_BASE = 5900
+
+
+def bind_check(address: str, port: int, protocol: str = "tcp") -> bool:
+    """True when `port` can be bound on `address` now (SO_REUSEADDR, as QEMU binds)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def free_port(address: str, protocol: str = "tcp", reserved: frozenset[int] = frozenset()) -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    while True:
+        with socket.socket(family, kind) as sock:
+            sock.bind((address or "0.0.0.0", 0))
+            port = sock.getsockname()[1]
+        if port not in reserved:
+            return port
+
+
+# A start whose supervisor.json is younger than this still holds its ports, even before QEMU binds them.
+_RESERVATION_S = 120.0
+
+
+def reserved_ports(home: Path | None, excluding: str) -> frozenset[int]:
+    """Host ports other instances hold or are about to bind: those of every active instance, and of every
+    start still under way (its supervisor.json is fresh). Lets parallel `up`s plan ports without waiting for
+    each other's QEMU to bind them."""
+    ports: set[int] = set()
+    now = time.time()
+    for other in instance.list_instances(home):
+        if other.name == excluding:
+            continue
+        try:
+            fresh = now - other.supervisor_config.stat().st_mtime < _RESERVATION_S
+        except OSError:
+            continue
+        if not fresh and not instance.is_active(instance.read_state(other)):
+            continue
+        try:
+            spec = records.read_launch_spec(other)
+        except UsageError:
+            continue  # its own commands say what is wrong with it; it holds no port we can know of
+        if spec is None:
+            continue
+        ports.update(int(f["host_port"]) for f in spec.forwards if f.get("host_port"))
+        if (spec.vnc or {}).get("port"):
+            ports.add(int(spec.vnc["port"]))
+    return frozenset(ports)
+
+
+def plan_ports(profile: Profile, reserved: frozenset[int] = frozenset()
+               ) -> tuple[PortPlan, list[dict[str, Any]], dict[str, Any] | None]:
+    """Host ports for this start: free ones for `host: 0` and VNC auto, an SSH forward when none targets
+    ssh.port; fixed ports must be free. Returns the PortPlan, the forwards and VNC as state.json shows them."""
+    from qemuvm.qemu.compile import PortPlan
+
+    planned: dict[tuple[int, int], int] = {}
+    forwards: list[dict[str, Any]] = []
+    ssh_covered = False
+    user_nics = [i for i, nic in enumerate(profile.network) if nic.mode == "user"]
+    for nic_index in user_nics:
+        for number, fwd in enumerate(profile.network[nic_index].forwards):
+            port = fwd.host
+            if port == 0:
+                port = planned[(nic_index, number)] = free_port(fwd.address, fwd.protocol, reserved)
+            elif port in reserved or not bind_check(fwd.address, port, fwd.protocol):
+                raise OperationError(f"host port {port} (network[{nic_index}].forwards[{number}]) is already in use")
+            is_ssh = fwd.protocol == "tcp" and fwd.guest == profile.ssh.port
+            ssh_covered = ssh_covered or is_ssh
+            forwards.append({"nic": nic_index, "protocol": fwd.protocol, "host_address": fwd.address or "0.0.0.0",
+                             "host_port": port, "guest_port": fwd.guest, "ssh": is_ssh})
+    ssh_port = None
+    if user_nics and not ssh_covered:
+        ssh_port = free_port("127.0.0.1", reserved=reserved)
+        forwards.append({"nic": user_nics[0], "protocol": "tcp", "host_address": "127.0.0.1", "host_port": ssh_port,
+                         "guest_port": profile.ssh.port, "ssh": True})
+    vnc_port, vnc = None, None
+    if profile.display is not None and profile.display.vnc is not None:
+        spec = profile.display.vnc
+        if spec.port == "unix":
+            vnc = {"unix": None}  # filled in by the caller, who knows the instance folder
+        elif spec.port == "auto":
+            vnc_port = next((p for p in range(VNC_BASE, VNC_BASE + 100)
+                             if p not in reserved and bind_check(spec.listen, p)), None)
+            if vnc_port is None:
+                raise OperationError(f"no free VNC port from {VNC_BASE} to {VNC_BASE + 99} on {spec.listen}")
+            vnc = {"listen": spec.listen, "port": vnc_port, "display": vnc_port - VNC_BASE}
+        else:
+            if int(spec.port) in reserved or not bind_check(spec.listen, int(spec.port)):
+                raise OperationError(f"VNC port {spec.port} (display.vnc.port) is already in use")
+            vnc = {"listen": spec.listen, "port": int(spec.port), "display": int(spec.port) - VNC_BASE}
+    return PortPlan(vnc_port=vnc_port, forwards=planned, ssh_host_port=ssh_port), forwards, vnc
