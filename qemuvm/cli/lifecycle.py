@@ -325,8 +325,7 @@ def wait_(
     from qemuvm.runtime import instance
     from qemuvm.workflow import wait as waiting
 
-    paths = api.instance_paths(name)
-    for spec in for_ or []:
+    for spec in for_ or []:  # the words first: a bad --for is a usage error whatever the instance
         kind, _, value = spec.partition(":")
         if kind == "serial" and value:
             serial = value
@@ -339,6 +338,7 @@ def wait_(
         else:
             raise UsageError(f"--for {spec!r}: expected serial:REGEX, ssh, port:N (1-65535), event:NAME, shutdown or "
                              "ready")
+    paths = api.instance_paths(name)
     conditions = []
     if serial:
         state = instance.read_state(paths) or {}

@@ -135,6 +135,8 @@ def test_usage_errors_are_one_message_and_exit_2(short_tmp: Path, argv: list[str
     done = qemuvm(*argv, home=short_tmp / "home", cwd=short_tmp)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip()
+    if "port:0" in argv:  # refused for what it says, before any instance is looked up
+        assert "port:N (1-65535)" in done.stderr
 
 
 # -- the CLI fuzzer: random argv over every command and option, in-process --------------------------------

@@ -156,3 +156,17 @@ def test_records_survive_a_full_disk_in_place(short_tmp: Path, monkeypatch) -> N
     assert instance.read_json(path) == {"state": "paused", "note": "x" * 100}
     with pytest.raises(OSError):
         instance.write_json_atomic(path, {"big": "y" * 9000})  # does not fit: the error stands
+
+
+def test_events_jsonl_is_capped(short_tmp: Path) -> None:
+    """A guest that makes an event a second (RTC_CHANGE) cannot grow events.jsonl without bound."""
+    from qemuvm.runtime import records, supervisor
+
+    paths = InstancePaths(short_tmp / "vm")
+    paths.root.mkdir()
+    records.write_launch_spec(paths, records.LaunchSpec(name="vm", argv=["qemu-system-x86_64"]))
+    paths.events.write_bytes(b"{}\n" * (supervisor.EVENTS_MAX // 3 + 1))
+    watcher = supervisor.Supervisor(paths)
+    watcher.on_event({"event": "RTC_CHANGE", "data": {"offset": 1}, "timestamp": {"seconds": 1, "microseconds": 0}})
+    assert paths.events.with_name("events.jsonl.1").stat().st_size > supervisor.EVENTS_MAX
+    assert '"RTC_CHANGE"' in paths.events.read_text() and paths.events.stat().st_size < 200
