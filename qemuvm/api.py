@@ -25,7 +25,7 @@ from qemuvm.runtime.paths import InstancePaths
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile
-    from qemuvm.qemu.host import HostFacts
+    from qemuvm.qemu.facts import HostFacts
 
 Progress = Callable[[str], None]
 GRACE_AFTER_QUIT = 10.0  # `quit` and SIGTERM each get this long before the next step
@@ -75,9 +75,9 @@ def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 
 
 
 def _host_facts(binary: str) -> HostFacts:
-    from qemuvm.qemu import host
+    from qemuvm.qemu import probe
 
-    return host.probe(binary)
+    return probe.probe(binary)
 
 
 def _load(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str], name: str | None,

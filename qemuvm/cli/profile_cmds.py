@@ -24,7 +24,7 @@ def render(
     """Print the QEMU command line a profile compiles to (one option per line, ready to paste)."""
     from qemuvm.profile.validate import load_and_validate
     from qemuvm.qemu.compile import compile_options
-    from qemuvm.qemu.host import probe
+    from qemuvm.qemu.probe import probe
     from qemuvm.qemu.render import format_command, format_explained
     from qemuvm.runtime.paths import InstancePaths
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Disk, Nic, Profile
-from qemuvm.qemu.host import HostFacts
+from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
 from qemuvm.runtime.paths import InstancePaths
 

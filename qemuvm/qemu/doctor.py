@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from qemuvm.qemu import host
+from qemuvm.qemu import probe as host
 from qemuvm.runtime.paths import MAX_SOCKET_PATH, InstancePaths, state_home
 
 Status = Literal["ok", "warn", "missing", "info"]

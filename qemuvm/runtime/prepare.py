@@ -17,7 +17,7 @@ from pathlib import Path
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Disk, Profile
 from qemuvm.qemu import img
-from qemuvm.qemu.host import HostFacts
+from qemuvm.qemu.facts import HostFacts
 from qemuvm.runtime import cloudinit, instance, memory
 from qemuvm.runtime.paths import InstancePaths
 

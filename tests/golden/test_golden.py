@@ -18,7 +18,7 @@ from qemuvm.errors import UsageError
 from qemuvm.profile.model import Profile
 from qemuvm.profile.validate import load_and_validate
 from qemuvm.qemu.compile import PortPlan, compile_options
-from qemuvm.qemu.host import HostFacts
+from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.render import format_command
 from qemuvm.runtime.paths import InstancePaths
 
@@ -30,7 +30,6 @@ REGEN = os.environ.get("QEMUVM_REGEN_GOLDEN") == "1"
 
 # Pinned host facts, so the goldens do not depend on the machine running the tests.
 HARDWARE_KVM = HostFacts(
-    qemu_version=(7, 2, 0),
     kvm_usable=True,
     kvm_hardware=True,
     ovmf_code="/usr/share/OVMF/OVMF_CODE_4M.fd",

@@ -25,7 +25,7 @@ from qemu.qmp import QMPClient
 from qemuvm.profile.model import Profile
 from qemuvm.profile.validate import load_and_validate
 from qemuvm.qemu.compile import compile_argv
-from qemuvm.qemu.host import probe
+from qemuvm.qemu.probe import probe
 from qemuvm.runtime.paths import InstancePaths
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qemuvm import api
-from qemuvm.qemu.host import find_ovmf
+from qemuvm.qemu.probe import find_ovmf
 from qemuvm.testing import vm
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from qemuvm.qemu.compile import (
     effective_cpu,
     kvm_problem,
 )
-from qemuvm.qemu.host import HostFacts
+from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
 from qemuvm.runtime.paths import InstancePaths
 

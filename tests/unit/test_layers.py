@@ -38,7 +38,7 @@ def test_compile_is_pure_under_an_audit_hook(monkeypatch: pytest.MonkeyPatch) ->
 
     from qemuvm.profile.validate import load_and_validate
     from qemuvm.qemu.compile import PortPlan, compile_argv
-    from qemuvm.qemu.host import HostFacts
+    from qemuvm.qemu.facts import HostFacts
     from qemuvm.runtime.paths import InstancePaths
 
     monkeypatch.chdir(GOLDEN.parent)
@@ -83,3 +83,14 @@ def test_compile_is_pure_under_an_audit_hook(monkeypatch: pytest.MonkeyPatch) ->
     finally:
         armed = False
     assert seen == [] and clock_reads == [], (seen, clock_reads)
+
+
+def test_compile_imports_nothing_that_touches_the_system() -> None:
+    probe = ("import json, sys\nimport qemuvm.qemu.compile\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('qemuvm') or m == 'subprocess')))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                       check=True).stdout)
+    allowed = ("qemuvm.profile", "qemuvm.qemu.compile", "qemuvm.qemu.options", "qemuvm.qemu.facts",
+               "qemuvm.runtime.paths", "qemuvm.errors", "qemuvm.files")
+    assert [m for m in loaded if m not in ("qemuvm", "qemuvm.runtime", "qemuvm.qemu")
+            and not m.startswith(allowed)] == []

@@ -18,7 +18,7 @@ from qemuvm.errors import UsageError
 from qemuvm.profile.load import load_text
 from qemuvm.profile.validate import validate
 from qemuvm.qemu import img
-from qemuvm.qemu.host import HostFacts
+from qemuvm.qemu.facts import HostFacts
 from qemuvm.runtime import memory
 from qemuvm.runtime.cloudinit import write_iso
 from qemuvm.runtime.paths import InstancePaths

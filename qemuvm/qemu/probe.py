@@ -1,4 +1,4 @@
-"""Facts about the host that compile needs (QEMU version, KVM, firmware), probed once and cached.
+"""Probing the host for the facts compile needs (machine types, KVM, firmware), probed once and cached.
 
 The probe runs the QEMU binary a few times (~100 ms); the result is cached in
 `~/.cache/qemuvm/host-<hash>.json`, keyed by the binary's path, size and mtime, so `render` and `up`
@@ -13,8 +13,10 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from qemuvm.qemu.facts import HostFacts
 
 OVMF_CANDIDATES = (
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
@@ -25,19 +27,6 @@ BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-
 
 
 @dataclass(frozen=True)
-class HostFacts:
-    """What compile may depend on. Tests pin these; `probe()` reads them from the machine."""
-
-    qemu_version: tuple[int, int, int] = (7, 2, 0)
-    kvm_usable: bool = True  # /dev/kvm exists and we can open it read-write
-    kvm_hardware: bool = True  # kvm_intel/kvm_amd loaded (not a software KVM such as kvm_pvm)
-    ovmf_code: str | None = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-    ovmf_vars: str | None = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-    bridge_helper: str | None = "/usr/lib/qemu/qemu-bridge-helper"
-    machines: tuple[str, ...] = field(default=("pc", "q35", "microvm"))
-
-
-@dataclass(frozen=True)
 class QemuBinary:
     """What the QEMU binary itself reports (the cached part of the probe)."""
 
@@ -45,6 +34,22 @@ class QemuBinary:
     version: tuple[int, int, int]
     machines: tuple[str, ...]
     accelerators: tuple[str, ...]
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """`qemu-system-x86_64 --version` -> (7, 2, 22); (0, 0, 0) when it says no version."""
+    match = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", text)
+    return (int(match[1]), int(match[2]), int(match[3] or 0)) if match else (0, 0, 0)
+
+
+def parse_machines(text: str) -> tuple[str, ...]:
+    """`-machine help`: a header line, then `NAME  description` lines."""
+    return tuple(line.split()[0] for line in text.splitlines()[1:] if line.strip())
+
+
+def parse_accelerators(text: str) -> tuple[str, ...]:
+    """`-accel help`: a header line, then one accelerator per line."""
+    return tuple(line.strip() for line in text.splitlines()[1:] if line.strip())
 
 
 def _cache_dir() -> Path:
@@ -70,15 +75,8 @@ def probe_binary(binary: str = "qemu-system-x86_64") -> QemuBinary | None:
         return QemuBinary(data["path"], tuple(data["version"]), tuple(data["machines"]), tuple(data["accelerators"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    match = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", _run([path, "--version"]))
-    version = (int(match[1]), int(match[2]), int(match[3] or 0)) if match else (0, 0, 0)
-    machines = tuple(
-        line.split()[0] for line in _run([path, "-machine", "help"]).splitlines()[1:] if line.strip()
-    )
-    accels = tuple(
-        line.strip() for line in _run([path, "-accel", "help"]).splitlines()[1:] if line.strip()
-    )
-    found = QemuBinary(path, version, machines, accels)
+    found = QemuBinary(path, parse_version(_run([path, "--version"])), parse_machines(_run([path, "-machine", "help"])),
+                       parse_accelerators(_run([path, "-accel", "help"])))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -118,7 +116,6 @@ def probe(binary: str = "qemu-system-x86_64") -> HostFacts:
     qemu = probe_binary(binary)
     code, variables = find_ovmf()
     return HostFacts(
-        qemu_version=qemu.version if qemu else HostFacts.qemu_version,
         kvm_usable=kvm_usable(),
         kvm_hardware=kvm_hardware(),
         ovmf_code=code,

@@ -1,0 +1,19 @@
+"""Facts about the host that compile may depend on, as plain data: no import here touches the system, so
+compile stays pure (tests pin these; `qemuvm.qemu.probe` reads them from the machine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What compile may depend on. The QEMU version is not among them: nothing compile emits depends on it
+    yet (7.2 is the floor, QEMU-FACTS.md); add it back with the first version-dependent option."""
+
+    kvm_usable: bool = True  # /dev/kvm exists and we can open it read-write
+    kvm_hardware: bool = True  # kvm_intel/kvm_amd loaded (not a software KVM such as kvm_pvm)
+    ovmf_code: str | None = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    ovmf_vars: str | None = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    bridge_helper: str | None = "/usr/lib/qemu/qemu-bridge-helper"
+    machines: tuple[str, ...] = field(default=("pc", "q35", "microvm"))
