@@ -206,7 +206,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     if wait is None:
         wait = ready is not None
     if wait:
-        from qemuvm.workflow import wait as waiting
+        from qemuvm.control import wait as waiting
 
         conditions = waiting.ready_conditions(paths, profile, serial_offset=serial_offset)
         limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)

@@ -71,7 +71,7 @@ class VM:
         A string is one shell command line; a list is an argv (each word quoted for the remote shell).
         `check=True` raises CalledProcessError on a nonzero exit, like subprocess.run.
         """
-        from qemuvm.workflow import ssh
+        from qemuvm.control import ssh
 
         done = ssh.run(self.name, command, timeout=timeout, input=input)
         if check:
@@ -98,9 +98,9 @@ class VM:
         """Wait until every given condition holds, as `qemuvm wait` does; the seconds it took.
 
         `serial` and `event` count from now (say `from_start=True` to include what already happened).
-        Raises qemuvm.workflow.wait.WaitFailed at once when QEMU exits first, or at the timeout.
+        Raises qemuvm.control.wait.WaitFailed at once when QEMU exits first, or at the timeout.
         """
-        from qemuvm.workflow import wait
+        from qemuvm.control import wait
 
         offset = 0 if from_start else None
         conditions = []

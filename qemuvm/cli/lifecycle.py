@@ -322,8 +322,8 @@ def wait_(
 ) -> None:
     """Wait for a condition; fails at once (with the last serial lines) if QEMU exits first."""
     from qemuvm import api
+    from qemuvm.control import wait as waiting
     from qemuvm.runtime import instance
-    from qemuvm.workflow import wait as waiting
 
     for spec in for_ or []:  # the words first: a bad --for is a usage error whatever the instance
         kind, _, value = spec.partition(":")

@@ -288,7 +288,7 @@ class _Runner:
 
     def ready(self) -> None:
         """The profile's ready block; without one, SSH when a check needs it, else the VM running is ready."""
-        from qemuvm.workflow import wait
+        from qemuvm.control import wait
 
         self.current = "ready"
         start = time.monotonic()
@@ -314,7 +314,7 @@ class _Runner:
             self._record(case)
 
     def _ssh_check(self, check: SmokeCheck) -> Case:
-        from qemuvm.workflow import ssh
+        from qemuvm.control import ssh
 
         start = time.monotonic()
         while True:

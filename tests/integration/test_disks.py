@@ -20,7 +20,7 @@ def sha256(path: Path) -> str:
 def test_ephemeral_base_is_never_written(qemuvm_home: Path, short_tmp: Path, test_guest) -> None:
     """up, write in the guest, down, up again, down with --rm: the base image's sha256 never changes."""
     from qemuvm import api
-    from qemuvm.workflow import ssh
+    from qemuvm.control import ssh
 
     base = short_tmp / "base.qcow2"
     shutil.copyfile(test_guest.data_disk, base)

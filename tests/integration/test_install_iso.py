@@ -19,9 +19,9 @@ from conftest import poll
 from test_screenshot import qemuvm, screenshot_until_not_blank
 
 from qemuvm import api
+from qemuvm.control import wait
 from qemuvm.qemu import img
 from qemuvm.testing import VM, vm
-from qemuvm.workflow import wait
 
 pytestmark = pytest.mark.integration
 

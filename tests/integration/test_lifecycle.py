@@ -18,9 +18,9 @@ import yaml
 from conftest import alive, poll
 
 from qemuvm import api
+from qemuvm.control import wait as waiting
 from qemuvm.runtime import instance
 from qemuvm.runtime.paths import InstancePaths
-from qemuvm.workflow import wait as waiting
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

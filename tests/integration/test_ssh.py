@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import poll
 
+from qemuvm.control import ssh
 from qemuvm.testing import VM, vm
-from qemuvm.workflow import ssh
 
 pytestmark = pytest.mark.integration
 

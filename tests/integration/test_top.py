@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from qemuvm import api
+from qemuvm.control import wait as waiting
 from qemuvm.errors import QemuvmError
 from qemuvm.runtime.paths import InstancePaths
-from qemuvm.workflow import wait as waiting
 
 pytestmark = pytest.mark.integration
 

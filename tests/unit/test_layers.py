@@ -94,3 +94,14 @@ def test_compile_imports_nothing_that_touches_the_system() -> None:
                "qemuvm.runtime.paths", "qemuvm.errors", "qemuvm.files")
     assert [m for m in loaded if m not in ("qemuvm", "qemuvm.runtime", "qemuvm.qemu")
             and not m.startswith(allowed)] == []
+
+
+def test_api_imports_nothing_from_above_it() -> None:
+    """api sits below workflow/ (smoke, junit), the pytest plugin and top, which use it."""
+    import ast
+
+    tree = ast.parse((REPO / "qemuvm" / "api.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not [m for m in imported if m.startswith(("qemuvm.workflow", "qemuvm.testing", "qemuvm.top",
+                                                     "qemuvm.cli"))], imported

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from qemuvm.control import ssh
 from qemuvm.errors import UsageError
 from qemuvm.profile.load import load_text
 from qemuvm.profile.model import SmokeCheck
 from qemuvm.profile.types import NAME_PATTERN
 from qemuvm.profile.validate import validate
-from qemuvm.workflow import smoke, ssh
+from qemuvm.workflow import smoke
 from qemuvm.workflow.junit import Case
 
 

@@ -5,7 +5,7 @@ events.jsonl, state.json -- so a wait needs no monitor connection. A wait fails 
 last serial lines and how QEMU ended, when QEMU exits for good or the supervisor gives up.
 
 Adding a condition: a `Condition(description, check)` whose `check()` is cheap and returns True once
-satisfied. `ssh` is one: it calls `qemuvm.workflow.ssh.ssh_ready(name, home)`.
+satisfied. `ssh` is one: it calls `qemuvm.control.ssh.ssh_ready(name, home)`.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def port_condition(paths: InstancePaths, guest_port: int) -> Condition:
 
 
 def ssh_condition(paths: InstancePaths) -> Condition:
-    """An SSH command succeeds in the guest (the hook into qemuvm.workflow.ssh)."""
-    from qemuvm.workflow import ssh
+    """An SSH command succeeds in the guest (the hook into qemuvm.control.ssh)."""
+    from qemuvm.control import ssh
 
     return Condition("ssh", lambda: ssh.ssh_ready(paths.name, paths.root.parent))
 
