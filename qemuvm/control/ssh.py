@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.runtime import ports
 from qemuvm.runtime.instance import tail
 from qemuvm.runtime.paths import InstancePaths
 
@@ -81,24 +82,6 @@ def want_tty() -> bool:
 
 
 # -- where to connect ----------------------------------------------------------------------------
-
-
-def host_port(forwards: Sequence[dict[str, Any]], guest_port: int) -> tuple[str, int] | None:
-    """(host address, host port) of the first TCP forward to `guest_port`. Pure.
-
-    Accepts the state.json spelling (`host_port`/`guest_port`/`host_address`) and the profile's
-    (`host`/`guest`/`address`). An empty or wildcard bind address is reached through loopback.
-    """
-    for fwd in forwards:
-        guest = fwd.get("guest_port", fwd.get("guest"))
-        host = fwd.get("host_port", fwd.get("host"))
-        if fwd.get("protocol", "tcp") != "tcp" or guest != guest_port or not host:
-            continue
-        address = fwd.get("host_address", fwd.get("address")) or "127.0.0.1"
-        if address in ("0.0.0.0", "::"):
-            address = "127.0.0.1"
-        return address, int(host)
-    return None
 
 
 def check_key(key: Path) -> None:
@@ -162,7 +145,7 @@ def resolve(name: str, home: Path | None = None) -> SshTarget:
         raise OperationError(f"instance {name} is {status}, not running")
     settings = {**(state.get("ssh") or {}), **_ssh_settings(paths)}
     guest_port = int(settings.get("port") or 22)
-    found = host_port(state.get("forwards") or [], guest_port)
+    found = ports.forward_address(state.get("forwards") or [], guest_port)
     if found is None:
         raise OperationError(f"instance {name} has no TCP forward to guest port {guest_port} "
                              "(does it have a user-mode network?)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import instance
+from qemuvm.runtime import instance, ports
 from qemuvm.runtime.paths import InstancePaths
 
 if TYPE_CHECKING:
@@ -100,14 +100,10 @@ def _probe_port(address: str, port: int) -> bool:
 
 def port_condition(paths: InstancePaths, guest_port: int) -> Condition:
     """The guest's TCP `guest_port` accepts connections through the instance's forward to it."""
-    forwards = (instance.read_state(paths) or {}).get("forwards") or []
-    found = next((f for f in forwards if f.get("protocol", "tcp") == "tcp" and f.get("guest_port") == guest_port),
-                 None)
+    found = ports.forward_address((instance.read_state(paths) or {}).get("forwards") or [], guest_port)
     if found is None:
         raise UsageError(f"{paths.name} has no TCP forward to guest port {guest_port}")
-    address = found.get("host_address") or "127.0.0.1"
-    address = "127.0.0.1" if address in ("0.0.0.0", "") else ("::1" if address == "::" else address)
-    port = int(found["host_port"])
+    address, port = found
     return Condition(f"guest port {guest_port} (host {address}:{port})", lambda: _probe_port(address, port))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,3 +120,21 @@ def plan_ports(profile: Profile, reserved: frozenset[int] = frozenset()
                 raise OperationError(f"VNC port {spec.port} (display.vnc.port) is already in use")
             vnc = {"listen": spec.listen, "port": int(spec.port), "display": int(spec.port) - VNC_BASE}
     return PortPlan(vnc_port=vnc_port, forwards=planned, ssh_host_port=ssh_port), forwards, vnc
+
+
+def forward_address(forwards: Sequence[dict[str, Any]], guest_port: int) -> tuple[str, int] | None:
+    """(host address, host port) of the first TCP forward to `guest_port`. Pure.
+
+    Accepts the state.json spelling (`host_port`/`guest_port`/`host_address`) and the profile's
+    (`host`/`guest`/`address`). An empty or wildcard bind address is reached through loopback: 127.0.0.1
+    for 0.0.0.0 or empty, ::1 for :: (right whether or not the socket also takes IPv4).
+    """
+    for fwd in forwards:
+        guest = fwd.get("guest_port", fwd.get("guest"))
+        host = fwd.get("host_port", fwd.get("host"))
+        if fwd.get("protocol", "tcp") != "tcp" or guest != guest_port or not host:
+            continue
+        address = fwd.get("host_address", fwd.get("address")) or "127.0.0.1"
+        address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+        return address, int(host)
+    return None

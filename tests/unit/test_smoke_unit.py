@@ -15,6 +15,7 @@ from qemuvm.profile.load import load_text
 from qemuvm.profile.model import SmokeCheck
 from qemuvm.profile.types import NAME_PATTERN
 from qemuvm.profile.validate import validate
+from qemuvm.runtime import ports
 from qemuvm.workflow import smoke
 from qemuvm.workflow.junit import Case
 
@@ -177,10 +178,10 @@ def test_host_port_from_forwards():
         {"protocol": "tcp", "host_address": "0.0.0.0", "host_port": 40022, "guest_port": 22},
         {"protocol": "tcp", "host_address": "127.0.0.1", "host_port": 8080, "guest_port": 80},
     ]
-    assert ssh.host_port(forwards, 22) == ("127.0.0.1", 40022)
-    assert ssh.host_port(forwards, 80) == ("127.0.0.1", 8080)
-    assert ssh.host_port([{"host": 2222, "guest": 22, "address": ""}], 22) == ("127.0.0.1", 2222)
-    assert ssh.host_port(forwards, 443) is None
+    assert ports.forward_address(forwards, 22) == ("127.0.0.1", 40022)
+    assert ports.forward_address(forwards, 80) == ("127.0.0.1", 8080)
+    assert ports.forward_address([{"host": 2222, "guest": 22, "address": ""}], 22) == ("127.0.0.1", 2222)
+    assert ports.forward_address(forwards, 443) is None
 
 
 def test_a_key_others_can_read_is_refused_with_the_fix(tmp_path):
@@ -223,3 +224,10 @@ def test_redact_blanks_secret_values_only() -> None:
     assert "hunter2" not in out and "$6$abc" not in out and "xyz" not in out
     assert "password: <redacted>" in out and "hashed_passwd: <redacted>" in out
     assert "hostname: web" in out and "ssh_pwauth: true" in out and "name: bob" in out
+
+
+def test_forward_address_reaches_wildcards_through_loopback() -> None:
+    assert ports.forward_address([{"host_port": 1, "guest_port": 22, "host_address": "::"}], 22) == ("::1", 1)
+    assert ports.forward_address([{"host_port": 1, "guest_port": 22, "host_address": "0.0.0.0"}], 22) \
+        == ("127.0.0.1", 1)
+    assert ports.forward_address([{"host_port": 1, "guest_port": 22, "protocol": "udp"}], 22) is None
