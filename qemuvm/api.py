@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -443,6 +443,61 @@ def qmp(name: str, command: str, arguments: dict[str, Any] | None = None, *, hom
     paths = instance_paths(name, home)
     _running_qemu(paths)
     return _monitor(paths).execute(command, arguments)
+
+
+def render(source: str | os.PathLike[str], *, overrides: tuple[str, ...] | list[str] = (), name: str | None = None,
+           home: Path | None = None) -> tuple[str, list[Any]]:
+    """The QEMU binary and the compiled options (each with the profile fields behind it) of a profile file,
+    as `up` would start it (ports not yet planned)."""
+    from qemuvm.profile.validate import load_and_validate
+    from qemuvm.qemu.compile import compile_options
+
+    profile = load_and_validate(str(source), overrides, name)
+    return profile.qemu.binary, compile_options(profile, InstancePaths.for_name(profile.name, home),
+                                                _host_facts(profile.qemu.binary))
+
+
+def wait(name: str, *, serial: str | None = None, port: int | None = None, event: str | None = None,
+         ssh: bool = False, shutdown: bool = False, ready: bool = False, timeout: float = 120.0,
+         since: str = "boot", home: Path | None = None, progress: Progress = _silent) -> float:
+    """Wait until every condition holds (none: the profile's `ready`); the seconds it took. Fails at once,
+    with the last serial lines, when QEMU exits for good first (control/wait.py)."""
+    from qemuvm.control import wait as waiting
+
+    paths = instance_paths(name, home)
+    conditions = waiting.conditions_for(paths, serial=serial, port=port, event=event, ssh=ssh, shutdown=shutdown,
+                                        ready=ready, since=since)
+    return waiting.wait_for(paths, conditions, timeout, progress=progress)
+
+
+def ssh(name: str, command: Sequence[str] | str = (), *, timeout: float | None = None, input: str | None = None,
+        home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command in the guest over SSH (captured): returncode is the remote exit status (255: SSH
+    failed, 124: timed out)."""
+    from qemuvm.control import ssh as ssh_
+
+    return ssh_.run(name, command, timeout=timeout, input=input, home=home)
+
+
+def ssh_interactive(name: str, command: Sequence[str] = (), *, home: Path | None = None) -> int:
+    """`qemuvm ssh NAME [-- CMD]` with the terminal's streams; the remote exit code."""
+    from qemuvm.control import ssh as ssh_
+
+    return ssh_.interactive(name, command, home=home)
+
+
+def screenshot(name: str, out: str | os.PathLike[str], *, home: Path | None = None) -> Path:
+    """The VM's screen as a PNG at `out` (QMP screendump; the profile needs a display); the path written."""
+    from qemuvm.control import display
+
+    return display.screenshot(monitor_socket(name, home), out)
+
+
+def snapshot(name: str, action: str, tag: str | None = None, *, home: Path | None = None) -> Any:
+    """Internal snapshots: action save | load | delete (with a tag) or list (their records)."""
+    from qemuvm.control import snapshot as snapshots
+
+    return snapshots.run(monitor_socket(name, home), action, tag)
 
 
 def qmp_risk(command: str, arguments: dict[str, Any] | None = None) -> str | None:

@@ -59,6 +59,7 @@ class VM:
     def __init__(self, name: str, profile: str | Path, home: Path | None = None) -> None:
         self.name = name
         self.profile = Path(profile)
+        self.home = home  # None: $QEMUVM_HOME or the default; every call below passes it on
         self.paths = InstancePaths.for_name(name, home)
 
     def __repr__(self) -> str:
@@ -71,9 +72,9 @@ class VM:
         A string is one shell command line; a list is an argv (each word quoted for the remote shell).
         `check=True` raises CalledProcessError on a nonzero exit, like subprocess.run.
         """
-        from qemuvm.control import ssh
+        from qemuvm import api
 
-        done = ssh.run(self.name, command, timeout=timeout, input=input)
+        done = api.ssh(self.name, command, timeout=timeout, input=input, home=self.home)
         if check:
             done.check_returncode()
         return done
@@ -82,7 +83,7 @@ class VM:
         """One QMP command on the client monitor; its `return` value (`vm.qmp("query-status")["status"]`)."""
         from qemuvm import api
 
-        return api.qmp(self.name, command, arguments or None)
+        return api.qmp(self.name, command, arguments or None, home=self.home)
 
     @property
     def serial_log(self) -> str:
@@ -100,21 +101,10 @@ class VM:
         `serial` and `event` count from now (say `from_start=True` to include what already happened).
         Raises qemuvm.control.wait.WaitFailed at once when QEMU exits first, or at the timeout.
         """
-        from qemuvm.control import wait
+        from qemuvm import api
 
-        offset = 0 if from_start else None
-        conditions = []
-        if serial is not None:
-            conditions.append(wait.serial_condition(self.paths, serial, offset=offset))
-        if event is not None:
-            conditions.append(wait.event_condition(self.paths, event, offset=offset))
-        if port is not None:
-            conditions.append(wait.port_condition(self.paths, port))
-        if ssh:
-            conditions.append(wait.ssh_condition(self.paths))
-        if shutdown:
-            conditions.append(wait.shutdown_condition(self.paths))
-        return wait.wait_for(self.paths, conditions, timeout)
+        return api.wait(self.name, serial=serial, port=port, event=event, ssh=ssh, shutdown=shutdown,
+                        timeout=timeout, since="start" if from_start else "now", home=self.home)
 
     def wait_serial(self, pattern: str, timeout: float = 60) -> re.Match[str]:
         """Wait until `pattern` is anywhere in the serial log (including what is already there); the match."""
@@ -126,12 +116,12 @@ class VM:
     def status(self) -> dict[str, Any]:
         from qemuvm import api
 
-        return api.status(self.name)
+        return api.status(self.name, home=self.home)
 
     def down(self, force: bool = False) -> Any:
         from qemuvm import api
 
-        return api.down(self.name, force=force)
+        return api.down(self.name, force=force, home=self.home)
 
     def serial_tail(self, lines: int = SERIAL_TAIL) -> str:
         return "\n".join(self.serial_log.splitlines()[-lines:])
@@ -139,23 +129,26 @@ class VM:
     def _destroy(self) -> None:
         from qemuvm import api
 
-        for action in (lambda: api.down(self.name, force=True), lambda: api.rm(self.name)):
+        for action in (lambda: api.down(self.name, force=True, home=self.home),
+                       lambda: api.rm(self.name, home=self.home)):
             with contextlib.suppress(Exception):
                 action()
 
 
 @contextlib.contextmanager
 def vm(profile: str | Path, *, name: str | None = None, set: Sequence[str] = (), wait: bool = True,
-       **overrides: Any) -> Iterator[VM]:
-    """Start `profile` as a fresh instance, yield it, and always stop and remove it."""
+       home: str | Path | None = None, **overrides: Any) -> Iterator[VM]:
+    """Start `profile` as a fresh instance, yield it, and always stop and remove it. `home`: the state
+    folder for it (default $QEMUVM_HOME, else ~/.local/state/qemuvm)."""
     from qemuvm import api
 
     sets = overrides_to_sets(overrides, set)
     name = name or _unique_name(profile, sets)
-    guest = VM(name, profile)
+    where = Path(home) if home is not None else None
+    guest = VM(name, profile, where)
     failed = True
     try:
-        api.up(str(profile), overrides=sets, name=name, wait=None if wait else False)
+        api.up(str(profile), overrides=sets, name=name, wait=None if wait else False, home=where)
         yield guest
         failed = False
     finally:

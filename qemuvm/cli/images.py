@@ -99,21 +99,15 @@ def image_convert(
     info(f"converted {src} to {dst} ({fmt})")
 
 
-def _qmp_socket(name: str) -> Path:
-    from qemuvm import api
-
-    return api.monitor_socket(name)
-
-
 @app.command()
 def screenshot(
     name: str = typer.Argument(..., help="Instance name."),
     out: Path = typer.Argument(..., help="PNG file to write."),
 ) -> None:
     """Save the VM's screen as a PNG (QMP screendump); the profile needs a display section."""
-    from qemuvm.control.display import screenshot as take
+    from qemuvm import api
 
-    written = take(_qmp_socket(name), out)
+    written = api.screenshot(name, out)
     info(f"wrote {written}")
 
 
@@ -123,27 +117,27 @@ TagArgument = typer.Argument(..., help="Snapshot name.")
 @snapshot_app.command("save")
 def snapshot_save(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
     """Save disks and VM state (RAM, devices) under TAG; the VM pauses while it is written."""
-    from qemuvm.control import snapshot
+    from qemuvm import api
 
-    snapshot.run(_qmp_socket(name), "save", tag)
+    api.snapshot(name, "save", tag)
     info(f"saved snapshot {tag} of {name}")
 
 
 @snapshot_app.command("load")
 def snapshot_load(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
     """Return the VM to snapshot TAG (disks and running state)."""
-    from qemuvm.control import snapshot
+    from qemuvm import api
 
-    snapshot.run(_qmp_socket(name), "load", tag)
+    api.snapshot(name, "load", tag)
     info(f"loaded snapshot {tag} of {name}")
 
 
 @snapshot_app.command("delete")
 def snapshot_delete(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
     """Delete snapshot TAG from the disks."""
-    from qemuvm.control import snapshot
+    from qemuvm import api
 
-    snapshot.run(_qmp_socket(name), "delete", tag)
+    api.snapshot(name, "delete", tag)
     info(f"deleted snapshot {tag} of {name}")
 
 
@@ -155,9 +149,9 @@ def snapshot_list(
     """List the snapshots of a running VM."""
     import datetime
 
-    from qemuvm.control import snapshot
+    from qemuvm import api
 
-    snaps = snapshot.run(_qmp_socket(name), "list")
+    snaps = api.snapshot(name, "list")
     if json_:
         print_json(snaps)
         return

@@ -322,8 +322,6 @@ def wait_(
 ) -> None:
     """Wait for a condition; fails at once (with the last serial lines) if QEMU exits first."""
     from qemuvm import api
-    from qemuvm.control import wait as waiting
-    from qemuvm.runtime import instance
 
     for spec in for_ or []:  # the words first: a bad --for is a usage error whatever the instance
         kind, _, value = spec.partition(":")
@@ -338,26 +336,8 @@ def wait_(
         else:
             raise UsageError(f"--for {spec!r}: expected serial:REGEX, ssh, port:N (1-65535), event:NAME, shutdown or "
                              "ready")
-    paths = api.instance_paths(name)
-    conditions = []
-    if serial:
-        state = instance.read_state(paths) or {}
-        conditions.append(waiting.serial_condition(paths, serial, offset=state.get("serial_offset", 0)))
-    if port:
-        conditions.append(waiting.port_condition(paths, port))
-    if event:
-        conditions.append(waiting.event_condition(paths, event))
-    if ssh:
-        conditions.append(waiting.ssh_condition(paths))
-    if shutdown:
-        conditions.append(waiting.shutdown_condition(paths))
-    if ready or not conditions:
-        from qemuvm.profile.validate import load_and_validate
-
-        state = instance.read_state(paths) or {}
-        conditions += waiting.ready_conditions(paths, load_and_validate(str(paths.profile)),
-                                               serial_offset=state.get("serial_offset", 0))
-    took = waiting.wait_for(paths, conditions, _seconds(timeout, "--timeout") or 0, progress=info)
+    took = api.wait(name, serial=serial, port=port, event=event, ssh=ssh, shutdown=shutdown, ready=ready,
+                    timeout=_seconds(timeout, "--timeout") or 0, progress=info)
     info(f"{name}: done after {took:.1f} s")
 
 

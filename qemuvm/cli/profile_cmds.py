@@ -22,20 +22,16 @@ def render(
     explain: bool = typer.Option(False, "--explain", help="Show the profile field(s) behind each option."),
 ) -> None:
     """Print the QEMU command line a profile compiles to (one option per line, ready to paste)."""
-    from qemuvm.profile.validate import load_and_validate
-    from qemuvm.qemu.compile import compile_options
-    from qemuvm.qemu.probe import probe
+    from qemuvm import api
     from qemuvm.qemu.render import format_command, format_explained
-    from qemuvm.runtime.paths import InstancePaths
 
-    spec = load_and_validate(str(profile), set_ or (), name)
-    options = compile_options(spec, InstancePaths.for_name(spec.name), probe(spec.qemu.binary))
+    binary, options = api.render(profile, overrides=set_ or (), name=name)
     if json_:
-        print_json([spec.qemu.binary, *(arg for option in options for arg in option.args)])
+        print_json([binary, *(arg for option in options for arg in option.args)])
     elif explain:
-        print(format_explained(spec.qemu.binary, options))
+        print(format_explained(binary, options))
     else:
-        print(format_command(spec.qemu.binary, options))
+        print(format_command(binary, options))
 
 
 @app.command()

@@ -22,12 +22,12 @@ def ssh(
     One command word is run by the remote shell as written (`qemuvm ssh vm -- 'dmesg | tail'`);
     several words are passed as they are (`qemuvm ssh vm -- sh -c 'exit 7'` exits 7).
     """
-    from qemuvm.control import ssh as ssh_
+    from qemuvm import api
 
     words = list(command or ())
     if words[:1] == ["--"]:  # click keeps the separator once arguments stop being interspersed
         words = words[1:]
-    return ssh_.interactive(name, words)
+    return api.ssh_interactive(name, words)
 
 
 @app.command()

@@ -181,3 +181,36 @@ def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
                                  + _serial_tail(paths))
             time.sleep(POLL)
     return time.monotonic() - started
+
+
+def conditions_for(paths: InstancePaths, *, serial: str | None = None, port: int | None = None,
+                   event: str | None = None, ssh: bool = False, shutdown: bool = False, ready: bool = False,
+                   since: str = "boot") -> list[Condition]:
+    """The conditions `qemuvm wait`, `api.wait` and the pytest plugin ask for, in that order; none given
+    means the profile's `ready`. `since` is where serial and event matches start: boot (the current boot's
+    first byte, as the supervisor recorded it at the start or the last reset), now, or start (the whole log)."""
+    state = instance.read_state(paths) or {}
+    if since == "boot":
+        serial_at: int | None = int(state.get("serial_offset") or 0)
+        events_at: int | None = None
+    elif since in ("now", "start"):
+        serial_at = events_at = None if since == "now" else 0
+    else:
+        raise UsageError(f"since {since!r}: one of boot, now, start")
+    conditions = []
+    if serial:
+        conditions.append(serial_condition(paths, serial, offset=serial_at))
+    if port:
+        conditions.append(port_condition(paths, port))
+    if event:
+        conditions.append(event_condition(paths, event, offset=events_at))
+    if ssh:
+        conditions.append(ssh_condition(paths))
+    if shutdown:
+        conditions.append(shutdown_condition(paths))
+    if ready or not conditions:
+        from qemuvm.profile.validate import load_and_validate
+
+        conditions += ready_conditions(paths, load_and_validate(str(paths.profile)), serial_offset=serial_at or 0)
+    return conditions
+

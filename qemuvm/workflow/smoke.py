@@ -209,7 +209,8 @@ class _Clock:
 
 def run(profile_file: str, *, sets: list[str] | tuple[str, ...] = (), junit_file: str | Path | None = None,
         artifacts: str | Path | None = None, keep: bool = False, timeout: float | None = None,
-        progress: Progress | None = None, token: str | None = None, redact: bool = False) -> SmokeResult:
+        progress: Progress | None = None, token: str | None = None, redact: bool = False,
+        home: str | Path | None = None) -> SmokeResult:
     """Smoke-test `profile_file`. An invalid profile raises ProfileError (exit 2) before anything starts."""
     from qemuvm.profile.validate import load_and_validate
 
@@ -219,7 +220,8 @@ def run(profile_file: str, *, sets: list[str] | tuple[str, ...] = (), junit_file
     result = SmokeResult(instance=name, suite=f"qemuvm.smoke.{profile.name}")
     clock = _Clock(timeout if timeout is not None else profile.smoke.timeout)
     scratch = Path(tempfile.mkdtemp(prefix="qvsmoke", dir="/tmp"))
-    runner = _Runner(profile, name, clock, progress, result, redact=redact)
+    runner = _Runner(profile, name, clock, progress, result, redact=redact,
+                     home=Path(home) if home is not None else None)
     progress.line(f"smoke {profile_file}: instance {name}, timeout {clock.total:g}s")
     try:
         runner.boot(profile_file, [*sets, *isolation_overrides(profile, scratch)])
@@ -258,10 +260,10 @@ class _Runner:
     """The steps of one run, against the lifecycle API."""
 
     def __init__(self, profile: Profile, name: str, clock: _Clock, progress: Progress, result: SmokeResult,
-                 redact: bool = False):
+                 redact: bool = False, home: Path | None = None):
         self.profile, self.name, self.clock, self.progress, self.result = profile, name, clock, progress, result
-        self.redact = redact
-        self.paths = InstancePaths.for_name(name)
+        self.redact, self.home = redact, home
+        self.paths = InstancePaths.for_name(name, home)
         self.started = False
         self.current = "boot"
         self._ssh_seen = False
@@ -279,7 +281,7 @@ class _Runner:
         with self.progress.step(f"boot: starting {self.name}"):
             try:
                 self.started = True  # even a failed up may leave an instance folder to collect and remove
-                api.up(profile_file, overrides=sets, name=self.name, wait=False)
+                api.up(profile_file, overrides=sets, name=self.name, wait=False, home=self.home)
             except Exception as exc:  # any failure to start is this step's failure
                 self.result.usage_error = isinstance(exc, UsageError)
                 self._record(Case("boot", "failed", time.monotonic() - start, _one_line(exc), self._serial_tail()))
@@ -318,7 +320,7 @@ class _Runner:
 
         start = time.monotonic()
         while True:
-            done = ssh.run(self.name, check.ssh or "", timeout=max(self.clock.left(), 0.1))
+            done = ssh.run(self.name, check.ssh or "", timeout=max(self.clock.left(), 0.1), home=self.home)
             # Until a first connection succeeds, 255 means "sshd is not up yet" (ready may be serial only).
             if done.returncode != 255 or self._ssh_seen or self.clock.left() <= SSH_RETRY or not self._alive():
                 break
@@ -358,10 +360,10 @@ class _Runner:
                     data = redact(data.decode(errors="replace")).encode()
                 instance.write_private_atomic(dest / file, data)
         with contextlib.suppress(Exception):
-            instance.write_private_atomic(dest / "status.json",
-                                          json.dumps(api.status(self.name), indent=2, default=str) + "\n")
+            shown = json.dumps(api.status(self.name, home=self.home), indent=2, default=str)
+            instance.write_private_atomic(dest / "status.json", shown + "\n")
         if self.profile.display is not None and self.profile.display.vga != "none" and self._alive():
-            _best_effort(lambda: _screenshot(self.name, dest / "screenshot.png"))
+            _best_effort(lambda: api.screenshot(self.name, dest / "screenshot.png", home=self.home))
         junit.write(dest / "junit.xml", self.result.suite, self.result.cases)
         return dest
 
@@ -369,18 +371,12 @@ class _Runner:
         from qemuvm import api
 
         with self.progress.step(f"teardown: removing {self.name}"):
-            _best_effort(lambda: api.down(self.name, force=True))
-            _best_effort(lambda: api.rm(self.name))
+            _best_effort(lambda: api.down(self.name, force=True, home=self.home))
+            _best_effort(lambda: api.rm(self.name, home=self.home))
 
 
 class _Stop(Exception):
     """A step failed: the remaining steps are skipped."""
-
-
-def _screenshot(name: str, target: Path) -> None:
-    from qemuvm.control import display
-
-    display.screenshot(InstancePaths.for_name(name).qmp_socket, target)
 
 
 def _best_effort(action: Callable[[], Any]) -> None:

@@ -69,3 +69,17 @@ def test_the_fixture_from_the_entry_point(pytester, test_guest, qemuvm_home):
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*qemuvm ci-smoke-*: last serial lines*", "*QEMUVM_GUEST_READY*"])
     assert [p for p in qemuvm_home.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_vm_honours_the_home_it_is_given(test_guest, qemuvm_home, short_tmp):
+    """`vm(home=...)` keeps the instance there, and every call of the VM goes there (not to $QEMUVM_HOME)."""
+    elsewhere = short_tmp / "h"
+    with vm(CI_SMOKE, home=elsewhere, **guest_overrides(test_guest)) as guest:
+        assert guest.paths.root.parent == elsewhere and guest.paths.root.is_dir()
+        assert not any(qemuvm_home.iterdir())
+        assert guest.status()["state"] == "running"
+        assert guest.qmp("query-status")["status"] == "running"
+        assert guest.ssh("echo hi").stdout == "hi\n"
+        guest.qmp("stop")
+        guest.wait(event="STOP", from_start=True, timeout=30)
+    assert not guest.paths.root.exists()
