@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from qemuvm.qemu.facts import HostFacts
 
 Progress = Callable[[str], None]
-GRACE_AFTER_QUIT = 10.0  # `quit` and SIGTERM each get this long before the next step
 
 
 def _silent(_message: str) -> None:
@@ -264,37 +263,15 @@ def edit(name: str, *, editor: str | None = None, home: Path | None = None) -> b
 # -- down / kill -------------------------------------------------------------------------------------
 
 
-def _request_stop(paths: InstancePaths, action: str, state: dict[str, Any], lifetime: float = 30.0) -> None:
-    """Tell the supervisor that the coming exit of this QEMU is intentional: no restart (runtime/intent.py)."""
-    intent.request(paths, action, state.get("qemu_pid"), state.get("qemu_start_time"), lifetime)
-
-
-def _wait_gone(state: dict[str, Any], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None:
-            return True
-        time.sleep(0.05)
-    return instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None
-
-
-def _wait_recorded(paths: InstancePaths, timeout: float = 10.0) -> dict[str, Any]:
-    """After QEMU is gone: wait until the supervisor recorded the exit (and exited), then the state."""
-    deadline = time.monotonic() + timeout
-    state = instance.read_state(paths) or {}
-    while time.monotonic() < deadline and instance.live_supervisor(state) is not None:
-        time.sleep(0.05)
-        state = instance.read_state(paths) or {}
-    return state
-
-
 def down(name: str, *, timeout: float | None = None, force: bool = False, home: Path | None = None,
          progress: Progress = _silent) -> dict[str, Any]:
     """Stop a VM: ACPI power-down, wait, `quit`, SIGTERM, SIGKILL. Returns which step ended it.
 
     An instance started with `remove_on_down` (`up --rm`) is removed once stopped."""
+    from qemuvm.control import stop
+
     paths = instance_paths(name, home)
-    result = _stop(name, paths, timeout, force, progress)
+    result = stop.stop(name, paths, timeout, force, progress)
     spec = records.read_launch_spec(paths)
     if spec is not None and spec.remove_on_down:
         rm(name, home=home)
@@ -302,82 +279,11 @@ def down(name: str, *, timeout: float | None = None, force: bool = False, home: 
     return result
 
 
-def _stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
-          progress: Progress) -> dict[str, Any]:
-    state = launch.ensure_supervised(paths) or {}
-    started = time.monotonic()
-    if instance.proven_qemu(state) is None:
-        if instance.live_supervisor(state) is not None:  # waiting to restart: cancel that
-            _request_stop(paths, "down", state)
-            state = _wait_recorded(paths)
-        view = instance.effective_state(state)
-        return {"name": name, "step": None, "state": view.get("state"), "already_stopped": True}
-    spec = records.read_launch_spec(paths)
-    grace = timeout if timeout is not None else (spec or records.LaunchSpec("", [])).shutdown_timeout
-    _request_stop(paths, "down", state, lifetime=grace + 3 * GRACE_AFTER_QUIT)
-    try:
-        return _escalate(name, paths, state, grace, force, started, progress)
-    finally:
-        if instance.proven_qemu(state) is not None:  # interrupted or failed: the intent goes with the attempt
-            intent.withdraw(paths)
-
-
-def _escalate(name: str, paths: InstancePaths, state: dict[str, Any], grace: float, force: bool, started: float,
-              progress: Progress) -> dict[str, Any]:
-    monitor = _monitor(paths, busy_timeout=5.0)
-    step = None
-    if not force:
-        try:
-            if monitor.execute("query-status").get("status") == "running":
-                progress(f"ACPI power-down sent to {name}; waiting up to {grace:g} s …")
-                monitor.execute("system_powerdown")
-                step = "acpi" if _wait_gone(state, grace) else None
-                if step is None:
-                    progress(f"{name} did not power off within {grace:g} s; forcing")
-            else:
-                progress(f"{name} is paused: an ACPI power-down would go unanswered; using quit")
-        except OperationError:
-            progress(f"{name}: the monitor did not answer the power-down; forcing")
-    if step is None:
-        with contextlib.suppress(OperationError):
-            monitor.execute("quit")
-        step = "quit" if _wait_gone(state, GRACE_AFTER_QUIT) else None
-    for sig, label in ((15, "sigterm"), (9, "sigkill")):
-        if step is not None:
-            break
-        proc = instance.proven_qemu(state)
-        if proc is None:
-            step = label
-            break
-        proc.send_signal(sig)
-        step = label if _wait_gone(state, GRACE_AFTER_QUIT) else None
-    if step is None:
-        raise OperationError(f"QEMU pid {state['qemu_pid']} of {name} survived SIGKILL")
-    final = _wait_recorded(paths)
-    last = final.get("last_exit") or {}
-    view = instance.effective_state(final)
-    # A supervisor that has not recorded the exit yet (stopped, or slow): QEMU is gone, and by our hand.
-    stopped = STOPPED if view.get("stale") else view["state"]
-    return {"name": name, "step": step, "forced": step != "acpi", "state": stopped,
-            "exit_code": last.get("exit_code"), "signal": last.get("signal"),
-            "elapsed_s": round(time.monotonic() - started, 2)}
-
-
 def kill(name: str, *, home: Path | None = None) -> dict[str, Any]:
     """SIGKILL QEMU at once (virsh destroy); the restart policy does not apply."""
-    paths = instance_paths(name, home)
-    state = launch.ensure_supervised(paths) or {}
-    proc = instance.proven_qemu(state)
-    if proc is None:
-        if instance.live_supervisor(state) is not None:
-            _request_stop(paths, "kill", state)
-            state = _wait_recorded(paths)
-        return {"name": name, "killed": False, "state": instance.effective_state(state)["state"]}
-    _request_stop(paths, "kill", state)
-    proc.kill()
-    _wait_gone(state, 10)
-    final = _wait_recorded(paths)
-    return {"name": name, "killed": True, "state": instance.effective_state(final)["state"]}
+    from qemuvm.control import stop
+
+    return stop.kill(name, instance_paths(name, home))
 
 
 def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str, Any]:
@@ -579,26 +485,19 @@ def log_path(name: str, kind: str = "serial", home: Path | None = None) -> Path:
 def follow(path: Path, *, lines: int | None = None, keep_going: bool = False,
            poll: float = 0.1) -> Iterator[str]:
     """The last `lines` lines of `path` (all when None), then, with keep_going, new text as it arrives."""
+    from qemuvm.control.wait import Tail
+
+    offset = 0
     if lines is not None:
         text = instance.tail(path, lines)
         if text:
             yield text + "\n"
         offset = path.stat().st_size if path.exists() else 0
-    else:
-        offset = 0
+    tail = Tail(path, offset)
     while True:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size < offset:
-            offset = 0  # truncated or replaced
-        if size > offset:
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read(size - offset)
-            offset += len(data)
-            yield data.decode(errors="replace")
+        text = tail.new()
+        if text:
+            yield text
         if not keep_going:
             return
         time.sleep(poll)

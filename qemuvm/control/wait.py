@@ -38,25 +38,32 @@ class WaitFailed(OperationError):
     """QEMU ended (or the wait timed out) before the condition held."""
 
 
-class _Tail:
-    """Reads a growing file incrementally from an offset (a restart may truncate it: start over)."""
+class Tail:
+    """Reads a growing file incrementally from an offset; a file that shrank (truncated, rotated, replaced)
+    is read again from its start. The one follower: waits, `logs -f`, `events -f`."""
 
     def __init__(self, path: Any, offset: int = 0) -> None:
         self.path, self.offset, self.text = path, offset, ""
 
-    def read(self) -> str:
+    def new(self) -> str:
+        """The text appended since the last call."""
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            return self.text
+            return ""
         if size < self.offset:
             self.offset, self.text = 0, ""
-        if size > self.offset:
-            with self.path.open("rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read(size - self.offset)
-            self.offset += len(data)
-            self.text += data.decode(errors="replace")
+        if size <= self.offset:
+            return ""
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(size - self.offset)
+        self.offset += len(data)
+        return data.decode(errors="replace")
+
+    def read(self) -> str:
+        """Everything read since the offset it started from."""
+        self.text += self.new()
         return self.text
 
 
@@ -73,13 +80,13 @@ def serial_condition(paths: InstancePaths, pattern: str, *, offset: int | None =
         regex = re.compile(pattern, re.MULTILINE)
     except re.error as exc:
         raise UsageError(f"{pattern!r} is not a valid regular expression ({exc})") from None
-    tail = _Tail(paths.serial_log, _size(paths.serial_log) if offset is None else offset)
+    tail = Tail(paths.serial_log, _size(paths.serial_log) if offset is None else offset)
     return Condition(f"serial /{pattern}/", lambda: regex.search(tail.read()) is not None)
 
 
 def event_condition(paths: InstancePaths, event: str, *, offset: int | None = None) -> Condition:
     """A QMP event named `event` is recorded in events.jsonl after byte `offset` (default: from now)."""
-    tail = _Tail(paths.events, _size(paths.events) if offset is None else offset)
+    tail = Tail(paths.events, _size(paths.events) if offset is None else offset)
     needle = re.compile(r'"event": "' + re.escape(event) + '"')
     return Condition(f"QMP event {event}", lambda: needle.search(tail.read()) is not None)
 
