@@ -121,3 +121,32 @@ def test_error_cases_are_named_err() -> None:
 
 def test_enough_cases() -> None:
     assert len(PROFILES) >= 40
+
+
+def test_the_launched_argv_differs_only_as_documented(in_golden: None) -> None:
+    """What the supervisor runs: the golden argv plus -S (paused until its monitor listens); and a later
+    boot of the same instance drops boot.once (virt-install's first-boot-only install media)."""
+    from qemuvm.qemu.compile import compile_argv
+
+    case = Case.read(GOLDEN / "profiles" / "boot-once-install.yaml")
+    profile = load_and_validate(str(case.path.relative_to(GOLDEN)))
+    first = compile_argv(profile, paths_for(profile), case.host, case.ports)
+    paused = compile_argv(profile, paths_for(profile), case.host, case.ports, start_paused=True)
+    later = compile_argv(profile, paths_for(profile), case.host, case.ports, first_boot=False)
+    assert [a for a in paused if a != "-S"] == first and paused.count("-S") == 1
+    boot_first = first[first.index("-boot") + 1]
+    boot_later = later[later.index("-boot") + 1]
+    assert "once=" in boot_first and "once=" not in boot_later
+    assert [a for a in later if a != boot_later] == [a for a in first if a != boot_first]
+
+
+@pytest.mark.parametrize("path", [p for p in PROFILES if not p.name.startswith("err-")][:60],
+                         ids=lambda p: p.stem)
+def test_the_saved_profile_round_trips(path: Path, in_golden: None, tmp_path: Path) -> None:
+    """profile.yaml as `up` saves it loads back to the same profile (so `start` runs what `up` ran)."""
+    import yaml
+
+    profile = load_and_validate(str(path.relative_to(GOLDEN)))
+    saved = tmp_path / "profile.yaml"
+    saved.write_text(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False))
+    assert load_and_validate(str(saved), (), profile.name) == profile
