@@ -74,7 +74,9 @@ def test_qemu_killed_during_snapshot_save_is_one_sentence(home: Path, test_guest
     if save.returncode == 1:
         assert err.startswith("qemuvm: ") and len(err.strip().splitlines()) == 1, err
     info = subprocess.run(["qemu-img", "check", "-U", str(disk)], capture_output=True, text=True, check=False)
-    assert info.returncode == 0, info.stdout + info.stderr  # the image itself is fine
+    # The image itself is fine: exit 0, or 3 = only leaked clusters (space a killed writer had allocated;
+    # "no harm to data"); 2 would be corruption.
+    assert info.returncode in (0, 3) and "corrupt" not in info.stdout.lower(), info.stdout + info.stderr
 
 
 def test_qmp_warns_before_a_command_that_ends_the_vm(home: Path, test_guest: Any) -> None:
