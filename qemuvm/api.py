@@ -128,6 +128,9 @@ def _write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str],
         remove_on_down=remove_on_down, serial_log_max=profile.serial.log_max))
 
 
+_KEEPS_RUNNING = "interrupted while waiting; {name} keeps running (qemuvm down {name} stops it)"
+
+
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
        wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
        remove_on_down: bool = False, progress: Progress = _silent) -> dict[str, Any]:
@@ -190,7 +193,9 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
             progress(f"starting {profile.name} …")
             proc = launch.start_supervisor(paths)
             launch.wait_until_up(paths, proc)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and instance.is_active(instance.read_state(paths)):
+            progress(_KEEPS_RUNNING.format(name=profile.name))
         # A first start that failed leaves nothing behind (its error already quotes qemu.log) -- unless a
         # process of it still lives (Ctrl-C mid-start, a supervisor killed): never delete a folder under it.
         # An existing instance keeps its folder (disks, overlays, logs) without stale sockets.
@@ -212,8 +217,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
         try:
             result["ready_after_s"] = round(waiting.wait_for(paths, conditions, limit, progress=progress), 2)
         except KeyboardInterrupt:  # Ctrl-C ends the wait, not the VM: say so
-            progress(f"interrupted while waiting; {profile.name} keeps running (qemuvm down {profile.name} "
-                     "stops it)")
+            progress(_KEEPS_RUNNING.format(name=profile.name))
             raise
         result["ready"] = True
     return result
