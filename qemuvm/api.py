@@ -194,16 +194,26 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
             proc = launch.start_supervisor(paths)
             launch.wait_until_up(paths, proc)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) and instance.is_active(instance.read_state(paths)):
+        active = instance.is_active(instance.read_state(paths))
+        if isinstance(exc, KeyboardInterrupt) and active:
             progress(_KEEPS_RUNNING.format(name=profile.name))
         # A first start that failed leaves nothing behind (its error already quotes qemu.log) -- unless a
         # process of it still lives (Ctrl-C mid-start, a supervisor killed): never delete a folder under it.
         # An existing instance keeps its folder (disks, overlays, logs) without stale sockets.
-        if fresh and not instance.is_active(instance.read_state(paths)) and instance.scan_for_qemu(paths) is None:
+        if fresh and not active and instance.scan_for_qemu(paths) is None:
             shutil.rmtree(paths.root, ignore_errors=True)
-        elif not instance.is_active(instance.read_state(paths)):
+        elif not active:
             instance.unlink_stale_sockets(paths)
         raise
+    try:
+        return _wait_ready(paths, profile, wait, timeout, serial_offset, progress)
+    except KeyboardInterrupt:  # Ctrl-C ends the wait, not the VM: say so
+        progress(_KEEPS_RUNNING.format(name=profile.name))
+        raise
+
+
+def _wait_ready(paths: InstancePaths, profile: Profile, wait: bool | None, timeout: float | None,
+                serial_offset: int, progress: Progress) -> dict[str, Any]:
     # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
     result = _view(paths, instance.read_state(paths))
     ready = profile.ready
@@ -214,11 +224,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
 
         conditions = waiting.ready_conditions(paths, profile, serial_offset=serial_offset)
         limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)
-        try:
-            result["ready_after_s"] = round(waiting.wait_for(paths, conditions, limit, progress=progress), 2)
-        except KeyboardInterrupt:  # Ctrl-C ends the wait, not the VM: say so
-            progress(_KEEPS_RUNNING.format(name=profile.name))
-            raise
+        result["ready_after_s"] = round(waiting.wait_for(paths, conditions, limit, progress=progress), 2)
         result["ready"] = True
     return result
 

@@ -126,9 +126,9 @@ def _overwrite_in_place(path: Path, text: str) -> bool:
     except OSError:
         return False
     try:
-        if len(data) > os.fstat(fd).st_size:
-            return False
         size = os.fstat(fd).st_size
+        if len(data) > size:
+            return False
         os.pwrite(fd, data + b" " * (size - len(data)), 0)
         return True
     except OSError:
@@ -175,8 +175,7 @@ def read_state(paths: InstancePaths) -> dict[str, Any] | None:
     problem = state_problem(data) if data is not None else ("not valid JSON" if exists else None)
     if problem:
         data = {"state": UNKNOWN, "unreadable": f"state.json unreadable ({problem})"}
-    state = _with_found_processes(paths, data)
-    return state
+    return _with_found_processes(paths, data)
 
 
 def _pid_in(path: Path) -> int | None:
