@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -55,6 +56,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries its VMs' evidence (state.json, supervisor.log, qemu.log tails): a
+    failure seen once in CI can be read there, not only guessed at."""
+    outcome = yield
+    report = outcome.get_result()
+    home = os.environ.get("QEMUVM_HOME")
+    if report.when != "call" or not report.failed or not home or not Path(home).is_dir():
+        return
+    for folder in sorted(Path(home).iterdir()):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            state = json.loads((folder / "state.json").read_text())
+            state.pop("qemu_cmdline", None)
+            report.sections.append((f"qemuvm {folder.name}/state.json", json.dumps(state, sort_keys=True)))
+        for name, lines in (("supervisor.log", 30), ("qemu.log", 15)):
+            with contextlib.suppress(OSError):
+                text = (folder / name).read_text(errors="replace").strip().splitlines()[-lines:]
+                report.sections.append((f"qemuvm {folder.name}/{name}", "\n".join(text)))
 
 
 @pytest.fixture

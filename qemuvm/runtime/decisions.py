@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 MAX_BACKOFF = 60.0
 # Exits the restart policy never undoes: asked for (down, kill, a hand-typed QMP quit) or hopeless (the
-# start itself failed: the same argv would fail again).
+# first start failed: the same argv would fail again, and `up` reports it). A start that fails when the policy
+# restarts a VM that ran ("restart-failed": its port taken meanwhile, a disk locked by a backup) is retried
+# with the backoff, within max_retries.
 _NEVER_RESTARTED = frozenset({"down", "kill", "start-failed", "host-qmp-quit"})
 
 
@@ -21,6 +23,7 @@ class Exit:
     intended: str | None = None  # the stop intent that applies to it (down | kill), if any
     panicked: bool = False  # GUEST_PANICKED was seen
     reached_running: bool = True  # the start completed (QMP answered, `cont` sent)
+    restarted: bool = False  # this QEMU was started by the restart policy, not by `up`/`start`
 
 
 def classify(exit_: Exit) -> tuple[str, bool]:
@@ -30,7 +33,7 @@ def classify(exit_: Exit) -> tuple[str, bool]:
     if exit_.panicked:
         return "guest-panic", True
     if not exit_.reached_running:
-        return "start-failed", True
+        return ("restart-failed" if exit_.restarted else "start-failed"), True
     if exit_.signal:
         return "signal", True
     if exit_.exit_code not in (0, None):

@@ -105,6 +105,8 @@ class Supervisor:
         # Per QEMU run:
         self.shutdown_reason: str | None = None
         self.panicked = False
+        self.restarted = False  # started by the restart policy (not by up/start)
+        self.reached_running = False  # the guest ran (RESUME seen, or `cont` answered): an exit is no start failure
         self.proc: subprocess.Popen[bytes] | None = None
         self.qemu_pid = 0
         self.qmp: QMPClient | None = None
@@ -164,7 +166,11 @@ class Supervisor:
         if name == "STOP" and self.state.get("state") == RUNNING:
             self.save(state=PAUSED)
         elif name == "RESUME":
+            # The guest runs from here, whether or not `cont`'s answer arrives: QEMU killed in between (up has
+            # already seen this state and returned) is a crash for the restart policy, not a failed start.
+            self.reached_running = True
             self.save(state=RUNNING)
+            checkpoint("on-resume")
         elif name == "RESET":
             # A new boot: `wait --serial` (and anything else reading serial_offset) starts from here, not from
             # the previous boot's output; `reboot` returns once this is recorded.
@@ -251,7 +257,7 @@ class Supervisor:
 
     async def run_qemu(self, adopted: bool) -> dict[str, Any]:
         """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""
-        self.shutdown_reason, self.panicked, reached_running = None, False, adopted
+        self.shutdown_reason, self.panicked, self.reached_running = None, False, adopted
         if not adopted:
             checkpoint("before-qemu")
             self.spawn()
@@ -273,7 +279,7 @@ class Supervisor:
                     status = "running"
                     checkpoint("after-cont")
                 self.save(state=instance.qmp_state(status), qmp_status=status)
-                reached_running = True
+                self.reached_running = True
                 log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state['accel']}")
             except Exception as exc:  # QEMU died under us: the exit below tells why
                 log(f"QMP setup failed: {exc!r}")
@@ -283,7 +289,7 @@ class Supervisor:
                 os.kill(self.qemu_pid, signal.SIGKILL)
         await exited
         await self._drain_events()
-        return self._exit_record(reached_running)
+        return self._exit_record(self.reached_running)
 
     async def _drain_events(self) -> None:
         """After QEMU exits, let QMP read up to EOF so every last event (SHUTDOWN) is recorded."""
@@ -310,7 +316,7 @@ class Supervisor:
         record["reason"], record["failure"] = decisions.classify(decisions.Exit(
             exit_code=record["exit_code"], signal=record["signal"], shutdown_reason=self.shutdown_reason,
             intended=intent.action_for(self.paths, self.qemu_pid), panicked=self.panicked,
-            reached_running=reached_running))
+            reached_running=reached_running, restarted=self.restarted))
         log(f"QEMU exited: {record}")
         return record
 
@@ -370,6 +376,7 @@ class Supervisor:
                 self.save(state=STOPPED, next_restart_at=None)
                 break
             self.save(restarts=self.state["restarts"] + 1, next_restart_at=None)
+            self.restarted = True
         saver.cancel()
         if self.unsaved:  # the final record must land: a last tries before giving up
             for _ in range(10):

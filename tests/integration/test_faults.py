@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,46 @@ def test_supervisor_killed_during_up(home: Path, test_guest: Any, step: str) -> 
     assert no_qemu_of(home)
     api.rm(name)
     assert not paths.root.exists()
+
+
+def test_qemu_killed_as_the_guest_starts_is_restarted(home: Path, test_guest: Any) -> None:
+    """QEMU killed right after its RESUME was recorded (up has returned), before the supervisor finished the
+    start: a crash the restart policy acts on, never a "start-failed" left down (a CI run once hit this)."""
+    profile = guest_profile(home, test_guest, "early", restart={"policy": "on-failure", "backoff": "0.1s"})
+    up, supervisor = _up_with_supervisor_stopped_at(home, profile, "on-resume")
+    out, err = up.communicate(timeout=120)
+    assert up.returncode == 0, err
+    first = json.loads(out)
+    assert first["state"] == "running"
+    os.kill(first["qemu_pid"], signal.SIGKILL)
+    poll("the killed QEMU to go", lambda: not alive(first["qemu_pid"]), 10)
+    os.kill(supervisor, signal.SIGCONT)
+    restarted = poll("a restarted QEMU", lambda: (s := api.status("early"))["state"] == "running"
+                     and s["qemu_pid"] != first["qemu_pid"] and s, 60)
+    assert restarted["restarts"] == 1 and restarted["last_exit"]["reason"] == "signal"
+    assert api.down("early", force=True)["state"] == "stopped"
+    assert no_qemu_of(home)
+
+
+def test_a_restart_that_fails_is_retried(home: Path, test_guest: Any) -> None:
+    """The restart policy starts QEMU again and that start fails (here its kernel is gone meanwhile; a port
+    taken or a disk locked alike): retried with the backoff, not left down as a first start's failure is."""
+    kernel = home / "vmlinuz"
+    shutil.copy(test_guest.vmlinuz, kernel)
+    profile = guest_profile(home, test_guest, "retry", restart={"policy": "on-failure", "backoff": "1s"})
+    profile.write_text(profile.read_text().replace(str(test_guest.vmlinuz), str(kernel)))
+    first = api.up(profile, wait=False)
+    os.kill(first["supervisor_pid"], signal.SIGSTOP)  # the supervisor waits while the kernel goes
+    os.kill(first["qemu_pid"], signal.SIGKILL)
+    kernel.rename(home / "vmlinuz.away")
+    os.kill(first["supervisor_pid"], signal.SIGCONT)
+    failed = poll("the failed restart", lambda: (s := api.status("retry"))["last_exit"]
+                  and s["last_exit"]["reason"] == "restart-failed" and s, 60)
+    assert failed["state"] == "starting" and failed["restarts"] == 1  # a next restart is scheduled
+    (home / "vmlinuz.away").rename(kernel)
+    restarted = poll("a restart that works", lambda: (s := api.status("retry"))["state"] == "running" and s, 60)
+    assert restarted["restarts"] >= 2 and restarted["qemu_pid"] != first["qemu_pid"]
+    assert api.down("retry", force=True)["state"] == "stopped"
 
 
 def test_qemu_found_without_any_record(home: Path, test_guest: Any) -> None:
