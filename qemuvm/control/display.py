@@ -10,25 +10,15 @@ import os
 import tempfile
 from pathlib import Path
 
-from qemuvm import files
 from qemuvm.control.client import Monitor, QmpError, QmpSession
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.runtime.preflight import read_vnc_password
 
 TIMEOUT = 30.0  # a screendump of a large screen under TCG takes a moment
 VNC_PASSWORD_MAX = 8  # the VNC auth scheme (DES) uses only the first 8 characters
 
 
 # -- VNC password --------------------------------------------------------------------------------
-
-
-def read_vnc_password(password_file: str | os.PathLike[str]) -> str:
-    """The first line of the file (a trailing newline is not part of the password)."""
-    text = files.read_text(password_file, "display.vnc.password_file", 4096)
-    lines = text.splitlines()
-    password = lines[0] if lines else ""
-    if not password:
-        raise UsageError(f"display.vnc.password_file: {password_file} is empty")
-    return password
 
 
 def apply_vnc_password(target: str | os.PathLike[str], password_file: str | os.PathLike[str]) -> None:

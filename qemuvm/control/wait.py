@@ -35,7 +35,12 @@ class Condition:
 
 
 class WaitFailed(OperationError):
-    """QEMU ended (or the wait timed out) before the condition held."""
+    """QEMU ended (or the wait timed out) before the condition held. `summary` is the sentence; the message
+    adds the last serial lines (a smoke report shows those apart)."""
+
+    def __init__(self, summary: str, serial_tail: str = "") -> None:
+        super().__init__(summary + serial_tail)
+        self.summary = summary
 
 
 class Tail:
@@ -181,11 +186,11 @@ def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
             if ended is not None:
                 if condition.check():  # the match may have been written just before the exit
                     break
-                raise WaitFailed(f"{paths.name} stopped ({ended}) before {condition.description}"
-                                 + _serial_tail(paths))
+                raise WaitFailed(f"{paths.name} stopped ({ended}) before {condition.description}",
+                                 _serial_tail(paths))
             if time.monotonic() >= deadline:
-                raise WaitFailed(f"timed out after {timeout:g} s waiting for {paths.name}: {condition.description}"
-                                 + _serial_tail(paths))
+                raise WaitFailed(f"timed out after {timeout:g} s waiting for {paths.name}: {condition.description}",
+                                 _serial_tail(paths))
             time.sleep(POLL)
     return time.monotonic() - started
 
@@ -221,3 +226,29 @@ def conditions_for(paths: InstancePaths, *, serial: str | None = None, port: int
         conditions += ready_conditions(paths, load_and_validate(str(paths.profile)), serial_offset=serial_at or 0)
     return conditions
 
+
+
+def await_record(paths: InstancePaths, what: str, holds: Callable[[dict[str, Any]], bool],
+                 timeout: float = 10.0) -> dict[str, Any]:
+    """Wait until the supervisor has recorded the result of a command in state.json: a command returns only
+    once `ls`, `status` and state.json show what it did (read-your-writes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = instance.read_state(paths) or {}
+        if holds(state):
+            return state
+        if instance.live_supervisor(state) is None or time.monotonic() > deadline:
+            raise OperationError(f"{paths.name}: QEMU did it, but its supervisor has not recorded {what} "
+                                 f"within {timeout:g} s; see {paths.supervisor_log}")
+        time.sleep(0.005)
+
+
+def wait_ready(paths: InstancePaths, profile: Profile, wait: bool | None, timeout: float | None,
+               serial_offset: int, progress: Callable[[str], None] | None = None) -> float | None:
+    """`up`'s wait for the profile's `ready` (wait None: when it has one); the seconds it took, or None when
+    there was nothing to wait for. timeout overrides ready.timeout."""
+    ready = profile.ready
+    if not (ready is not None if wait is None else wait):
+        return None
+    limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)
+    return wait_for(paths, ready_conditions(paths, profile, serial_offset=serial_offset), limit, progress=progress)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from typing import Any
 import psutil
 
 from qemuvm.errors import UsageError
+from qemuvm.runtime import records
+from qemuvm.runtime.atomic import read_json, write_json_atomic, write_private_atomic  # noqa: F401 (re-exported)
 from qemuvm.runtime.paths import InstancePaths, state_home
 
 # States written to state.json (what `status` reports).
@@ -82,87 +83,6 @@ def check_home(home: Path) -> None:
                          "QEMUVM_HOME to a private folder (or chmod o-w / +t it)")
 
 
-def write_private_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Write a private file so that readers see the old file or the new one, never half of one
-    (tmp + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-_BLOCK = 4096
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """state.json and friends: indented JSON, written atomically (write_private_atomic).
-
-    The text is padded with spaces to whole 4 KiB blocks, so that when the disk is full (no room for the
-    temporary copy) the record can still be overwritten in place, in blocks it already owns: a full disk
-    never freezes an instance's state or stops a `down`."""
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    padded = text + " " * (-len(text) % _BLOCK)
-    try:
-        write_private_atomic(path, padded)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _overwrite_in_place(path, padded):
-            raise
-
-
-def _overwrite_in_place(path: Path, text: str) -> bool:
-    """Write `text` over the existing file without growing it; False when it does not fit."""
-    data = text.encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        size = os.fstat(fd).st_size
-        if len(data) > size:
-            return False
-        os.pwrite(fd, data + b" " * (size - len(data)), 0)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None if it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-# The fields of state.json that decisions read, with the types they must have (anything else: unreadable).
-_STATE_TYPES: dict[str, tuple[type, ...]] = {
-    "state": (str,), "qemu_pid": (int,), "qemu_start_time": (int, float), "qemu_cmdline": (list,),
-    "supervisor_pid": (int,), "supervisor_start_time": (int, float), "restarts": (int,), "forwards": (list,),
-    "last_exit": (dict,), "serial_offset": (int,), "resets": (int,), "vnc": (dict,), "started_at": (int, float),
-}
-
-
-def state_problem(data: dict[str, Any] | None) -> str | None:
-    """Why a state.json record cannot be trusted (a field of the wrong type), or None."""
-    for key, types in _STATE_TYPES.items():
-        value = (data or {}).get(key)
-        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-            return f"{key} is {type(value).__name__}, not {types[0].__name__}"
-    return None
-
-
 def read_state(paths: InstancePaths) -> dict[str, Any] | None:
     """state.json, checked, plus the processes the folder itself proves (qemu.pid, supervisor.lock).
 
@@ -172,10 +92,12 @@ def read_state(paths: InstancePaths) -> dict[str, Any] | None:
     """
     data = read_json(paths.state)
     exists = data is not None or paths.state.exists()
-    problem = state_problem(data) if data is not None else ("not valid JSON" if exists else None)
+    problem = records.state_problem(data) if data is not None else ("not valid JSON" if exists else None)
     if problem:
-        data = {"state": UNKNOWN, "unreadable": f"state.json unreadable ({problem})"}
-    return _with_found_processes(paths, data)
+        view: dict[str, Any] | None = {"state": UNKNOWN, "unreadable": f"state.json unreadable ({problem})"}
+    else:
+        view = records.state_view(data) if data is not None else None
+    return _with_found_processes(paths, view)
 
 
 def _pid_in(path: Path) -> int | None:

@@ -1,22 +1,30 @@
-"""Start an instance's supervisor and wait until its QEMU runs (or fails, with QEMU's own words)."""
+"""Start an instance: plan ports, compile, write the records, prepare, start its supervisor and wait until its
+QEMU runs (or fails, with QEMU's own words); and adopt a QEMU whose supervisor died."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError
-from qemuvm.runtime import instance
+from qemuvm.runtime import instance, intent, ports
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
+if TYPE_CHECKING:
+    from qemuvm.profile.model import Profile
+    from qemuvm.qemu.facts import HostFacts
+
 START_TIMEOUT = 60.0
+KEEPS_RUNNING = "interrupted while waiting; {name} keeps running (qemuvm down {name} stops it)"
 
 
 def module_path() -> list[str]:
@@ -25,6 +33,56 @@ def module_path() -> list[str]:
 
     package_parent = str(Path(qemuvm.__file__).resolve().parent.parent)
     return list(dict.fromkeys([package_parent, *(entry for entry in sys.path if entry)]))
+
+
+def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
+                   remove_on_down: bool, progress: Callable[[str], None]) -> int:
+    """plan ports → compile → write the launch records → prepare → start the supervisor → wait until QEMU
+    runs. Returns where this boot's output starts in serial.log. A first start that fails leaves nothing."""
+    from qemuvm.qemu.compile import compile_argv
+    from qemuvm.runtime.prepare import prepare, write_launch_files
+
+    instance.check_home(paths.root.parent)
+    instance.create_dir(paths.root.parent)
+    fresh = False
+    try:
+        with instance.instance_lock(paths, timeout=120):
+            state = instance.read_state(paths)
+            # Nothing of value yet (no earlier run): a failure before launch removes the folder again.
+            fresh = state is None and not paths.profile.exists()
+            if instance.is_active(state):
+                pid = (state or {}).get("qemu_pid") or (state or {}).get("supervisor_pid")
+                raise OperationError(f"{profile.name} is already running (pid {pid})")
+            # Ports are chosen under one home-wide lock and recorded in supervisor.json before it is let go:
+            # a parallel `up` sees them as reserved (reserved_ports) and never picks the same one.
+            with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
+                plan, forwards, vnc = ports.plan_ports(profile, ports.reserved_ports(home, profile.name))
+                if vnc is not None and "unix" in vnc:
+                    vnc = {"unix": str(paths.vnc_socket)}
+                # boot.once applies to the instance's first start only (an install ISO, as virt-install does).
+                first_boot = state is None or not state.get("started_at")
+                argv = compile_argv(profile, paths, host, plan, first_boot=first_boot)
+                paused_argv = compile_argv(profile, paths, host, plan, start_paused=True, first_boot=first_boot)
+                write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down)
+            prepare(profile, paths, host)
+            instance.unlink_stale_sockets(paths)
+            intent.clear(paths)
+            serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
+            progress(f"starting {profile.name} …")
+            wait_until_up(paths, start_supervisor(paths))
+            return serial_offset
+    except BaseException as exc:
+        active = instance.is_active(instance.read_state(paths))
+        if isinstance(exc, KeyboardInterrupt) and active:
+            progress(KEEPS_RUNNING.format(name=profile.name))
+        # A first start that failed leaves nothing behind (its error already quotes qemu.log) -- unless a
+        # process of it still lives (Ctrl-C mid-start, a supervisor killed): never delete a folder under it.
+        # An existing instance keeps its folder (disks, overlays, logs) without stale sockets.
+        if fresh and not active and instance.scan_for_qemu(paths) is None:
+            shutil.rmtree(paths.root, ignore_errors=True)
+        elif not active:
+            instance.unlink_stale_sockets(paths)
+        raise
 
 
 def start_supervisor(paths: InstancePaths) -> subprocess.Popen[bytes]:

@@ -26,6 +26,12 @@ class InstancePaths:
 
     @classmethod
     def for_name(cls, name: str, home: Path | None = None) -> InstancePaths:
+        """The folder of instance `name`; a name that cannot be one folder below the home (empty, a path, hidden,
+        a control character or NUL) is a UsageError here, before any file is touched."""
+        if not name or "/" in name or name.startswith(".") or not name.isprintable():
+            from qemuvm.errors import UsageError
+
+            raise UsageError(f"{name!r} is not an instance name")
         return cls((home or state_home()) / name)
 
     @property

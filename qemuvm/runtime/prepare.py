@@ -9,17 +9,40 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import string
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Disk, Profile
 from qemuvm.qemu import img
 from qemuvm.qemu.facts import HostFacts
-from qemuvm.runtime import cloudinit, instance, memory
+from qemuvm.runtime import cloudinit, instance, memory, records
 from qemuvm.runtime.paths import InstancePaths
+
+
+def write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], paused_argv: list[str],
+                       forwards: list[dict[str, Any]], vnc: dict[str, Any] | None, remove_on_down: bool) -> None:
+    """The start's records: profile.yaml (the resolved profile), argv.json and run.sh (QEMU without qemuvm),
+    and the LaunchSpec the supervisor runs from."""
+    import yaml
+
+    dumped = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+    header = f"# The resolved profile of instance {profile.name}, as launched.\n"
+    instance.write_private_atomic(paths.profile, header + dumped)
+    instance.write_json_atomic(paths.argv, argv)
+    lines = " \\\n    ".join(shlex.quote(arg) for arg in argv)
+    instance.write_private_atomic(paths.run_sh, f"#!/bin/sh\n# Instance {profile.name} without qemuvm: the exact "
+                                  f"QEMU command line (argv.json).\nexec {lines}\n", mode=0o700)
+    records.write_launch_spec(paths, records.LaunchSpec(
+        name=profile.name, argv=paused_argv,
+        restart=records.Restart(profile.restart.policy, profile.restart.max_retries, profile.restart.backoff),
+        shutdown_timeout=profile.shutdown.timeout, forwards=forwards, vnc=vnc,
+        vnc_password_file=vnc_password_file(profile, paths), ssh={"user": profile.ssh.user, "port": profile.ssh.port},
+        remove_on_down=remove_on_down, serial_log_max=profile.serial.log_max))
 
 
 def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:

@@ -1,6 +1,10 @@
-"""Typed, versioned records between processes: the LaunchSpec (`supervisor.json`, what `up` decided; written
-once per start by `up`, read by the supervisor and by commands). One reader and one writer; every default
-lives here. Imported by the supervisor: stdlib only.
+"""Typed, versioned records between processes, each with one writer, one reader and its defaults here only:
+
+- LaunchSpec (`supervisor.json`): what `up` decided for a start; written by `up`, read by the supervisor.
+- InstanceState (`state.json`): what the supervisor knows now; written by the supervisor only, read by every
+  command through `instance.read_state` (which adds the processes the folder proves).
+
+Imported by the supervisor: stdlib only.
 
 Versions: schema 1 is the first typed one. A folder whose record has no `schema` was written by qemuvm before
 records were versioned; it has the same fields and reads as schema 1. A newer schema is refused with one
@@ -10,14 +14,17 @@ sentence: an older qemuvm must never act on a record it does not understand.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from qemuvm.errors import UsageError
-from qemuvm.runtime import instance
+from qemuvm.runtime.atomic import read_json, write_json_atomic
 from qemuvm.runtime.paths import InstancePaths
 
 LAUNCH_SPEC_SCHEMA = 1
+STATE_SCHEMA = 1
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,12 @@ class LaunchSpec:
 
 
 def write_launch_spec(paths: InstancePaths, spec: LaunchSpec) -> None:
-    instance.write_json_atomic(paths.supervisor_config, dataclasses.asdict(spec))
+    write_json_atomic(paths.supervisor_config, dataclasses.asdict(spec))
 
 
 def read_launch_spec(paths: InstancePaths) -> LaunchSpec | None:
     """The instance's LaunchSpec; None when there is none. A newer or malformed one: UsageError."""
-    data = instance.read_json(paths.supervisor_config)
+    data = read_json(paths.supervisor_config)
     if data is None:
         if paths.supervisor_config.exists():
             raise UsageError(f"{paths.supervisor_config} is unreadable; `qemuvm up` of the profile writes it anew")
@@ -70,3 +77,65 @@ def read_launch_spec(paths: InstancePaths) -> LaunchSpec | None:
     if not isinstance(spec.argv, list) or not all(isinstance(a, str) for a in spec.argv):
         raise UsageError(f"{paths.supervisor_config}: argv is not a list of strings")
     return spec
+
+
+@dataclass
+class InstanceState:
+    """state.json: the supervisor's record of an instance (`status --json` shows it, plus live checks)."""
+
+    name: str = ""
+    state: str = "stopped"  # starting | running | paused | shutdown | stopped | crashed (instance.py)
+    supervisor_pid: int | None = None
+    supervisor_start_time: float | None = None  # with the pid: proof against pid reuse
+    policy: str = "never"
+    restarts: int = 0
+    next_restart_at: float | None = None  # a restart is scheduled (state starting)
+    forwards: list[dict[str, Any]] = field(default_factory=list)
+    vnc: dict[str, Any] | None = None
+    ssh: dict[str, Any] | None = None
+    qemu_pid: int | None = None
+    qemu_start_time: float | None = None
+    qemu_cmdline: list[str] | None = None  # the third proof that a pid is our QEMU
+    accel: str | None = None  # kvm | tcg, from query-kvm
+    qmp_status: str | None = None  # the last query-status the supervisor saw
+    started_at: float | None = None  # the guest first ran (boot.once applies until it is set)
+    serial_offset: int = 0  # where the current boot's output starts in serial.log
+    resets: int = 0  # RESET events seen (reboot waits on this)
+    last_exit: dict[str, Any] | None = None  # how the last QEMU ended (reason, exit_code, signal, ...)
+    updated_at: float | None = None
+    schema: int = STATE_SCHEMA
+
+
+_STATE_HINTS = typing.get_type_hints(InstanceState)
+
+
+def _allowed(hint: Any) -> tuple[type, ...]:
+    """The runtime types a JSON value may have for a field hint (int | None -> (int, NoneType); float takes int)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(t for arg in typing.get_args(hint) for t in _allowed(arg))
+    base = typing.get_origin(hint) or hint
+    return (int, float) if base is float else (base,)
+
+
+def state_problem(data: dict[str, Any]) -> str | None:
+    """Why a state.json record cannot be trusted (a newer schema, a field of the wrong type), or None."""
+    schema = data.get("schema", 1)  # no schema: written before records were versioned, same fields
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema > STATE_SCHEMA:
+        return f"written by a newer qemuvm: schema {schema}, this qemuvm reads up to {STATE_SCHEMA}"
+    for key, hint in _STATE_HINTS.items():
+        value = data.get(key)
+        allowed = _allowed(hint)
+        if value is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
+            return f"{key} is {type(value).__name__}, not {allowed[0].__name__}"
+    return None
+
+
+def state_view(data: dict[str, Any]) -> dict[str, Any]:
+    """A checked state.json record (state_problem is None) as a complete dict: every field, defaults filled,
+    unknown keys dropped. Commands read this view; the supervisor writes `InstanceState`."""
+    known = {key: data[key] for key in _STATE_HINTS if data.get(key) is not None}
+    return dataclasses.asdict(InstanceState(**{**known, "schema": STATE_SCHEMA}))
+
+
+def write_state(paths: InstancePaths, state: InstanceState) -> None:
+    write_json_atomic(paths.state, dataclasses.asdict(state))

@@ -40,9 +40,8 @@ from typing import Any
 from qemu.qmp import EventListener, Message, QMPClient
 from qemu.qmp.protocol import Runstate
 
-from qemuvm import files
 from qemuvm.errors import UsageError
-from qemuvm.runtime import decisions, instance, intent, records
+from qemuvm.runtime import decisions, instance, intent, preflight, records
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STARTING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -100,7 +99,7 @@ class Supervisor:
         self.policy = spec.restart.policy
         self.max_retries = spec.restart.max_retries
         self.backoff = spec.restart.backoff
-        self.state: dict[str, Any] = {}
+        self.state = records.InstanceState(name=spec.name or paths.name)
         self.unsaved = False  # the last state write failed (disk full): housekeeping retries it
         # Per QEMU run:
         self.shutdown_reason: str | None = None
@@ -116,10 +115,11 @@ class Supervisor:
     def save(self, **changes: Any) -> None:
         """Record the state. A write that fails (a full disk with no room even in place) is logged and retried
         by `housekeeping` until it lands: the record catches up rather than freezing."""
-        self.state.update(changes)
-        self.state["updated_at"] = time.time()
+        for key, value in changes.items():
+            setattr(self.state, key, value)
+        self.state.updated_at = time.time()
         try:
-            instance.write_json_atomic(self.paths.state, self.state)
+            records.write_state(self.paths, self.state)
             if self.unsaved:
                 log("state.json written again")
             self.unsaved = False
@@ -163,7 +163,7 @@ class Supervisor:
                 handle.write(json.dumps(record) + "\n")
         except OSError as exc:  # a full disk loses the event line, never the state change below
             log(f"cannot append to events.jsonl ({exc.strerror}): {name}")
-        if name == "STOP" and self.state.get("state") == RUNNING:
+        if name == "STOP" and self.state.state == RUNNING:
             self.save(state=PAUSED)
         elif name == "RESUME":
             # The guest runs from here, whether or not `cont`'s answer arrives: QEMU killed in between (up has
@@ -174,7 +174,7 @@ class Supervisor:
         elif name == "RESET":
             # A new boot: `wait --serial` (and anything else reading serial_offset) starts from here, not from
             # the previous boot's output; `reboot` returns once this is recorded.
-            self.save(resets=int(self.state.get("resets") or 0) + 1, serial_offset=self._serial_size())
+            self.save(resets=self.state.resets + 1, serial_offset=self._serial_size())
         elif name == "SHUTDOWN":
             self.shutdown_reason = record["data"].get("reason")
         elif name == "GUEST_PANICKED":
@@ -251,8 +251,7 @@ class Supervisor:
         """`password=on` VNC refuses everyone until a password is set: set it before the guest runs."""
         password_file = self.spec.vnc_password_file
         if password_file:
-            text = files.read_text(password_file, "display.vnc.password_file", 4096)
-            password = (text.splitlines() or [""])[0]
+            password = preflight.read_vnc_password(password_file)  # the one reader `up` checked it with
             await self.execute("set_password", {"protocol": "vnc", "password": password})
 
     async def run_qemu(self, adopted: bool) -> dict[str, Any]:
@@ -269,18 +268,19 @@ class Supervisor:
                 status = (await self.execute("query-status"))["status"]
                 # Recorded before `cont`: its RESUME event marks the state running, and whoever sees that
                 # (up's wait) must also see the accelerator and the start time.
-                self.state.update(accel="kvm" if kvm.get("enabled") else "tcg",
-                                  started_at=self.state.get("started_at") if adopted else time.time())
+                self.state.accel = "kvm" if kvm.get("enabled") else "tcg"
+                if not adopted:
+                    self.state.started_at = time.time()
                 # An adopted QEMU still in prelaunch never ran: its supervisor died between exec and `cont`.
-                if status == "prelaunch" and (not adopted or not self.state.get("started_at")):
-                    self.state["started_at"] = time.time()
+                if status == "prelaunch" and (not adopted or not self.state.started_at):
+                    self.state.started_at = time.time()
                     await self.set_vnc_password()
                     await self.execute("cont")
                     status = "running"
                     checkpoint("after-cont")
                 self.save(state=instance.qmp_state(status), qmp_status=status)
                 self.reached_running = True
-                log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state['accel']}")
+                log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state.accel}")
             except Exception as exc:  # QEMU died under us: the exit below tells why
                 log(f"QMP setup failed: {exc!r}")
         elif not exited.done():
@@ -335,19 +335,15 @@ class Supervisor:
         previous = instance.read_state(self.paths) or {}
         adopt = instance.proven_qemu(previous) is not None
         me = instance.process_if_alive(os.getpid(), None)
-        self.state = {
-            "name": self.spec.name or self.paths.name,
-            "state": STARTING,
-            "supervisor_pid": os.getpid(),
-            "supervisor_start_time": me.create_time() if me else None,
-            "policy": self.policy,
-            "restarts": int(previous.get("restarts", 0)) if adopt else 0,
-            "forwards": self.spec.forwards,
-            "vnc": self.spec.vnc,
-            "ssh": self.spec.ssh,
-            "started_at": previous.get("started_at") if adopt else None,
-            "last_exit": previous.get("last_exit"),
-        }
+        self.state = records.InstanceState(
+            name=self.spec.name or self.paths.name, state=STARTING, supervisor_pid=os.getpid(),
+            supervisor_start_time=me.create_time() if me else None, policy=self.policy,
+            forwards=self.spec.forwards, vnc=self.spec.vnc, ssh=self.spec.ssh, last_exit=previous.get("last_exit"))
+        if adopt:  # the same QEMU run goes on: its counters and where its boot's output starts go on too
+            self.state.restarts = int(previous.get("restarts") or 0)
+            self.state.started_at = previous.get("started_at")
+            self.state.serial_offset = int(previous.get("serial_offset") or 0)
+            self.state.resets = int(previous.get("resets") or 0)
         if adopt:
             self.qemu_pid = previous["qemu_pid"]
             self.save(qemu_pid=self.qemu_pid, qemu_start_time=previous["qemu_start_time"],
@@ -361,7 +357,7 @@ class Supervisor:
             adopt = False
             failure = last_exit.pop("failure")
             final = CRASHED if failure else STOPPED
-            restarts = self.state["restarts"]
+            restarts = self.state.restarts
             delay = decisions.restart_delay(self.policy, last_exit["reason"], failure, restarts, self.max_retries,
                                             self.backoff)
             if decisions.gives_up(self.policy, last_exit["reason"], failure, restarts, self.max_retries):
@@ -375,7 +371,7 @@ class Supervisor:
             if not await self.wait_backoff(delay):
                 self.save(state=STOPPED, next_restart_at=None)
                 break
-            self.save(restarts=self.state["restarts"] + 1, next_restart_at=None)
+            self.save(restarts=self.state.restarts + 1, next_restart_at=None)
             self.restarted = True
         saver.cancel()
         if self.unsaved:  # the final record must land: a last tries before giving up
@@ -386,7 +382,7 @@ class Supervisor:
                 await asyncio.sleep(0.5)
         with contextlib.suppress(FileNotFoundError):
             self.paths.stop_request.unlink()
-        log(f"supervisor exits: {self.state['state']}")
+        log(f"supervisor exits: {self.state.state}")
         return 0
 
 

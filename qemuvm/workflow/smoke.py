@@ -302,7 +302,8 @@ class _Runner:
             try:
                 wait.wait_for(self.paths, conditions, self.clock.left())
             except Exception as exc:
-                message = str(exc).split("\nlast serial lines", 1)[0]  # the tail goes to the output instead
+                # A WaitFailed's sentence without its serial tail: the tail goes to the output instead.
+                message = exc.summary if isinstance(exc, wait.WaitFailed) else str(exc)
                 self._record(Case("ready", "failed", time.monotonic() - start, _one_line(Exception(message)),
                                   self._serial_tail()))
                 raise _Stop from None

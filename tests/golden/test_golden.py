@@ -7,85 +7,12 @@ rewrites the expected files. See README.md here.
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from golden_cases import EXPECTED, GOLDEN, KINDS, PROFILES, REGEN, Case, paths_for, render
 
-from qemuvm.errors import UsageError
-from qemuvm.profile.model import Profile
 from qemuvm.profile.validate import load_and_validate
-from qemuvm.qemu.compile import PortPlan, compile_options
-from qemuvm.qemu.facts import HostFacts
-from qemuvm.qemu.render import format_command
-from qemuvm.runtime.paths import InstancePaths
-
-GOLDEN = Path(__file__).resolve().parent
-PROFILES = sorted((GOLDEN / "profiles").glob("*.yaml"))
-EXPECTED = GOLDEN / "expected"
-INSTANCE_HOME = Path("/run/qemuvm-golden")
-REGEN = os.environ.get("QEMUVM_REGEN_GOLDEN") == "1"
-
-# Pinned host facts, so the goldens do not depend on the machine running the tests.
-HARDWARE_KVM = HostFacts(
-    kvm_usable=True,
-    kvm_hardware=True,
-    ovmf_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
-    ovmf_vars="/usr/share/OVMF/OVMF_VARS_4M.fd",
-    bridge_helper="/usr/lib/qemu/qemu-bridge-helper",
-    machines=("pc", "pc-i440fx-7.2", "q35", "pc-q35-7.2", "microvm", "isapc", "none"),
-)
-HOSTS = {
-    "hardware-kvm": HARDWARE_KVM,
-    "software-kvm": replace(HARDWARE_KVM, kvm_hardware=False),  # kvm_pvm, as on the CI machines
-    "no-kvm": replace(HARDWARE_KVM, kvm_usable=False, kvm_hardware=False),
-    "no-ovmf": replace(HARDWARE_KVM, ovmf_code=None, ovmf_vars=None),
-    "no-bridge-helper": replace(HARDWARE_KVM, bridge_helper=None),
-}
-
-
-@dataclass(frozen=True)
-class Case:
-    """A golden profile and the directives in its leading comments (`# golden-host: NAME`,
-    `# golden-ports: {"vnc_port": N, "ssh_host_port": N, "forwards": [[nic, forward, port]]}`)."""
-
-    path: Path
-    host: HostFacts
-    ports: PortPlan | None
-
-    @classmethod
-    def read(cls, path: Path) -> Case:
-        directives = {}
-        for line in path.read_text().splitlines():
-            if line.startswith("# golden-"):
-                key, _, value = line[len("# golden-"):].partition(":")
-                directives[key.strip()] = value.strip()
-        ports = None
-        if "ports" in directives:
-            data = json.loads(directives["ports"])
-            forwards = {(nic, fwd): port for nic, fwd, port in data.get("forwards", [])}
-            ports = PortPlan(data.get("vnc_port"), forwards, data.get("ssh_host_port"))
-        return cls(path, HOSTS[directives.get("host", "hardware-kvm")], ports)
-
-
-def paths_for(profile: Profile) -> InstancePaths:
-    return InstancePaths(INSTANCE_HOME / profile.name)
-
-
-def render(case: Case) -> tuple[str, str]:
-    """("argv", text) or ("error", text), with the golden folder shown as @GOLDEN@.
-
-    Must run with the golden folder as the working folder: error messages show files relative to it."""
-    try:
-        profile = load_and_validate(str(case.path.relative_to(GOLDEN)))
-        options = compile_options(profile, paths_for(profile), case.host, case.ports)
-        text = format_command(profile.qemu.binary, options) + "\n"
-        kind = "argv"
-    except UsageError as exc:
-        kind, text = "error", f"{exc}\n"
-    return kind, text.replace(str(GOLDEN), "@GOLDEN@")
 
 
 @pytest.fixture
@@ -97,11 +24,13 @@ def in_golden(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_golden(path: Path, in_golden: None) -> None:
     kind, text = render(Case.read(path))
     expected = EXPECTED / f"{path.stem}.{kind}"
-    other = EXPECTED / f"{path.stem}.{'error' if kind == 'argv' else 'argv'}"
+    others = [EXPECTED / f"{path.stem}.{k}" for k in KINDS if k != kind]
     if REGEN:
         expected.write_text(text)
-        other.unlink(missing_ok=True)
-    assert not other.exists(), f"{path.name} gave {kind}, but {other.name} exists (regenerate?)"
+        for other in others:
+            other.unlink(missing_ok=True)
+    stale = [other.name for other in others if other.exists()]
+    assert not stale, f"{path.name} gave {kind}, but {stale} exist (regenerate?)"
     assert expected.exists(), f"no {expected.name}: run QEMUVM_REGEN_GOLDEN=1 pytest tests/golden"
     assert text == expected.read_text()
 
@@ -115,7 +44,7 @@ def test_no_orphan_expected_files() -> None:
 def test_error_cases_are_named_err() -> None:
     """Profiles named err-* must fail and all others must compile, so a golden cannot silently flip."""
     for path in PROFILES:
-        has_error = (EXPECTED / f"{path.stem}.error").exists()
+        has_error = any((EXPECTED / f"{path.stem}.{k}").exists() for k in ("error", "compile-error"))
         assert has_error == path.stem.startswith("err-"), path.name
 
 

@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-
-from qemuvm.runtime import instance
-
-REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import rawqemu`
+from helpers import REPO, kill_everything
 
 
 @dataclass(frozen=True)
@@ -89,38 +82,6 @@ def debian_image() -> DebianImage:
         initrd=outdir / "initrd.img",
         manifest=manifest,
     )
-
-
-def poll(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Call `probe` every 100 ms until it returns something truthy; fail with `what` at the deadline.
-
-    For conditions with no event to wait on (a pid gone, a file's content); the interval is a poll, not a
-    synchronisation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def alive(pid: int | None) -> bool:
-    return instance.process_if_alive(pid, None) is not None
-
-
-def kill_everything(home: Path) -> None:
-    """Teardown: SIGKILL every supervisor, then every proven QEMU, of every instance below `home`."""
-    for paths in instance.list_instances(home):
-        supervisor = instance.live_supervisor(instance.read_state(paths))
-        if supervisor is not None:
-            supervisor.kill()
-            poll("the supervisor to die", lambda s=supervisor: not alive(s.pid), 10)
-        qemu = instance.proven_qemu(instance.read_state(paths))
-        if qemu is not None:
-            qemu.kill()
-            poll("QEMU to die", lambda q=qemu: not alive(q.pid), 10)
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import alive, kill_everything, poll
-from test_lifecycle import cli, guest_profile
+from helpers import alive, cli, guest_profile, kill_everything, poll
 
 from qemuvm import api
 from qemuvm.runtime import instance

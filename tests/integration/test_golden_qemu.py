@@ -13,13 +13,13 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from golden_cases import GOLDEN, PROFILES, Case
 from qemu.qmp import QMPClient
 
 from qemuvm.profile.model import Profile
@@ -27,9 +27,6 @@ from qemuvm.profile.validate import load_and_validate
 from qemuvm.qemu.compile import compile_argv
 from qemuvm.qemu.probe import probe
 from qemuvm.runtime.paths import InstancePaths
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
-from test_golden import GOLDEN, PROFILES, Case
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TestGuest
+from conftest import TestGuest
+from helpers import REPO
 from rawqemu import RawQemu
 
 pytestmark = pytest.mark.integration

@@ -5,24 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 from qemuvm.runtime.memory import meminfo
 
 pytestmark = pytest.mark.integration
 
 
-def qemuvm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qemuvm", *args], capture_output=True, text=True, timeout=60,
-                          check=False, env=env)
-
-
 def test_doctor_reports_the_host(qemuvm_home: Path) -> None:
-    result = qemuvm("doctor", "--json")
+    result = cli("doctor", "--json")
     assert result.returncode == 0, result.stderr
     checks = {check["name"]: check for check in json.loads(result.stdout)}
     assert checks["QEMU"]["status"] == "ok" and re.search(r"\b\d+\.\d+", checks["QEMU"]["detail"])
@@ -36,7 +30,7 @@ def test_doctor_reports_the_host(qemuvm_home: Path) -> None:
 
 def test_doctor_without_qemu_exits_1_and_says_how_to_fix(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path), XDG_CACHE_HOME=str(tmp_path))
-    result = qemuvm("doctor", env=env)
+    result = cli("doctor", env=env)
     assert result.returncode == 1
     assert "apt-get install qemu-system-x86 qemu-utils" in result.stdout
 
@@ -45,7 +39,7 @@ def test_doctor_without_qemu_exits_1_and_says_how_to_fix(tmp_path: Path) -> None
 def test_hugepages_without_free_pages_is_a_clear_error(qemuvm_home: Path, short_tmp: Path) -> None:
     profile = short_tmp / "huge.yaml"
     profile.write_text("machine: {accel: tcg, memory: 64M, hugepages: true}\nnetwork: []\n")
-    result = qemuvm("up", str(profile))
+    result = cli("up", str(profile))
     assert result.returncode == 2
     assert "machine.hugepages: no free huge pages" in result.stderr and "sysctl vm.nr_hugepages=32" in result.stderr
     assert "Traceback" not in result.stderr

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from qemuvm.runtime import instance
 
 pytestmark = [pytest.mark.integration, pytest.mark.install]
 
-REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 DEMO_SETS = ["--set", "ready.timeout=300s", "--set", "network.0.forwards.0=tcp:127.0.0.1:0-:22"]
 _SKIP = shutil.ignore_patterns(".venv", "build", ".git", "__pycache__", "*.egg-info", ".pytest_cache",

@@ -12,11 +12,9 @@ import json
 import re
 import socket
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-from conftest import poll
-from test_screenshot import qemuvm, screenshot_until_not_blank
+from helpers import REPO, cli, poll, screenshot_until_not_blank
 
 from qemuvm import api
 from qemuvm.control import wait
@@ -25,11 +23,8 @@ from qemuvm.testing import VM, vm
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 INSTALL_ISO = REPO / "profiles" / "install-iso.yaml"
 IPXE_ISO = Path("/usr/lib/ipxe/ipxe.iso")
-T = TypeVar("T")
-
 
 def overrides(folder: Path, iso: Path) -> dict[str, object]:
     """install-iso.yaml as shipped, but under TCG, with its disk in `folder`, `iso` in the cdrom drive and
@@ -70,7 +65,7 @@ def test_ipxe_iso_boots_once_then_disk_first(qemuvm_home: Path, short_tmp: Path)
         assert (summary.width, summary.height) == (720, 400)
 
         # `qemuvm status --json` shows the VNC address; QEMU's VNC server listens there, on loopback only.
-        shown = qemuvm("status", guest.name, "--json")
+        shown = cli("status", guest.name, "--json")
         assert shown.returncode == 0, shown.stderr
         address = json.loads(shown.stdout)["vnc"]
         assert address["listen"] == "127.0.0.1" and 5900 <= address["port"] < 6000
@@ -114,7 +109,7 @@ def test_guest_iso_boots_from_cdrom(qemuvm_home: Path, short_tmp: Path, test_gue
         # `qemuvm reboot` (a reset): SeaBIOS tries the blank disk first, fails, and falls back to the cdrom, so
         # the guest comes up a second time.
         attempts, offset = len(boots(log)), guest.paths.serial_log.stat().st_size
-        rebooted = qemuvm("reboot", guest.name)
+        rebooted = cli("reboot", guest.name)
         assert rebooted.returncode == 0, rebooted.stderr
         wait.wait_for(guest.paths, [wait.serial_condition(guest.paths, "QEMUVM_GUEST_READY", offset=offset)], 300)
         assert boots(log)[attempts:attempts + 2] == ["Hard Disk", "DVD/CD"]
@@ -132,8 +127,8 @@ def test_contract_cdrom_example_boots_ipxe(qemuvm_home: Path, short_tmp: Path, m
                        "boot: {order: [cdrom]}\ndisplay: {vga: std}\n"
                        "qemu:\n  extra_args: [-chardev, 'file,id=biosdbg,path=" + str(short_tmp / "bios.log") + "',"
                        " -device, 'isa-debugcon,iobase=0x402,chardev=biosdbg']\n")
-    assert qemuvm("validate", str(profile)).returncode == 0
-    rendered = qemuvm("render", str(profile)).stdout
+    assert cli("validate", str(profile)).returncode == 0
+    rendered = cli("render", str(profile)).stdout
     assert "scsi-cd,bus=scsi0.0,drive=disk0" in rendered and "virtio-scsi-pci" in rendered
     with vm(profile) as guest:
         assert boot_attempts(short_tmp / "bios.log", 0, 1, 60) == ["DVD/CD"]

@@ -8,61 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import yaml
-from conftest import alive, poll
+from helpers import BOOT_TIMEOUT, alive, assert_gone, cli, guest_profile, poll, state_of
 
 from qemuvm import api
 from qemuvm.control import wait as waiting
-from qemuvm.runtime import instance
 from qemuvm.runtime.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-BOOT_TIMEOUT = 180.0  # TCG boot of the test guest: ~9 s idle, far more on a loaded CI host
-
-
-# -- helpers (also imported by test_lifecycle_*.py) ----------------------------------------------------
-
-
-def guest_profile(folder: Path, guest: Any, name: str, *, cmdline: str = "", **sections: Any) -> Path:
-    """A profile file for the busybox test guest (TCG, 256M, ready on QEMUVM_GUEST_READY)."""
-    data: dict[str, Any] = {
-        "name": name,
-        "machine": {"accel": "tcg", "memory": "256M"},
-        "boot": {"kernel": str(guest.vmlinuz), "initrd": str(guest.initrd),
-                 "cmdline": f"console=ttyS0 {cmdline}".strip()},
-        "ready": {"serial": "QEMUVM_GUEST_READY", "timeout": BOOT_TIMEOUT},
-        "shutdown": {"timeout": "20s"},
-    }
-    data.update(sections)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def cli(*args: str, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`qemuvm ARGS` in a subprocess (the environment carries QEMUVM_HOME)."""
-    return subprocess.run([sys.executable, "-m", "qemuvm", *args], capture_output=True, text=True, input=stdin,
-                          timeout=timeout, check=False, env=os.environ.copy())
-
-
-def state_of(name: str) -> dict[str, Any]:
-    return instance.read_state(InstancePaths.for_name(name)) or {}
-
-
-def assert_gone(result: dict[str, Any]) -> None:
-    """Neither the QEMU nor the supervisor recorded in a status result is alive."""
-    state = state_of(result["name"])
-    assert not alive(state.get("qemu_pid")), "QEMU still runs"
-    # The supervisor records the final state, then exits.
-    poll("the supervisor to exit", lambda: instance.live_supervisor(state) is None, 10)
-
 
 # -- 1. the whole lifecycle ------------------------------------------------------------------------------
 
@@ -233,7 +189,7 @@ def test_both_killed_is_stale_and_up_starts_afresh(home: Path, test_guest: Any) 
 def test_console_with_pipes(home: Path, test_guest: Any) -> None:
     profile = guest_profile(home, test_guest, "chat", cmdline="qemuvm.shell")
     api.up(profile)
-    result = cli("console", "chat", stdin="echo console-$((40+2))\n", timeout=60)
+    result = cli("console", "chat", input="echo console-$((40+2))\n", timeout=60)
     assert result.returncode == 0, result.stderr
     assert "console-42" in result.stdout
     assert api.down("chat", force=True)["state"] == "stopped"

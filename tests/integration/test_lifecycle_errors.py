@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import kill_everything
-from test_lifecycle import cli
+from helpers import cli, kill_everything
 
 from qemuvm import api
 from qemuvm.errors import OperationError, UsageError

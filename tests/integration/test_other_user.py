@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import kill_everything
-from test_lifecycle import guest_profile
+from helpers import guest_profile, kill_everything
 
 from qemuvm import api
 

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
+from helpers import CI_SMOKE, guest_overrides
 
 from qemuvm.runtime import instance
 from qemuvm.testing import vm
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
-
-REPO = Path(__file__).resolve().parents[2]
-CI_SMOKE = REPO / "profiles" / "ci-smoke.yaml"
-
-
-def guest_overrides(guest) -> dict[str, object]:
-    return {"boot.kernel": str(guest.vmlinuz), "boot.initrd": str(guest.initrd),
-            "disks.0.file": str(guest.data_disk), "ssh.identity": str(guest.key), "ready.timeout": 300}
 
 
 def test_vm_gives_ssh_qmp_serial_wait_and_status(test_guest, qemuvm_home):

@@ -13,18 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import CI_SMOKE, guest_sets
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CI_SMOKE = REPO / "profiles" / "ci-smoke.yaml"
-BOOT_TIMEOUT = "300"  # the whole run, on a loaded TCG host (the guest alone boots in ~3-10 s)
-
-
-def guest_sets(guest) -> list[str]:
-    """Point profiles/ci-smoke.yaml at the fixture's guest (it may live outside build/guest)."""
-    return ["--set", f"boot.kernel={guest.vmlinuz}", "--set", f"boot.initrd={guest.initrd}",
-            "--set", f"disks.0.file={guest.data_disk}", "--set", f"ssh.identity={guest.key}"]
+RUN_TIMEOUT = "300"  # the whole run, on a loaded TCG host (the guest alone boots in ~3-10 s)
 
 
 def smoke(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess[str]:
@@ -47,7 +40,7 @@ def sha256(path: Path) -> str:
 
 def test_smoke_passes_on_the_test_guest(test_guest, qemuvm_home, short_tmp):
     before = sha256(test_guest.data_disk)
-    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--junit", "out.xml", "--timeout", BOOT_TIMEOUT,
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--junit", "out.xml", "--timeout", RUN_TIMEOUT,
                  "--json", cwd=short_tmp)
     assert done.returncode == 0, done.stderr
     cases = report(short_tmp / "out.xml")
@@ -64,7 +57,7 @@ def test_smoke_passes_on_the_test_guest(test_guest, qemuvm_home, short_tmp):
 
 def test_a_wrong_expectation_fails_with_junit_and_artifacts(test_guest, qemuvm_home, short_tmp):
     done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--set", r"smoke.checks.1.expect=^5\.",
-                 "--set", "display={vga: std}", "--junit", "out.xml", "--timeout", BOOT_TIMEOUT, cwd=short_tmp)
+                 "--set", "display={vga: std}", "--junit", "out.xml", "--timeout", RUN_TIMEOUT, cwd=short_tmp)
     assert done.returncode == 1, done.stderr
     cases = report(short_tmp / "out.xml")
     failure = cases["kernel"].find("failure")
@@ -106,10 +99,10 @@ def test_qemu_dying_during_boot_fails_fast(test_guest, qemuvm_home, short_tmp):
     started = time.monotonic()
     done = smoke(str(CI_SMOKE), *guest_sets(test_guest),
                  "--set", "boot.cmdline=console=ttyS0 panic=-1 rdinit=/no-such-init",
-                 "--set", "qemu.extra_args=[-no-reboot]", "--timeout", BOOT_TIMEOUT, "--junit", "out.xml",
+                 "--set", "qemu.extra_args=[-no-reboot]", "--timeout", RUN_TIMEOUT, "--junit", "out.xml",
                  cwd=short_tmp)
     assert done.returncode == 1
-    assert time.monotonic() - started < float(BOOT_TIMEOUT) / 4  # not the timeout: the wait saw QEMU go
+    assert time.monotonic() - started < float(RUN_TIMEOUT) / 4  # not the timeout: the wait saw QEMU go
     cases = report(short_tmp / "out.xml")
     failure = cases["ready"].find("failure")
     assert "stopped" in failure.get("message") and "Kernel panic" in failure.text
@@ -122,7 +115,7 @@ def test_qemu_dying_during_boot_fails_fast(test_guest, qemuvm_home, short_tmp):
 def test_keep_leaves_the_instance_running(test_guest, qemuvm_home, short_tmp):
     from qemuvm import api
 
-    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--keep", "--json", "--timeout", BOOT_TIMEOUT,
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--keep", "--json", "--timeout", RUN_TIMEOUT,
                  cwd=short_tmp)
     name = json.loads(done.stdout)["instance"]
     try:

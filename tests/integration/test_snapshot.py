@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_screenshot import CI_SMOKE, guest_overrides, qemuvm
+from helpers import CI_SMOKE, cli, guest_overrides
 
 from qemuvm.testing import vm
 
@@ -27,30 +27,30 @@ def test_save_delete_file_load_brings_it_back(qemuvm_home: Path, test_guest) -> 
 
         ssh("echo precious > /mnt/data/snap.txt && sync")
         started = time.monotonic()
-        result = qemuvm("snapshot", "save", guest.name, "before")
+        result = cli("snapshot", "save", guest.name, "before")
         save_seconds = time.monotonic() - started
         assert result.returncode == 0, result.stderr
-        listed = json.loads(qemuvm("snapshot", "list", guest.name, "--json").stdout)
+        listed = json.loads(cli("snapshot", "list", guest.name, "--json").stdout)
         assert [s["tag"] for s in listed] == ["before"] and listed[0]["vm_state_size"] > 0
         assert guest.qmp("query-status")["status"] == "running"  # the save paused the VM and resumed it
 
         ssh("rm /mnt/data/snap.txt && sync")
         assert "snap.txt" not in ssh("ls /mnt/data")
         started = time.monotonic()
-        result = qemuvm("snapshot", "load", guest.name, "before")
+        result = cli("snapshot", "load", guest.name, "before")
         load_seconds = time.monotonic() - started
         assert result.returncode == 0, result.stderr
         assert ssh("cat /mnt/data/snap.txt") == "precious\n"
         assert guest.status()["state"] == "running"
 
         # Saving a tag twice is refused; unknown tags are clear errors; delete removes it.
-        again = qemuvm("snapshot", "save", guest.name, "before")
+        again = cli("snapshot", "save", guest.name, "before")
         assert (again.returncode, again.stderr.strip()) == (
             2, "qemuvm: snapshot 'before' already exists; delete it first")
-        missing = qemuvm("snapshot", "load", guest.name, "nope")
+        missing = cli("snapshot", "load", guest.name, "nope")
         assert missing.returncode == 2 and "no snapshot 'nope'" in missing.stderr
-        assert qemuvm("snapshot", "delete", guest.name, "before").returncode == 0
-        assert json.loads(qemuvm("snapshot", "list", guest.name, "--json").stdout) == []
+        assert cli("snapshot", "delete", guest.name, "before").returncode == 0
+        assert json.loads(cli("snapshot", "list", guest.name, "--json").stdout) == []
     print(f"snapshot save {save_seconds:.2f} s, load {load_seconds:.2f} s (256M guest, TCG)")
 
 
@@ -61,8 +61,8 @@ def test_raw_disk_is_a_clear_error(qemuvm_home: Path, short_tmp: Path, test_gues
     # No wait: the guest finds no ext4 on the blank disk; the error comes before any guest matters.
     with vm(CI_SMOKE, wait=False, **overrides) as guest:
         assert guest.status()["state"] == "running"
-        result = qemuvm("snapshot", "save", guest.name, "t1")
-        listing = qemuvm("snapshot", "list", guest.name)
+        result = cli("snapshot", "save", guest.name, "t1")
+        listing = cli("snapshot", "list", guest.name)
     message = (f"qemuvm: snapshots need qcow2 disks, but {raw} (raw) is not qcow2; convert it with "
                "`qemuvm image convert SRC DST --format qcow2` or make it ephemeral: true")
     assert (result.returncode, result.stderr.strip()) == (2, message)

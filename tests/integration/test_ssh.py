@@ -12,29 +12,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import poll
+from helpers import CI_SMOKE, cli, guest_overrides, poll
 
 from qemuvm.control import ssh
 from qemuvm.testing import VM, vm
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-CI_SMOKE = REPO / "profiles" / "ci-smoke.yaml"
-
-
-def guest_overrides(guest) -> dict[str, object]:
-    """profiles/ci-smoke.yaml, pointed at the fixture's guest, with a generous boot time for loaded hosts."""
-    return {"boot.kernel": str(guest.vmlinuz), "boot.initrd": str(guest.initrd),
-            "disks.0.file": str(guest.data_disk), "ssh.identity": str(guest.key), "ready.timeout": 300}
-
-
-def qemuvm(*args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qemuvm", *args], capture_output=True, text=True, input=input,
-                          timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +42,22 @@ def own_guest(test_guest, qemuvm_home) -> Iterator[VM]:
 
 
 def test_remote_exit_codes_propagate(guest):
-    assert qemuvm("ssh", guest.name, "--", "sh", "-c", "exit 7").returncode == 7
-    assert qemuvm("ssh", guest.name, "--", "false").returncode == 1
-    done = qemuvm("ssh", guest.name, "--", "cat", "/mnt/data/marker.txt")
+    assert cli("ssh", guest.name, "--", "sh", "-c", "exit 7").returncode == 7
+    assert cli("ssh", guest.name, "--", "false").returncode == 1
+    done = cli("ssh", guest.name, "--", "cat", "/mnt/data/marker.txt")
     assert (done.returncode, done.stdout) == (0, "QEMUVM_DATA_MARKER\n")
 
 
 def test_words_are_quoted_and_one_word_is_a_shell_line(guest):
-    assert qemuvm("ssh", guest.name, "--", "printf", "%s|", "a b", "c").stdout == "a b|c|"
-    assert qemuvm("ssh", guest.name, "--", "echo $((6 * 7)) | tr 4 X").stdout == "X2\n"
-    assert qemuvm("ssh", guest.name, "uname", "-s").stdout == "Linux\n"  # `--` is optional
+    assert cli("ssh", guest.name, "--", "printf", "%s|", "a b", "c").stdout == "a b|c|"
+    assert cli("ssh", guest.name, "--", "echo $((6 * 7)) | tr 4 X").stdout == "X2\n"
+    assert cli("ssh", guest.name, "uname", "-s").stdout == "Linux\n"  # `--` is optional
 
 
 def test_stdin_passes_through_without_a_tty(guest):
-    done = qemuvm("ssh", guest.name, "--", "cat", input="hello\nworld\n")
+    done = cli("ssh", guest.name, "--", "cat", input="hello\nworld\n")
     assert done.stdout == "hello\nworld\n"
-    no_tty = qemuvm("ssh", guest.name, "--", "tty")
+    no_tty = cli("ssh", guest.name, "--", "tty")
     assert (no_tty.returncode, no_tty.stdout.strip()) == (1, "not a tty")
 
 
@@ -131,24 +116,24 @@ def test_wait_for_ssh_then_fail_fast_when_qemu_dies(test_guest, qemuvm_home):
     # ready: null -> `up` returns as soon as QEMU runs; the ssh condition does the waiting.
     with vm(CI_SMOKE, wait=False, ready=None, **guest_overrides(test_guest)) as cold:
         assert not ssh.ssh_ready(cold.name)
-        waited = qemuvm("wait", cold.name, "--ssh", "--timeout", "300", timeout=320)
+        waited = cli("wait", cold.name, "--ssh", "--timeout", "300", timeout=320)
         assert waited.returncode == 0, waited.stderr
         assert ssh.ssh_ready(cold.name)
 
         os.kill(cold.status()["qemu_pid"], signal.SIGKILL)
         started = time.monotonic()
-        failed = qemuvm("wait", cold.name, "--serial", "NEVER_PRINTED", "--timeout", "240", timeout=260)
+        failed = cli("wait", cold.name, "--serial", "NEVER_PRINTED", "--timeout", "240", timeout=260)
         assert failed.returncode == 1 and "timed out" not in failed.stderr
         # Fail-fast, bounded against the configured timeout (not a speed figure): QEMU's death ends the wait.
         assert time.monotonic() - started < 240 / 4, "wait noticed QEMU's death, not the timeout"
         assert "QEMUVM_GUEST_READY" in failed.stderr  # the last serial lines
         assert not ssh.ssh_ready(cold.name)
-        stopped = qemuvm("ssh", cold.name, "--", "true")
+        stopped = cli("ssh", cold.name, "--", "true")
         assert stopped.returncode == 1 and "not running" in stopped.stderr
 
 
 def test_ssh_to_an_unknown_instance_is_a_usage_error(qemuvm_home):
-    done = qemuvm("ssh", "no-such-vm", "--", "true")
+    done = cli("ssh", "no-such-vm", "--", "true")
     assert done.returncode == 2 and "no instance named no-such-vm" in done.stderr
 
 
@@ -159,7 +144,7 @@ def test_a_paused_instance_says_so(own_guest):
     try:
         poll("state.json to say paused (the supervisor saw STOP)",
              lambda: (instance.read_state(own_guest.paths) or {}).get("state") == "paused", 30)
-        done = qemuvm("ssh", own_guest.name, "--", "true")
+        done = cli("ssh", own_guest.name, "--", "true")
         assert done.returncode == 1 and f"qemuvm resume {own_guest.name}" in done.stderr
         assert not ssh.ssh_ready(own_guest.name)
     finally:

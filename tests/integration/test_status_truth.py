@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import poll
-from test_lifecycle import cli, guest_profile
+from helpers import cli, guest_profile, poll
 
 from qemuvm import api
 from qemuvm.runtime import instance

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from qemuvm import api
 from qemuvm.qemu.probe import find_ovmf
@@ -14,7 +15,6 @@ from qemuvm.testing import vm
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 UEFI = REPO / "profiles" / "uefi.yaml"
 
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from qemuvm.errors import UsageError
-from qemuvm.runtime import instance
+from qemuvm.runtime import atomic, instance
 from qemuvm.runtime.paths import InstancePaths
 
 
@@ -135,13 +135,6 @@ def test_stop_intent_applies(record, qemu_pid, now, requester_alive, applies) ->
     assert intent.applies(record, qemu_pid, now=now, requester_alive=requester_alive) is applies
 
 
-def test_state_problem_names_the_bad_field() -> None:
-    assert instance.state_problem({"state": "running", "qemu_pid": 12}) is None
-    assert instance.state_problem({"qemu_pid": "abc"}) == "qemu_pid is str, not int"
-    assert instance.state_problem({"restarts": True}) == "restarts is bool, not int"
-    assert instance.state_problem({"forwards": {}}) == "forwards is dict, not list"
-
-
 def test_records_survive_a_full_disk_in_place(short_tmp: Path, monkeypatch) -> None:
     import errno
 
@@ -151,7 +144,7 @@ def test_records_survive_a_full_disk_in_place(short_tmp: Path, monkeypatch) -> N
 
     def no_space(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(instance, "write_private_atomic", no_space)
+    monkeypatch.setattr(atomic, "write_private_atomic", no_space)
     instance.write_json_atomic(path, {"state": "paused", "note": "x" * 100})
     assert instance.read_json(path) == {"state": "paused", "note": "x" * 100}
     with pytest.raises(OSError):

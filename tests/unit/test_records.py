@@ -1,4 +1,5 @@
-"""The LaunchSpec record (supervisor.json): round trip, defaults in one place, versions."""
+"""The typed records: LaunchSpec (supervisor.json) and InstanceState (state.json): round trip, defaults in one
+place, versions, type checks."""
 
 from __future__ import annotations
 
@@ -44,3 +45,33 @@ def test_newer_and_broken_records_are_one_sentence(paths: InstancePaths) -> None
     paths.supervisor_config.write_text("{trunc")
     with pytest.raises(UsageError, match="unreadable"):
         records.read_launch_spec(paths)
+
+
+def test_state_problem_names_the_bad_field() -> None:
+    assert records.state_problem({"state": "running", "qemu_pid": 12, "qemu_start_time": 5}) is None
+    assert records.state_problem({"qemu_pid": "abc"}) == "qemu_pid is str, not int"
+    assert records.state_problem({"restarts": True}) == "restarts is bool, not int"
+    assert records.state_problem({"forwards": {}}) == "forwards is dict, not list"
+    assert records.state_problem({"schema": 2}) == "written by a newer qemuvm: schema 2, this qemuvm reads up to 1"
+
+
+def test_state_round_trip_and_view(paths: InstancePaths) -> None:
+    from qemuvm.runtime import instance
+
+    state = records.InstanceState(name="vm", state="running", qemu_pid=7, restarts=2)
+    records.write_state(paths, state)
+    view = instance.read_state(paths)
+    assert view is not None and records.InstanceState(**view) == state  # every field, nothing else
+    # An unversioned record (qemuvm before records were typed) reads with its defaults filled in.
+    paths.state.write_text(json.dumps({"state": "stopped", "gone_field": 1}))
+    view = instance.read_state(paths)
+    assert view is not None and view["restarts"] == 0 and "gone_field" not in view and view["schema"] == 1
+
+
+def test_a_newer_state_is_unknown_with_one_sentence(paths: InstancePaths) -> None:
+    from qemuvm.runtime import instance
+
+    paths.state.write_text(json.dumps({"schema": 7, "state": "running", "qemu_pid": "new-format"}))
+    view = instance.read_state(paths)
+    assert view == {"state": "unknown", "unreadable": "state.json unreadable (written by a newer qemuvm: schema 7, "
+                                                      "this qemuvm reads up to 1)"}

@@ -1,0 +1,56 @@
+"""What `status` and `ls` show: state.json corrected by liveness checks (`ls`, no QMP) and, for `status`, the
+run state QEMU reports over QMP (`instance.qmp_state`, the one map)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from qemuvm import files
+from qemuvm.errors import OperationError, UsageError
+from qemuvm.runtime import instance
+from qemuvm.runtime.instance import PAUSED, STOPPED
+from qemuvm.runtime.paths import InstancePaths
+
+
+def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
+    """One row of `ls --json` (and the base of `status --json`)."""
+    seen = instance.effective_state(state)
+    return {
+        "name": paths.name,
+        "state": seen.get("state", STOPPED),
+        "qemu_pid": seen.get("qemu_pid") if seen.get("qemu_pid_alive", True) else None,
+        "supervisor_pid": seen.get("supervisor_pid") if seen.get("supervised") else None,
+        "supervised": seen.get("supervised", False),
+        "accel": seen.get("accel"),
+        "uptime_s": seen.get("uptime_s"),
+        "restarts": seen.get("restarts", 0),
+        "policy": seen.get("policy"),
+        "forwards": seen.get("forwards") or [],
+        "vnc": seen.get("vnc"),
+        "last_exit": seen.get("last_exit"),
+        "problem": seen.get("unreadable"),  # state.json could not be read: the state comes from the processes
+        "dir": str(paths.root),
+    }
+
+
+def status(paths: InstancePaths) -> dict[str, Any]:
+    """The instance's state; the live run state comes from QMP when QEMU is alive."""
+    from qemuvm.control.client import Monitor  # qemu.qmp (asyncio): only here, `ls` starts faster without it
+
+    state = instance.read_state(paths)
+    result = view(paths, state)
+    if instance.proven_qemu(state) is not None:
+        try:
+            live = Monitor(paths.qmp_socket, timeout=5.0, busy_timeout=3.0).execute("query-status")["status"]
+            result["qmp_status"] = live
+            # A reset while paused leaves QEMU in prelaunch until `cont`: it is paused, not starting (as `ls`).
+            paused_reset = live == "prelaunch" and (state or {}).get("state") == PAUSED
+            result["state"] = PAUSED if paused_reset else instance.qmp_state(live)
+        except OperationError:
+            result["qmp_status"] = None  # busy or going away: state.json's word stands
+    if result.get("vnc") and paths.vnc_password.exists():  # the owner may see it: the file is theirs, 0600
+        with contextlib.suppress(UsageError):
+            password = files.read_text(paths.vnc_password, "vnc.password", 4096).strip()
+            result["vnc"] = {**result["vnc"], "password": password}
+    return result

@@ -1,0 +1,78 @@
+"""Before anything is created: which profile `up` starts, and whether this host can run it.
+
+Every check here fails with one sentence (UsageError, exit 2) and leaves nothing behind; `api.up` calls
+`load_profile`, then `check_host`, before it takes the instance lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qemuvm import files
+from qemuvm.errors import UsageError
+from qemuvm.runtime.paths import InstancePaths
+
+if TYPE_CHECKING:
+    from qemuvm.profile.model import Profile
+    from qemuvm.qemu.facts import HostFacts
+
+
+def load_profile(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str], name: str | None,
+                 home: Path | None) -> Profile:
+    """The profile to start: a file, or the saved profile.yaml of the instance named `source`."""
+    from qemuvm.profile.validate import load_and_validate
+
+    text = str(source)
+    if Path(text).is_file():
+        return load_and_validate(text, overrides, name)
+    if "/" not in text and not text.endswith((".yaml", ".yml")):
+        saved = InstancePaths.for_name(text, home).profile
+        if saved.is_file():
+            if name not in (None, text):
+                raise UsageError("--name cannot rename an existing instance")
+            return load_and_validate(str(saved), overrides, text)
+        raise UsageError(f"no profile file or instance named {text}")
+    raise UsageError(f"profile file {text} does not exist")
+
+
+def read_vnc_password(password_file: str | os.PathLike[str]) -> str:
+    """The first line of the file (a trailing newline is not part of the password)."""
+    text = files.read_text(password_file, "display.vnc.password_file", 4096)
+    lines = text.splitlines()
+    password = lines[0] if lines else ""
+    if not password:
+        raise UsageError(f"display.vnc.password_file: {password_file} is empty")
+    return password
+
+
+def check_host(profile: Profile, paths: InstancePaths) -> tuple[HostFacts, str | None]:
+    """The host's facts for compiling, and a notice to show (e.g. accel fallback); UsageError when the profile
+    cannot run here: socket path too long, no QEMU binary, more memory than the host has, no KVM, an
+    unreadable VNC password file."""
+    import psutil
+
+    from qemuvm.qemu import probe
+    from qemuvm.qemu.compile import accel_notice, kvm_problem
+
+    too_long = paths.too_long_socket()
+    if too_long is not None:
+        raise UsageError(f"the socket path {too_long} is longer than 107 bytes; set QEMUVM_HOME to a shorter "
+                         "folder")
+    if shutil.which(profile.qemu.binary) is None:
+        raise UsageError(f"qemu.binary: {profile.qemu.binary} is not an executable QEMU on PATH; install it "
+                         "(Debian: apt-get install qemu-system-x86) or name the right binary")
+    total_mib = psutil.virtual_memory().total >> 20
+    if profile.machine.memory > total_mib:
+        raise UsageError(f"machine.memory: {profile.machine.memory} MiB is more than this host has "
+                         f"({total_mib} MiB)")
+    host = probe.probe(profile.qemu.binary)
+    problem = kvm_problem(profile, host)
+    if problem:
+        raise UsageError(problem)
+    vnc = profile.display.vnc if profile.display else None
+    if vnc is not None and vnc.password_file:
+        read_vnc_password(vnc.password_file)  # unreadable or empty: exit 2 now, not a stuck VM later
+    return host, accel_notice(profile, host)
