@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from qemuvm.cli import app
-from qemuvm.cli.output import info, print_json, print_table
+from qemuvm.cli.output import JsonOption, NameArg, info, print_json, print_table
 
 image_app = typer.Typer(name="image", help="Create and inspect disk images (qemu-img).", no_args_is_help=True)
 snapshot_app = typer.Typer(name="snapshot", help="Internal snapshots of a running VM's qcow2 disks.",
@@ -101,7 +101,7 @@ def image_convert(
 
 @app.command()
 def screenshot(
-    name: str = typer.Argument(..., help="Instance name."),
+    name: str = NameArg,
     out: Path = typer.Argument(..., help="PNG file to write."),
 ) -> None:
     """Save the VM's screen as a PNG (QMP screendump); the profile needs a display section."""
@@ -115,7 +115,7 @@ TagArgument = typer.Argument(..., help="Snapshot name.")
 
 
 @snapshot_app.command("save")
-def snapshot_save(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
+def snapshot_save(name: str = NameArg, tag: str = TagArgument) -> None:
     """Save disks and VM state (RAM, devices) under TAG; the VM pauses while it is written."""
     from qemuvm import api
 
@@ -124,7 +124,7 @@ def snapshot_save(name: str = typer.Argument(..., help="Instance name."), tag: s
 
 
 @snapshot_app.command("load")
-def snapshot_load(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
+def snapshot_load(name: str = NameArg, tag: str = TagArgument) -> None:
     """Return the VM to snapshot TAG (disks and running state)."""
     from qemuvm import api
 
@@ -133,7 +133,7 @@ def snapshot_load(name: str = typer.Argument(..., help="Instance name."), tag: s
 
 
 @snapshot_app.command("delete")
-def snapshot_delete(name: str = typer.Argument(..., help="Instance name."), tag: str = TagArgument) -> None:
+def snapshot_delete(name: str = NameArg, tag: str = TagArgument) -> None:
     """Delete snapshot TAG from the disks."""
     from qemuvm import api
 
@@ -143,8 +143,8 @@ def snapshot_delete(name: str = typer.Argument(..., help="Instance name."), tag:
 
 @snapshot_app.command("list")
 def snapshot_list(
-    name: str = typer.Argument(..., help="Instance name."),
-    json_: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = NameArg,
+    json_: bool = JsonOption,
 ) -> None:
     """List the snapshots of a running VM."""
     import datetime

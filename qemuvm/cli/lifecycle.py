@@ -13,11 +13,9 @@ from typing import Any
 import typer
 
 from qemuvm.cli import app
-from qemuvm.cli.output import info, print_json, print_table
+from qemuvm.cli.output import JsonOption, NameArg, ReadyTimeoutOption, WaitOption, info, print_json, print_table
 from qemuvm.errors import UsageError
 
-NameArg = typer.Argument(..., help="Instance name.")
-JsonOption = typer.Option(False, "--json", help="Print JSON on stdout.")
 SetOption = typer.Option(None, "--set", help="Override a field: KEY.PATH=VALUE (YAML value; repeatable).")
 
 
@@ -66,9 +64,8 @@ def up(
     set_: list[str] = SetOption,
     foreground: bool = typer.Option(False, "--foreground", help="Stay attached, showing the serial console; "
                                     "Ctrl-C stops the VM (down)."),
-    wait: bool = typer.Option(None, "--wait/--no-wait", help="Wait for the profile's `ready` condition "
-                              "[default: when the profile has one]."),
-    timeout: str = typer.Option(None, "--timeout", help="How long to wait for ready [default: ready.timeout]."),
+    wait: bool = WaitOption,
+    timeout: str = ReadyTimeoutOption,
     remove: bool = typer.Option(False, "--rm", help="Remove the instance (folder, ephemeral overlays) at `down`, "
                                 "like `docker run --rm`."),
     json_: bool = JsonOption,
@@ -111,8 +108,8 @@ def _foreground(name: str) -> None:
 @app.command()
 def start(
     name: str = NameArg,
-    wait: bool = typer.Option(None, "--wait/--no-wait", help="Wait for the profile's `ready` condition."),
-    timeout: str = typer.Option(None, "--timeout", help="How long to wait for ready [default: ready.timeout]."),
+    wait: bool = WaitOption,
+    timeout: str = ReadyTimeoutOption,
     json_: bool = JsonOption,
 ) -> None:
     """Start a stopped instance again from its saved profile, keeping its disks (virsh start)."""

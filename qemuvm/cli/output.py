@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any
 
+import typer
+
 
 def print_json(data: Any) -> None:
     """Stable, indented JSON on stdout (what `--json` prints)."""
@@ -29,3 +31,11 @@ def print_table(columns: list[str], rows: list[list[Any]], title: str | None = N
 def info(message: str) -> None:
     """Progress and notices go to stderr so stdout stays parseable."""
     print(message, file=sys.stderr, flush=True)
+
+
+# Arguments and options that several commands share (one definition, one help text).
+NameArg = typer.Argument(..., help="Instance name.")
+JsonOption = typer.Option(False, "--json", help="Print JSON on stdout.")
+WaitOption = typer.Option(None, "--wait/--no-wait", help="Wait for the profile's `ready` condition "
+                          "[default: when it has one].")
+ReadyTimeoutOption = typer.Option(None, "--timeout", help="How long to wait for ready [default: ready.timeout].")

@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 
 from qemuvm.cli import app
-from qemuvm.cli.output import print_json
+from qemuvm.cli.output import NameArg, print_json
 
 SetOption = typer.Option(None, "--set", help="Override a field: KEY.PATH=VALUE (YAML value; repeatable).")
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def ssh(
-    name: str = typer.Argument(..., help="Instance name."),
+    name: str = NameArg,
     command: list[str] = typer.Argument(None, help="Command to run (after --); none: an interactive shell."),
 ) -> int:
     """SSH into an instance: the per-instance key and known_hosts, no prompts, the remote exit code.

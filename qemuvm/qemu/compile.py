@@ -443,18 +443,9 @@ def compile_options(
     return c.out
 
 
-def compile_argv(
-    profile: Profile,
-    paths: InstancePaths,
-    host: HostFacts,
-    ports: PortPlan | None = None,
-    *,
-    start_paused: bool = False,
-    first_boot: bool = True,
-) -> list[str]:
-    """The full command line: the QEMU binary, then every option in order."""
-    argv = [profile.qemu.binary]
-    for option in compile_options(profile, paths, host, ports, start_paused=start_paused,
-                                  first_boot=first_boot):
-        argv.extend(option.args)
-    return argv
+def compile_argv(profile: Profile, paths: InstancePaths, host: HostFacts, ports: PortPlan | None = None,
+                 **switches: bool) -> list[str]:
+    """The full command line: the QEMU binary, then every option of `compile_options` (same switches:
+    start_paused, first_boot) in order."""
+    options = compile_options(profile, paths, host, ports, **switches)
+    return [profile.qemu.binary, *(arg for option in options for arg in option.args)]

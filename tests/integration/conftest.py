@@ -47,41 +47,27 @@ class DebianImage:
         return self.manifest["cmdline"]
 
 
-def _outdir(env: str, default: str) -> Path:
-    # Reuse <repo>/build/... (cached across runs) unless the environment names another folder.
-    value = os.environ.get(env)
-    return Path(value) if value else REPO / "build" / default
+def _build(script: str, env: str, default: str) -> tuple[Path, dict[str, Any]]:
+    """Run scripts/SCRIPT into its folder -- <repo>/build/DEFAULT, cached across runs, unless $ENV names
+    another -- and return the folder and its manifest."""
+    outdir = Path(os.environ.get(env) or REPO / "build" / default)
+    subprocess.run([str(REPO / "scripts" / script), str(outdir)], check=True)
+    return outdir, json.loads((outdir / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def test_guest() -> TestGuest:
-    outdir = _outdir("QEMUVM_TEST_GUEST_DIR", "guest")
-    subprocess.run([str(REPO / "scripts" / "build-test-guest"), str(outdir)], check=True)
-    manifest = json.loads((outdir / "manifest.json").read_text())
-    return TestGuest(
-        outdir=outdir,
-        vmlinuz=outdir / "vmlinuz",
-        initrd=outdir / "initrd.gz",
-        key=outdir / "id_ed25519",
-        pubkey=outdir / "id_ed25519.pub",
-        data_disk=outdir / "data.qcow2",
-        iso=outdir / "guest.iso",
-        manifest=manifest,
-    )
+    out, manifest = _build("build-test-guest", "QEMUVM_TEST_GUEST_DIR", "guest")
+    return TestGuest(outdir=out, vmlinuz=out / "vmlinuz", initrd=out / "initrd.gz", key=out / "id_ed25519",
+                     pubkey=out / "id_ed25519.pub", data_disk=out / "data.qcow2", iso=out / "guest.iso",
+                     manifest=manifest)
 
 
 @pytest.fixture(scope="session")
 def debian_image() -> DebianImage:
-    outdir = _outdir("QEMUVM_DEBIAN_IMAGE_DIR", "debian")
-    subprocess.run([str(REPO / "scripts" / "build-debian-image"), str(outdir)], check=True)
-    manifest = json.loads((outdir / "manifest.json").read_text())
-    return DebianImage(
-        outdir=outdir,
-        disk=outdir / "debian.qcow2",
-        vmlinuz=outdir / "vmlinuz",
-        initrd=outdir / "initrd.img",
-        manifest=manifest,
-    )
+    out, manifest = _build("build-debian-image", "QEMUVM_DEBIAN_IMAGE_DIR", "debian")
+    return DebianImage(outdir=out, disk=out / "debian.qcow2", vmlinuz=out / "vmlinuz", initrd=out / "initrd.img",
+                       manifest=manifest)
 
 
 @pytest.fixture
