@@ -67,7 +67,7 @@ def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 
 
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
        wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
-       remove_on_down: bool = False, progress: Progress = _silent) -> dict[str, Any]:
+       remove_on_down: bool = False, discard_saved: bool = False, progress: Progress = _silent) -> dict[str, Any]:
     """Start a VM from a profile file (or restart a stopped instance by name) and return its status.
 
     wait None: wait for `ready` when the profile has one. timeout overrides ready.timeout.
@@ -82,12 +82,12 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     host, notice = preflight.check_host(profile, paths)
     if notice:
         progress(notice)
-    serial_offset = launch.start_instance(profile, paths, host, home=home, remove_on_down=remove_on_down,
-                                          progress=progress)
+    serial_offset, restored = launch.start_instance(profile, paths, host, home=home, remove_on_down=remove_on_down,
+                                          discard_saved=discard_saved, progress=progress)
     # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
     result = view(paths, instance.read_state(paths))
     try:
-        ready_after = waiting.wait_ready(paths, profile, wait, timeout, serial_offset, progress)
+        ready_after = waiting.wait_ready(paths, profile, wait, timeout, serial_offset, progress, restored=restored)
     except KeyboardInterrupt:  # Ctrl-C ends the wait, not the VM: say so
         progress(launch.KEEPS_RUNNING.format(name=profile.name))
         raise
@@ -97,10 +97,20 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
 
 
 def start(name: str, *, wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
-          progress: Progress = _silent) -> dict[str, Any]:
-    """Start a stopped instance again from its saved profile.yaml (disks and overlays are kept)."""
+          discard_saved: bool = False, progress: Progress = _silent) -> dict[str, Any]:
+    """Start a stopped instance again from its saved profile.yaml (disks and overlays are kept); a saved one
+    (`save`) continues from its saved state, unless discard_saved boots it afresh."""
     instance_paths(name, home)
-    return up(name, wait=wait, timeout=timeout, home=home, progress=progress)
+    return up(name, wait=wait, timeout=timeout, home=home, discard_saved=discard_saved, progress=progress)
+
+
+def save(name: str, *, home: Path | None = None) -> dict[str, Any]:
+    """Write the VM's whole state (RAM, devices) into its folder and end QEMU (virsh managedsave); `start`
+    continues it where it was."""
+    from qemuvm.control import save as saving
+
+    paths = instance_paths(name, home)
+    return saving.save(paths, _running_qemu(paths))
 
 
 def edit(name: str, *, editor: str | None = None, home: Path | None = None) -> bool:

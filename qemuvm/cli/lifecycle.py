@@ -110,13 +110,30 @@ def start(
     name: str = NameArg,
     wait: bool = WaitOption,
     timeout: str = ReadyTimeoutOption,
+    discard_saved: bool = typer.Option(False, "--discard-saved", help="Boot afresh instead of restoring the "
+                                       "state `save` wrote (the state file is deleted)."),
     json_: bool = JsonOption,
 ) -> None:
-    """Start a stopped instance again from its saved profile, keeping its disks (virsh start)."""
+    """Start a stopped instance again from its saved profile, keeping its disks (virsh start); a saved one
+    continues where it was."""
     from qemuvm import api
 
-    result = api.start(name, wait=wait, timeout=_seconds(timeout, "--timeout"), progress=info)
+    result = api.start(name, wait=wait, timeout=_seconds(timeout, "--timeout"), discard_saved=discard_saved,
+                       progress=info)
     print_json(result) if json_ else _print_started(result)
+
+
+@app.command()
+def save(name: str = NameArg, json_: bool = JsonOption) -> None:
+    """Save the VM's whole state (RAM, devices) and end QEMU (virsh managedsave); `start` continues it."""
+    from qemuvm import api
+
+    result = api.save(name)
+    if json_:
+        print_json(result)
+    else:
+        print(f"saved {name}: {result['bytes'] / (1 << 20):.1f} MiB in {result['file']}; `qemuvm start {name}` "
+              "continues it")
 
 
 @app.command()

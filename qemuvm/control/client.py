@@ -53,6 +53,12 @@ class QmpSession:
                                  f"{type(exc).__name__})") from None
 
 
+    async def pass_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU an open file as `name` (SCM_RIGHTS + getfd): `fd:NAME` URIs then need no shell."""
+        self.client.send_fd_scm(fd)
+        await self.execute("getfd", {"fdname": name})
+
+
 # Commands that end the VM or write (or read) host files with QEMU's rights: `qemuvm qmp` says so first.
 _RISKY = {"quit": "ends QEMU at once (the guest is not asked)",
           "dump-guest-memory": "writes the guest's memory to a host file",

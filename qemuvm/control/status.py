@@ -29,6 +29,7 @@ def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
         "forwards": seen.get("forwards") or [],
         "vnc": seen.get("vnc"),
         "last_exit": seen.get("last_exit"),
+        "clock_behind_s": seen.get("clock_behind_s"),  # restored from a saved state: the guest clock's lag
         "problem": seen.get("unreadable"),  # state.json could not be read: the state comes from the processes
         "dir": str(paths.root),
     }
@@ -49,6 +50,8 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             result["state"] = PAUSED if paused_reset else instance.qmp_state(live)
         except OperationError:
             result["qmp_status"] = None  # busy or going away: state.json's word stands
+    if paths.saved_state.exists():
+        result["saved_state"] = {"file": str(paths.saved_state), "bytes": paths.saved_state.stat().st_size}
     if result.get("vnc") and paths.vnc_password.exists():  # the owner may see it: the file is theirs, 0600
         with contextlib.suppress(UsageError):
             password = files.read_text(paths.vnc_password, "vnc.password", 4096).strip()

@@ -134,13 +134,15 @@ def shutdown_condition(paths: InstancePaths) -> Condition:
     return Condition("shutdown", check, until_exit=True)
 
 
-def ready_conditions(paths: InstancePaths, profile: Profile, *, serial_offset: int = 0) -> list[Condition]:
-    """What the profile's `ready` block asks for (nothing: running is ready)."""
+def ready_conditions(paths: InstancePaths, profile: Profile, *, serial_offset: int = 0,
+                     restored: bool = False) -> list[Condition]:
+    """What the profile's `ready` block asks for (nothing: running is ready). A guest restored from a saved
+    state printed its boot messages before the save and will not again: only its port and ssh are checked."""
     ready = profile.ready
     if ready is None:
         return []
     conditions = []
-    if ready.serial:
+    if ready.serial and not restored:
         conditions.append(serial_condition(paths, ready.serial, offset=serial_offset))
     if ready.port:
         conditions.append(port_condition(paths, ready.port))
@@ -244,11 +246,13 @@ def await_record(paths: InstancePaths, what: str, holds: Callable[[dict[str, Any
 
 
 def wait_ready(paths: InstancePaths, profile: Profile, wait: bool | None, timeout: float | None,
-               serial_offset: int, progress: Callable[[str], None] | None = None) -> float | None:
+               serial_offset: int, progress: Callable[[str], None] | None = None, *,
+               restored: bool = False) -> float | None:
     """`up`'s wait for the profile's `ready` (wait None: when it has one); the seconds it took, or None when
     there was nothing to wait for. timeout overrides ready.timeout."""
     ready = profile.ready
     if not (ready is not None if wait is None else wait):
         return None
     limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)
-    return wait_for(paths, ready_conditions(paths, profile, serial_offset=serial_offset), limit, progress=progress)
+    conditions = ready_conditions(paths, profile, serial_offset=serial_offset, restored=restored)
+    return wait_for(paths, conditions, limit, progress=progress)

@@ -10,7 +10,7 @@ MAX_BACKOFF = 60.0
 # first start failed: the same argv would fail again, and `up` reports it). A start that fails when the policy
 # restarts a VM that ran ("restart-failed": its port taken meanwhile, a disk locked by a backup) is retried
 # with the backoff, within max_retries.
-_NEVER_RESTARTED = frozenset({"down", "kill", "start-failed", "host-qmp-quit"})
+_NEVER_RESTARTED = frozenset({"down", "kill", "save", "start-failed", "restore-failed", "host-qmp-quit"})
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,11 @@ class Exit:
     exit_code: int | None = None  # None: not our child (adopted), the code is lost
     signal: str | None = None  # e.g. "SIGKILL" when it died by a signal
     shutdown_reason: str | None = None  # the SHUTDOWN event's reason, if one came
-    intended: str | None = None  # the stop intent that applies to it (down | kill), if any
+    intended: str | None = None  # the stop intent that applies to it (down | kill | save), if any
     panicked: bool = False  # GUEST_PANICKED was seen
     reached_running: bool = True  # the start completed (QMP answered, `cont` sent)
     restarted: bool = False  # this QEMU was started by the restart policy, not by `up`/`start`
+    restoring: bool = False  # it was loading a saved state (`start` of a saved instance)
 
 
 def classify(exit_: Exit) -> tuple[str, bool]:
@@ -32,6 +33,8 @@ def classify(exit_: Exit) -> tuple[str, bool]:
         return exit_.intended, False
     if exit_.panicked:
         return "guest-panic", True
+    if not exit_.reached_running and exit_.restoring:
+        return "restore-failed", True  # the saved state is kept: `start --discard-saved` boots afresh
     if not exit_.reached_running:
         return ("restart-failed" if exit_.restarted else "start-failed"), True
     if exit_.signal:

@@ -23,7 +23,7 @@ from qemuvm.runtime.paths import InstancePaths, state_home
 
 # States written to state.json (what `status` reports).
 STARTING, RUNNING, PAUSED, SHUTDOWN = "starting", "running", "paused", "shutdown"
-CRASHED, STOPPED = "crashed", "stopped"
+CRASHED, STOPPED, SAVED = "crashed", "stopped", "saved"  # saved: QEMU exited after `save`; `start` restores
 UNKNOWN = "unknown"  # state.json unreadable, or a QEMU found through its pidfile before any record said so
 ALIVE_STATES = frozenset({STARTING, RUNNING, PAUSED, SHUTDOWN})
 # Two process start times of the same process read through psutil agree to the clock tick (10 ms).

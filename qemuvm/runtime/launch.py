@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError
-from qemuvm.runtime import instance, intent, ports
-from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STOPPED
+from qemuvm.runtime import instance, intent, ports, records
+from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
 if TYPE_CHECKING:
@@ -36,12 +36,12 @@ def module_path() -> list[str]:
 
 
 def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
-                   remove_on_down: bool, progress: Callable[[str], None]) -> int:
+                   remove_on_down: bool, progress: Callable[[str], None],
+                   discard_saved: bool = False) -> tuple[int, bool]:
     """plan ports → compile → write the launch records → prepare → start the supervisor → wait until QEMU
-    runs. Returns where this boot's output starts in serial.log. A first start that fails leaves nothing."""
-    from qemuvm.qemu.compile import compile_argv
-    from qemuvm.runtime.prepare import prepare, write_launch_files
-
+    runs; or, for a saved instance, restore its saved state with the launch records it was saved with.
+    Returns where this boot's output starts in serial.log, and whether it restored a saved state. A first
+    start that fails leaves nothing."""
     instance.check_home(paths.root.parent)
     instance.create_dir(paths.root.parent)
     fresh = False
@@ -53,24 +53,23 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
             if instance.is_active(state):
                 pid = (state or {}).get("qemu_pid") or (state or {}).get("supervisor_pid")
                 raise OperationError(f"{profile.name} is already running (pid {pid})")
-            # Ports are chosen under one home-wide lock and recorded in supervisor.json before it is let go:
-            # a parallel `up` sees them as reserved (reserved_ports) and never picks the same one.
-            with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
-                plan, forwards, vnc = ports.plan_ports(profile, ports.reserved_ports(home, profile.name))
-                if vnc is not None and "unix" in vnc:
-                    vnc = {"unix": str(paths.vnc_socket)}
-                # boot.once applies to the instance's first start only (an install ISO, as virt-install does).
-                first_boot = state is None or not state.get("started_at")
-                argv = compile_argv(profile, paths, host, plan, first_boot=first_boot)
-                paused_argv = compile_argv(profile, paths, host, plan, start_paused=True, first_boot=first_boot)
-                write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down)
-            prepare(profile, paths, host)
+            if discard_saved:
+                for saved in (paths.saved_state, paths.saved_info):
+                    saved.unlink(missing_ok=True)
+            restoring = paths.saved_state.exists()
+            if restoring:
+                from qemuvm.runtime import restore
+
+                records.write_launch_spec(paths, restore.launch_spec(paths, profile, remove_on_down))
+                progress(f"restoring {profile.name} from {paths.saved_state} …")
+            else:
+                _plan_and_prepare(profile, paths, host, home, remove_on_down, state)
             instance.unlink_stale_sockets(paths)
             intent.clear(paths)
             serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
             progress(f"starting {profile.name} …")
             wait_until_up(paths, start_supervisor(paths))
-            return serial_offset
+            return serial_offset, restoring
     except BaseException as exc:
         active = instance.is_active(instance.read_state(paths))
         if isinstance(exc, KeyboardInterrupt) and active:
@@ -83,6 +82,25 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
         elif not active:
             instance.unlink_stale_sockets(paths)
         raise
+
+
+def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None,
+                      remove_on_down: bool, state: dict[str, Any] | None) -> None:
+    """Ports (under one home-wide lock, recorded in supervisor.json before it is let go: a parallel `up` sees
+    them as reserved and never picks the same one), the argv, the launch records, then disks and seed."""
+    from qemuvm.qemu.compile import compile_argv
+    from qemuvm.runtime.prepare import prepare, write_launch_files
+
+    with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
+        plan, forwards, vnc = ports.plan_ports(profile, ports.reserved_ports(home, profile.name))
+        if vnc is not None and "unix" in vnc:
+            vnc = {"unix": str(paths.vnc_socket)}
+        # boot.once applies to the instance's first start only (an install ISO, as virt-install does).
+        first_boot = state is None or not state.get("started_at")
+        argv = compile_argv(profile, paths, host, plan, first_boot=first_boot)
+        paused_argv = compile_argv(profile, paths, host, plan, start_paused=True, first_boot=first_boot)
+        write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down)
+    prepare(profile, paths, host)
 
 
 def start_supervisor(paths: InstancePaths) -> subprocess.Popen[bytes]:
@@ -119,6 +137,9 @@ def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:
     else:
         how = "QEMU ended"
     log = instance.tail(paths.qemu_log, 12)
+    if last.get("reason") == "restore-failed":
+        how += (f" while loading {paths.saved_state}; the saved state is kept: fix the cause below, or "
+                f"`qemuvm start {paths.name} --discard-saved` boots afresh")
     return f"{paths.name} failed to start: {how}" + (f"; last lines of {paths.qemu_log}:\n{log}" if log else "")
 
 
@@ -131,7 +152,7 @@ def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
         ours = state is not None and state.get("supervisor_pid") == proc.pid and not state.get("supervisor_found_by")
         if ours and state["state"] in (RUNNING, PAUSED):
             return state
-        if ours and state["state"] in (CRASHED, STOPPED):
+        if ours and state["state"] in (CRASHED, STOPPED, SAVED):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)  # it exits right after recording: leave nothing running behind
             raise OperationError(failure_message(paths, state))
@@ -146,7 +167,7 @@ def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
                     return adopted
                 raise OperationError(failure_message(paths, adopted))
             final = instance.read_state(paths)
-            if ours and final and final.get("state") in (CRASHED, STOPPED):  # recorded just before it exited
+            if ours and final and final.get("state") in (CRASHED, STOPPED, SAVED):  # recorded just before it exited
                 raise OperationError(failure_message(paths, final))
             how = f"was killed by {_signal_name(-proc.returncode)}" if proc.returncode < 0 \
                 else f"exited with code {proc.returncode}"

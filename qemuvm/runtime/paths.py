@@ -61,6 +61,8 @@ class InstancePaths:
     guest_agent_socket = property(lambda self: self.root / "qga.sock")
     ssh_key = property(lambda self: self.root / "id_ed25519")
     known_hosts = property(lambda self: self.root / "known_hosts")
+    saved_state = property(lambda self: self.root / "saved.state")  # `save`: RAM + devices (a migration stream)
+    saved_info = property(lambda self: self.root / "saved.json")  # `save`: what the state needs (records.SavedState)
 
     def overlay(self, disk_index: int) -> Path:
         """The qcow2 overlay of an ephemeral disk."""

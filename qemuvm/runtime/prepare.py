@@ -24,15 +24,19 @@ from qemuvm.runtime import cloudinit, instance, memory, records
 from qemuvm.runtime.paths import InstancePaths
 
 
+def profile_text(profile: Profile) -> str:
+    """profile.yaml as a start saves it: the resolved profile (a save records its hash)."""
+    import yaml
+
+    dumped = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+    return f"# The resolved profile of instance {profile.name}, as launched.\n" + dumped
+
+
 def write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], paused_argv: list[str],
                        forwards: list[dict[str, Any]], vnc: dict[str, Any] | None, remove_on_down: bool) -> None:
     """The start's records: profile.yaml (the resolved profile), argv.json and run.sh (QEMU without qemuvm),
     and the LaunchSpec the supervisor runs from."""
-    import yaml
-
-    dumped = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
-    header = f"# The resolved profile of instance {profile.name}, as launched.\n"
-    instance.write_private_atomic(paths.profile, header + dumped)
+    instance.write_private_atomic(paths.profile, profile_text(profile))
     instance.write_json_atomic(paths.argv, argv)
     lines = " \\\n    ".join(shlex.quote(arg) for arg in argv)
     instance.write_private_atomic(paths.run_sh, f"#!/bin/sh\n# Instance {profile.name} without qemuvm: the exact "

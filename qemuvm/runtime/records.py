@@ -1,6 +1,7 @@
 """Typed, versioned records between processes, each with one writer, one reader and its defaults here only:
 
 - LaunchSpec (`supervisor.json`): what `up` decided for a start; written by `up`, read by the supervisor.
+- SavedState (`saved.json`): what a `save` needs at restore (written by `save`, read by `start`).
 - InstanceState (`state.json`): what the supervisor knows now; written by the supervisor only, read by every
   command through `instance.read_state` (which adds the processes the folder proves).
 
@@ -48,6 +49,8 @@ class LaunchSpec:
     ssh: dict[str, Any] = field(default_factory=lambda: {"user": "root", "port": 22})
     remove_on_down: bool = False  # `up --rm`
     serial_log_max: int = 16 << 20  # serial.log is rotated past this (bytes)
+    restore_from: str | None = None  # a saved state (saved.state) to load before `cont`; argv has -incoming defer
+    restore_saved_at: float | None = None  # when that state was saved (the restored guest's clock is behind by)
     schema: int = LAUNCH_SPEC_SCHEMA
 
 
@@ -102,6 +105,8 @@ class InstanceState:
     serial_offset: int = 0  # where the current boot's output starts in serial.log
     resets: int = 0  # RESET events seen (reboot waits on this)
     last_exit: dict[str, Any] | None = None  # how the last QEMU ended (reason, exit_code, signal, ...)
+    restored_at: float | None = None  # this run continues a saved state (restored then)
+    clock_behind_s: float | None = None  # the restored guest's wall clock is behind by this until it syncs
     updated_at: float | None = None
     schema: int = STATE_SCHEMA
 
@@ -139,3 +144,50 @@ def state_view(data: dict[str, Any]) -> dict[str, Any]:
 
 def write_state(paths: InstancePaths, state: InstanceState) -> None:
     write_json_atomic(paths.state, dataclasses.asdict(state))
+
+
+SAVED_STATE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class DiskPrint:
+    """An image file as it was when the state was saved: a restore onto a changed disk would corrupt it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """saved.json: a `save`'s record, written once QEMU has exited and before saved.state gets its name."""
+
+    saved_at: float
+    size: int  # bytes of saved.state
+    profile_sha256: str  # of profile.yaml: the restore needs the same devices
+    disks: list[DiskPrint] = field(default_factory=list)
+    schema: int = SAVED_STATE_SCHEMA
+
+
+def write_saved_state(paths: InstancePaths, saved: SavedState) -> None:
+    write_json_atomic(paths.saved_info, dataclasses.asdict(saved))
+
+
+def read_saved_state(paths: InstancePaths) -> SavedState | None:
+    """The instance's SavedState; None when there is none. Newer, unreadable or incomplete: UsageError."""
+    data = read_json(paths.saved_info)
+    if data is None:
+        if paths.saved_info.exists():
+            raise UsageError(f"{paths.saved_info} is unreadable; `qemuvm start {paths.name} --discard-saved` boots "
+                             "afresh")
+        return None
+    if not isinstance(data.get("schema", 1), int) or data.get("schema", 1) > SAVED_STATE_SCHEMA:
+        raise UsageError(f"{paths.saved_info} was written by a newer qemuvm (schema {data.get('schema')}); use "
+                         "that qemuvm")
+    try:
+        disks = [DiskPrint(**disk) for disk in data.get("disks") or []]
+        return SavedState(**{**data, "disks": disks, "schema": SAVED_STATE_SCHEMA})
+    except TypeError as exc:
+        raise UsageError(f"{paths.saved_info} is incomplete ({exc}); `qemuvm start {paths.name} --discard-saved` "
+                         "boots afresh") from None

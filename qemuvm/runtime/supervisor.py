@@ -42,7 +42,7 @@ from qemu.qmp.protocol import Runstate
 
 from qemuvm.errors import UsageError
 from qemuvm.runtime import decisions, instance, intent, preflight, records
-from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, STARTING, STOPPED
+from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STARTING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
 CONNECT_TIMEOUT = 30.0  # QEMU creates its monitor sockets within a second; this covers a loaded host
@@ -105,6 +105,7 @@ class Supervisor:
         self.shutdown_reason: str | None = None
         self.panicked = False
         self.restarted = False  # started by the restart policy (not by up/start)
+        self.restoring = False  # loading the LaunchSpec's saved state (until `cont`)
         self.reached_running = False  # the guest ran (RESUME seen, or `cont` answered): an exit is no start failure
         self.proc: subprocess.Popen[bytes] | None = None
         self.qemu_pid = 0
@@ -188,6 +189,8 @@ class Supervisor:
 
     def spawn(self) -> None:
         argv = list(self.spec.argv)  # compiled with -S by `up`: paused until our monitor listens, no event lost
+        if self.spec.restore_from and not self.restarted:
+            argv += ["-incoming", "defer"]  # a saved state comes in over QMP (restore); a restart boots afresh
         instance.unlink_stale_sockets(self.paths)
         # Where this run's console output starts in serial.log (QEMU appends): `wait --serial` reads from here.
         serial_offset = self._serial_size()
@@ -254,6 +257,33 @@ class Supervisor:
             password = preflight.read_vnc_password(password_file)  # the one reader `up` checked it with
             await self.execute("set_password", {"protocol": "vnc", "password": password})
 
+    async def restore(self, state_file: Path) -> None:
+        """Load a saved state into this QEMU (-incoming defer): the stream comes from an fd we pass, so no
+        shell command is involved. The file goes once it is loaded: the guest's disks move on from here, and
+        loading the same state again later would roll RAM back under them."""
+        assert self.qmp is not None
+        self.restoring = True
+        fd = os.open(state_file, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.qmp.send_fd_scm(fd)
+            await self.execute("getfd", {"fdname": "saved-state"})
+        finally:
+            os.close(fd)
+        await self.execute("migrate-incoming", {"uri": "fd:saved-state"})
+        while (info := await self.execute("query-migrate")).get("status") != "completed":
+            if info.get("status") == "failed":
+                raise RuntimeError(f"loading {state_file} failed: {info.get('error-desc', 'see qemu.log')}")
+            await asyncio.sleep(0.01)
+        for loaded in (state_file, self.paths.saved_info):
+            with contextlib.suppress(FileNotFoundError):
+                loaded.unlink()
+        now = time.time()
+        saved_at = self.spec.restore_saved_at
+        self.state.restored_at = now
+        self.state.clock_behind_s = round(now - saved_at, 1) if saved_at else None
+        self.restoring = False
+        log(f"restored {state_file}")
+
     async def run_qemu(self, adopted: bool) -> dict[str, Any]:
         """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""
         self.shutdown_reason, self.panicked, self.reached_running = None, False, adopted
@@ -271,6 +301,9 @@ class Supervisor:
                 self.state.accel = "kvm" if kvm.get("enabled") else "tcg"
                 if not adopted:
                     self.state.started_at = time.time()
+                if status == "inmigrate" and self.spec.restore_from and not adopted and not self.restarted:
+                    await self.restore(Path(self.spec.restore_from))
+                    status = "prelaunch"  # loaded and paused (-S): from here as a fresh start
                 # An adopted QEMU still in prelaunch never ran: its supervisor died between exec and `cont`.
                 if status == "prelaunch" and (not adopted or not self.state.started_at):
                     self.state.started_at = time.time()
@@ -316,7 +349,7 @@ class Supervisor:
         record["reason"], record["failure"] = decisions.classify(decisions.Exit(
             exit_code=record["exit_code"], signal=record["signal"], shutdown_reason=self.shutdown_reason,
             intended=intent.action_for(self.paths, self.qemu_pid), panicked=self.panicked,
-            reached_running=reached_running, restarted=self.restarted))
+            reached_running=reached_running, restarted=self.restarted, restoring=self.restoring))
         log(f"QEMU exited: {record}")
         return record
 
@@ -356,7 +389,9 @@ class Supervisor:
             last_exit = await self.run_qemu(adopted=adopt)
             adopt = False
             failure = last_exit.pop("failure")
-            final = CRASHED if failure else STOPPED
+            # After `save`, or a restore that failed: the saved state is there for the next `start`.
+            final = SAVED if last_exit["reason"] in ("save", "restore-failed") else CRASHED if failure else STOPPED
+            self.restoring = False
             restarts = self.state.restarts
             delay = decisions.restart_delay(self.policy, last_exit["reason"], failure, restarts, self.max_retries,
                                             self.backoff)

@@ -18,6 +18,8 @@ from qemuvm.runtime.decisions import Exit, classify, gives_up, restart_delay
     (Exit(exit_code=1), ("error", True)),
     (Exit(exit_code=1, reached_running=False), ("start-failed", True)),
     (Exit(exit_code=1, reached_running=False, restarted=True), ("restart-failed", True)),
+    (Exit(exit_code=1, reached_running=False, restoring=True), ("restore-failed", True)),  # state file kept
+    (Exit(exit_code=0, shutdown_reason="host-qmp-quit", intended="save"), ("save", False)),
     (Exit(signal="SIGKILL", panicked=True), ("guest-panic", True)),
     (Exit(), ("killed", True)),  # adopted and silent: the exit code is lost
     (Exit(exit_code=0), ("killed", True)),  # exited 0 with no SHUTDOWN event: not a guest power-off
@@ -40,6 +42,8 @@ def test_classify(exit_: Exit, expected: tuple[str, bool]) -> None:
     ("always", "start-failed", True, 0, None, False),
     ("on-failure", "restart-failed", True, 1, 2.0, False),  # retried: the first run proved the argv
     ("on-failure", "restart-failed", True, 10, None, True),
+    ("always", "save", False, 0, None, False),  # a saved VM waits for `start`
+    ("always", "restore-failed", True, 0, None, False),  # the same file would fail again
     ("on-failure", "guest-panic", True, 1, 2.0, False),
 ])
 def test_restart_policy(policy, reason, failure, restarts, delay, gave_up) -> None:

@@ -75,3 +75,17 @@ def test_a_newer_state_is_unknown_with_one_sentence(paths: InstancePaths) -> Non
     view = instance.read_state(paths)
     assert view == {"state": "unknown", "unreadable": "state.json unreadable (written by a newer qemuvm: schema 7, "
                                                       "this qemuvm reads up to 1)"}
+
+
+def test_saved_state_round_trip_and_refusals(paths: InstancePaths) -> None:
+    assert records.read_saved_state(paths) is None
+    saved = records.SavedState(saved_at=1.5, size=10, profile_sha256="ab",
+                               disks=[records.DiskPrint("/d.qcow2", 1, 2, 3)])
+    records.write_saved_state(paths, saved)
+    assert records.read_saved_state(paths) == saved
+    paths.saved_info.write_text(json.dumps({"schema": 5}))
+    with pytest.raises(UsageError, match="newer qemuvm"):
+        records.read_saved_state(paths)
+    paths.saved_info.write_text(json.dumps({"saved_at": 1}))
+    with pytest.raises(UsageError, match=r"incomplete .*--discard-saved"):
+        records.read_saved_state(paths)

@@ -1,0 +1,98 @@
+"""`qemuvm save NAME` (virsh managedsave): the whole VM state -- RAM and devices -- to saved.state, then QEMU
+exits and the instance reads `saved`; the next `start` continues it where it was (runtime/restore.py).
+
+QEMU 7.2 writes the state as a migration stream. It goes to an open file we pass over the monitor
+(`getfd` + `fd:`), not to `exec:cat > FILE`: no shell command. The stream lands under a temporary name and
+gets its real name only after QEMU has exited and saved.json records the disks it goes with, so a save that
+is interrupted or killed at any step never leaves a state file that looks good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+from qemuvm.control.client import Monitor, QmpSession
+from qemuvm.control.stop import wait_recorded
+from qemuvm.control.wait import await_record
+from qemuvm.errors import OperationError
+from qemuvm.runtime import instance, intent, records
+from qemuvm.runtime.paths import InstancePaths
+from qemuvm.runtime.restore import disk_print, profile_sha256
+
+UNTHROTTLED = 1 << 40  # bytes/s: QEMU's default migration bandwidth (128 MiB/s) would slow a save to a file
+
+
+def _image_files(blocks: list[dict[str, Any]]) -> list[str]:
+    """Every image file QEMU has open (each device's image and its backing chain), in order."""
+    found: list[str] = []
+    for block in blocks:
+        image = (block.get("inserted") or {}).get("image")
+        while image:
+            name = image.get("filename", "")
+            if name.startswith("/") and name not in found:
+                found.append(name)
+            image = image.get("backing-image")
+    return found
+
+
+async def _migrate_to(session: QmpSession, target: str, timeout: float) -> tuple[bool, list[str]]:
+    """Pause, stream the state into `target`; (was running, the image files). OperationError on failure."""
+    was_running = (await session.execute("query-status"))["status"] == "running"
+    files = _image_files(await session.execute("query-block"))
+    await session.execute("stop")  # as libvirt's managedsave: a paused guest dirties no memory while saved
+    try:
+        await session.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            await session.pass_fd("saved-state", fd)
+        finally:
+            os.close(fd)
+        await session.execute("migrate", {"uri": "fd:saved-state"})
+        deadline = time.monotonic() + timeout
+        while (info := await session.execute("query-migrate")).get("status") != "completed":
+            if info.get("status") in ("failed", "cancelled"):
+                raise OperationError(f"QEMU could not save the state: {info.get('error-desc', info['status'])}")
+            if time.monotonic() > deadline:
+                await session.execute("migrate_cancel")
+                raise OperationError(f"the save did not finish within {timeout:g} s")
+            await _sleep(0.02)
+    except BaseException:
+        if was_running:  # the guest goes on as if nothing happened
+            with contextlib.suppress(Exception):
+                await session.execute("cont")
+        raise
+    return was_running, files
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+def save(paths: InstancePaths, state: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+    """Save a running instance; returns what saved.json records. On failure the VM keeps running."""
+    temporary = paths.saved_state.with_name(".saved.state.tmp")
+    intent.request(paths, "save", state.get("qemu_pid"), state.get("qemu_start_time"), lifetime=timeout + 60)
+    monitor = Monitor(paths.qmp_socket, timeout=30.0)
+    try:
+        _, files = monitor.run(lambda session: _migrate_to(session, str(temporary), timeout))
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        intent.withdraw(paths)
+        raise
+    # Every byte is in the file and QEMU sits in postmigrate: end it; the supervisor records `saved`.
+    with contextlib.suppress(OperationError):  # quit closes the monitor as it answers
+        monitor.execute("quit")
+    await_record(paths, "the save", lambda s: s.get("state") == instance.SAVED, timeout=60)
+    wait_recorded(paths)  # and its supervisor has exited: a `start` right after finds nothing running
+    disks = [found for found in map(disk_print, files) if found is not None]  # after QEMU closed them
+    saved = records.SavedState(saved_at=time.time(), size=temporary.stat().st_size,
+                               profile_sha256=profile_sha256(paths.profile.read_text()), disks=disks)
+    records.write_saved_state(paths, saved)
+    os.replace(temporary, paths.saved_state)  # only now is it a saved state
+    return {"name": paths.name, "state": instance.SAVED, "file": str(paths.saved_state), "bytes": saved.size,
+            "disks": [d.path for d in disks]}

@@ -1,0 +1,89 @@
+"""`qemuvm save` and `start` of a saved instance (virsh managedsave): the guest continues where it was --
+its processes and tmpfs -- and a restore that would be wrong (a changed disk, a damaged state file) is refused
+with one sentence, the saved state kept."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import CI_SMOKE, alive, cli, guest_overrides
+
+from qemuvm import api
+from qemuvm.control import ssh as ssh_
+from qemuvm.runtime.paths import InstancePaths
+from qemuvm.testing import overrides_to_sets
+
+pytestmark = pytest.mark.integration
+
+
+def _up(name: str, guest: Any, **more: Any) -> dict[str, Any]:
+    return api.up(str(CI_SMOKE), name=name, overrides=overrides_to_sets({**guest_overrides(guest), **more}))
+
+
+def _in_guest(name: str, command: str) -> str:
+    done = ssh_.run(name, command, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_save_then_start_continues_the_guest(home: Path, test_guest: Any) -> None:
+    first = _up("keep", test_guest)
+    sleeper = _in_guest("keep", "sleep 100000 >/dev/null 2>&1 & echo $!").strip()
+    _in_guest("keep", "echo kept-in-ram > /tmp/marker")  # the test guest's / is its initramfs: RAM only
+    saved = api.save("keep")
+    paths = InstancePaths.for_name("keep")
+    assert saved["state"] == "saved" and saved["bytes"] == paths.saved_state.stat().st_size > 50 << 20
+    assert stat.S_IMODE(paths.saved_state.stat().st_mode) == 0o600
+    assert not alive(first["qemu_pid"])  # QEMU exited
+    listed = {row["name"]: row for row in api.ls()}["keep"]
+    assert listed["state"] == "saved" and listed["qemu_pid"] is None
+    assert api.status("keep")["saved_state"]["file"] == str(paths.saved_state)
+
+    restored = api.start("keep")
+    assert restored["state"] == "running" and restored["qemu_pid"] != first["qemu_pid"]
+    assert restored["ready"] is True  # ssh answered (the serial line of its boot was printed before the save)
+    assert _in_guest("keep", f"kill -0 {sleeper} && echo alive") == "alive\n"  # the same process, still there
+    assert _in_guest("keep", "cat /tmp/marker") == "kept-in-ram\n"
+    assert not paths.saved_state.exists() and not paths.saved_info.exists()  # loaded once, never again
+    status = api.status("keep")
+    assert status["clock_behind_s"] is not None and status["clock_behind_s"] >= 0 and "saved_state" not in status
+    assert api.down("keep")["state"] == "stopped"
+
+
+def test_a_changed_disk_or_profile_refuses_the_restore(home: Path, test_guest: Any) -> None:
+    disk = home / "data.qcow2"
+    shutil.copy(test_guest.data_disk, disk)
+    _up("moved", test_guest, **{"disks.0.file": str(disk), "disks.0.ephemeral": False})
+    api.save("moved")
+    paths = InstancePaths.for_name("moved")
+    os.utime(disk)  # written since the save, as far as anyone can tell
+    refused = cli("start", "moved")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"the disk {disk} was written or replaced since moved was saved" in refused.stderr
+    assert "--discard-saved" in refused.stderr and paths.saved_state.exists()
+    assert api.status("moved")["state"] == "saved"
+    fresh = cli("start", "moved", "--discard-saved", "--no-wait")
+    assert fresh.returncode == 0, fresh.stderr
+    assert not paths.saved_state.exists() and api.status("moved")["state"] == "running"
+    assert api.down("moved", force=True)["state"] == "stopped"
+
+
+def test_a_damaged_state_file_is_one_sentence_and_kept(home: Path, test_guest: Any) -> None:
+    _up("torn", test_guest)
+    api.save("torn")
+    paths = InstancePaths.for_name("torn")
+    size = paths.saved_state.stat().st_size
+    os.truncate(paths.saved_state, size // 3)  # a copy cut short, a disk error
+    failed = cli("start", "torn")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert f"while loading {paths.saved_state}; the saved state is kept" in failed.stderr
+    assert paths.saved_state.exists() and paths.saved_state.stat().st_size == size // 3
+    listed = {row["name"]: row for row in api.ls()}["torn"]
+    assert listed["state"] == "saved" and listed["qemu_pid"] is None and listed["supervised"] is False
+    assert api.start("torn", discard_saved=True, wait=False)["state"] == "running"
+    assert api.down("torn", force=True)["state"] == "stopped"
