@@ -76,15 +76,15 @@ async def _sleep(seconds: float) -> None:
 def save(paths: InstancePaths, state: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
     """Save a running instance; returns what saved.json records. On failure the VM keeps running."""
     temporary = paths.saved_state.with_name(".saved.state.tmp")
-    intent.request(paths, "save", state.get("qemu_pid"), state.get("qemu_start_time"), lifetime=timeout + 60)
     monitor = Monitor(paths.qmp_socket, timeout=30.0)
     try:
         _, files = monitor.run(lambda session: _migrate_to(session, str(temporary), timeout))
     except BaseException:
         temporary.unlink(missing_ok=True)
-        intent.withdraw(paths)
         raise
-    # Every byte is in the file and QEMU sits in postmigrate: end it; the supervisor records `saved`.
+    # Every byte is in the file and QEMU sits in postmigrate. Only now is its exit intended: QEMU dying
+    # during the stream above is a crash (the restart policy applies), never a save.
+    intent.request(paths, "save", state.get("qemu_pid"), state.get("qemu_start_time"), lifetime=120)
     with contextlib.suppress(OperationError):  # quit closes the monitor as it answers
         monitor.execute("quit")
     await_record(paths, "the save", lambda s: s.get("state") == instance.SAVED, timeout=60)

@@ -53,6 +53,8 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
             if instance.is_active(state):
                 pid = (state or {}).get("qemu_pid") or (state or {}).get("supervisor_pid")
                 raise OperationError(f"{profile.name} is already running (pid {pid})")
+            # A save interrupted before its state file got its name leaves only the temporary one: not a state.
+            paths.saved_state.with_name(".saved.state.tmp").unlink(missing_ok=True)
             if discard_saved:
                 for saved in (paths.saved_state, paths.saved_info):
                     saved.unlink(missing_ok=True)

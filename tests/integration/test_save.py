@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,36 @@ def test_a_damaged_state_file_is_one_sentence_and_kept(home: Path, test_guest: A
     assert listed["state"] == "saved" and listed["qemu_pid"] is None and listed["supervised"] is False
     assert api.start("torn", discard_saved=True, wait=False)["state"] == "running"
     assert api.down("torn", force=True)["state"] == "stopped"
+
+
+def test_qemu_killed_during_a_save_is_a_crash_never_a_saved_state(home: Path, test_guest: Any) -> None:
+    """Whenever QEMU dies during `save`, the result is either a complete save or a crash on record (the
+    policy's to restart) -- never `saved` with a state file missing or cut short."""
+    import threading
+
+    first = _up("cut", test_guest)
+    paths = InstancePaths.for_name("cut")
+    temporary = paths.root / ".saved.state.tmp"
+    outcome: dict[str, Any] = {}
+
+    def saving() -> None:
+        try:
+            outcome["saved"] = api.save("cut")
+        except Exception as exc:  # the sentence is checked below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=saving)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not temporary.exists() and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)  # the moment the stream begins: a race on purpose, each outcome is checked
+    os.kill(first["qemu_pid"], 9)
+    worker.join(120)
+    final = api.status("cut")
+    print("outcome:", sorted(outcome))
+    if "saved" in outcome:  # the save won the race
+        assert final["state"] == "saved" and paths.saved_state.stat().st_size == outcome["saved"]["bytes"]
+    else:
+        assert "Traceback" not in str(outcome["error"]) and "\n" not in str(outcome["error"]).strip()
+        assert final["state"] == "crashed" and final["last_exit"]["reason"] == "signal"
+        assert not paths.saved_state.exists() and not temporary.exists()
