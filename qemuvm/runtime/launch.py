@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from qemuvm.qemu.facts import HostFacts
 
 START_TIMEOUT = 60.0
+_SUPERVISORS: list[subprocess.Popen[bytes]] = []
 KEEPS_RUNNING = "interrupted while waiting; {name} keeps running (qemuvm down {name} stops it)"
 
 
@@ -115,11 +116,15 @@ def start_supervisor(paths: InstancePaths) -> subprocess.Popen[bytes]:
     """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(module_path()))
     with paths.supervisor_log.open("ab") as log:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", str(paths.root)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, cwd="/", env=env,
         )
+    # Kept for this process's life: the supervisor outlives us by design, and a Popen freed while its child
+    # runs executes __del__, where a Ctrl-C arriving at that moment is swallowed ("Exception ignored in").
+    _SUPERVISORS.append(proc)
+    return proc
 
 
 def _signal_name(number: int) -> str:

@@ -147,7 +147,7 @@ def test_a_restart_that_fails_is_retried(home: Path, test_guest: Any) -> None:
     os.kill(first["supervisor_pid"], signal.SIGCONT)
     failed = poll("the failed restart", lambda: (s := api.status("retry"))["last_exit"]
                   and s["last_exit"]["reason"] == "restart-failed" and s, 60)
-    assert failed["state"] == "starting" and failed["restarts"] == 1  # a next restart is scheduled
+    assert failed["state"] == "starting" and failed["restarts"] >= 1  # a next restart is scheduled
     (home / "vmlinuz.away").rename(kernel)
     restarted = poll("a restart that works", lambda: (s := api.status("retry"))["state"] == "running" and s, 60)
     assert restarted["restarts"] >= 2 and restarted["qemu_pid"] != first["qemu_pid"]
