@@ -18,6 +18,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import UsageError
@@ -54,21 +55,31 @@ class LaunchSpec:
     schema: int = LAUNCH_SPEC_SCHEMA
 
 
+def _read_versioned(path: Path, newest: int, whose: str, remedy: str) -> dict[str, Any] | None:
+    """A record's JSON object (None when there is none), refusing an unreadable one (`remedy` says what to do)
+    and one newer than this qemuvm reads; a record without `schema` reads as 1."""
+    data = read_json(path)
+    if data is None:
+        if path.exists():
+            raise UsageError(f"{path} is unreadable; {remedy}")
+        return None
+    schema = data.get("schema", 1)
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema > newest:
+        raise UsageError(f"{whose} a newer qemuvm ({path.name} schema {schema}; this qemuvm reads up to {newest}): "
+                         "use that qemuvm")
+    return data
+
+
 def write_launch_spec(paths: InstancePaths, spec: LaunchSpec) -> None:
     write_json_atomic(paths.supervisor_config, dataclasses.asdict(spec))
 
 
 def read_launch_spec(paths: InstancePaths) -> LaunchSpec | None:
     """The instance's LaunchSpec; None when there is none. A newer or malformed one: UsageError."""
-    data = read_json(paths.supervisor_config)
+    data = _read_versioned(paths.supervisor_config, LAUNCH_SPEC_SCHEMA, f"{paths.name} was started by",
+                           "`qemuvm up` of the profile writes it anew")
     if data is None:
-        if paths.supervisor_config.exists():
-            raise UsageError(f"{paths.supervisor_config} is unreadable; `qemuvm up` of the profile writes it anew")
         return None
-    schema = data.get("schema", 1)
-    if not isinstance(schema, int) or schema > LAUNCH_SPEC_SCHEMA:
-        raise UsageError(f"{paths.name} was started by a newer qemuvm ({paths.supervisor_config.name} schema "
-                         f"{schema}; this qemuvm reads up to {LAUNCH_SPEC_SCHEMA}): use that qemuvm")
     known = {f.name for f in dataclasses.fields(LaunchSpec)}
     values = {k: v for k, v in data.items() if k in known}
     try:
@@ -176,15 +187,10 @@ def write_saved_state(paths: InstancePaths, saved: SavedState) -> None:
 
 def read_saved_state(paths: InstancePaths) -> SavedState | None:
     """The instance's SavedState; None when there is none. Newer, unreadable or incomplete: UsageError."""
-    data = read_json(paths.saved_info)
+    data = _read_versioned(paths.saved_info, SAVED_STATE_SCHEMA, f"{paths.saved_info} was written by",
+                           f"`qemuvm start {paths.name} --discard-saved` boots afresh")
     if data is None:
-        if paths.saved_info.exists():
-            raise UsageError(f"{paths.saved_info} is unreadable; `qemuvm start {paths.name} --discard-saved` boots "
-                             "afresh")
         return None
-    if not isinstance(data.get("schema", 1), int) or data.get("schema", 1) > SAVED_STATE_SCHEMA:
-        raise UsageError(f"{paths.saved_info} was written by a newer qemuvm (schema {data.get('schema')}); use "
-                         "that qemuvm")
     try:
         disks = [DiskPrint(**disk) for disk in data.get("disks") or []]
         return SavedState(**{**data, "disks": disks, "schema": SAVED_STATE_SCHEMA})
