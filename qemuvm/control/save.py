@@ -77,17 +77,27 @@ def save(paths: InstancePaths, state: dict[str, Any], timeout: float = 600.0) ->
     """Save a running instance; returns what saved.json records. On failure the VM keeps running."""
     temporary = paths.saved_state.with_name(".saved.state.tmp")
     monitor = Monitor(paths.qmp_socket, timeout=30.0)
+    began = time.time()
     try:
         _, files = monitor.run(lambda session: _migrate_to(session, str(temporary), timeout))
     except BaseException:
         temporary.unlink(missing_ok=True)
+        if instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None:
+            # QEMU died under the save: its exit is on record before we say so (status never lags).
+            with contextlib.suppress(OperationError):
+                await_record(paths, "QEMU's exit", lambda s: (s.get("last_exit") or {}).get("time", 0) >= began)
         raise
     # Every byte is in the file and QEMU sits in postmigrate. Only now is its exit intended: QEMU dying
     # during the stream above is a crash (the restart policy applies), never a save.
     intent.request(paths, "save", state.get("qemu_pid"), state.get("qemu_start_time"), lifetime=120)
     with contextlib.suppress(OperationError):  # quit closes the monitor as it answers
         monitor.execute("quit")
-    await_record(paths, "the save", lambda s: s.get("state") == instance.SAVED, timeout=60)
+    ended = await_record(paths, "QEMU's exit", lambda s: (s.get("last_exit") or {}).get("time", 0) >= began,
+                         timeout=60)
+    if ended.get("state") != instance.SAVED:  # killed before the intent was on record: a crash, not a save
+        temporary.unlink(missing_ok=True)
+        reason = (ended.get("last_exit") or {}).get("reason")
+        raise OperationError(f"{paths.name}'s QEMU ended before the save was complete ({reason}); nothing was saved")
     wait_recorded(paths)  # and its supervisor has exited: a `start` right after finds nothing running
     disks = [found for found in map(disk_print, files) if found is not None]  # after QEMU closed them
     saved = records.SavedState(saved_at=time.time(), size=temporary.stat().st_size,

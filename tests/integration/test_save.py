@@ -16,6 +16,7 @@ from helpers import CI_SMOKE, alive, cli, guest_overrides
 
 from qemuvm import api
 from qemuvm.control import ssh as ssh_
+from qemuvm.errors import OperationError
 from qemuvm.runtime.paths import InstancePaths
 from qemuvm.testing import overrides_to_sets
 
@@ -121,3 +122,23 @@ def test_qemu_killed_during_a_save_is_a_crash_never_a_saved_state(home: Path, te
         assert "Traceback" not in str(outcome["error"]) and "\n" not in str(outcome["error"]).strip()
         assert final["state"] == "crashed" and final["last_exit"]["reason"] == "signal"
         assert not paths.saved_state.exists() and not temporary.exists()
+
+
+def test_qemu_killed_after_the_stream_before_the_intent(home: Path, test_guest: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The latest moment a crash can still come: the stream is complete but the exit is not yet intended.
+    `save` says nothing was saved, removes the stream, and status already shows the crash."""
+    from qemuvm.control import save as saving
+
+    first = _up("late", test_guest)
+
+    def killed_first(*_args: Any, **_kwargs: Any) -> None:
+        os.kill(first["qemu_pid"], 9)
+
+    monkeypatch.setattr(saving.intent, "request", killed_first)
+    with pytest.raises(OperationError, match=r"late's QEMU ended before the save was complete \(signal\); nothing"):
+        api.save("late")
+    paths = InstancePaths.for_name("late")
+    assert not paths.saved_state.exists() and not (paths.root / ".saved.state.tmp").exists()
+    final = api.status("late")
+    assert final["state"] == "crashed" and final["last_exit"]["reason"] == "signal"
