@@ -9,6 +9,7 @@ is interrupted or killed at any step never leaves a state file that looks good.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -38,8 +39,9 @@ def _image_files(blocks: list[dict[str, Any]]) -> list[str]:
     return found
 
 
-async def _migrate_to(session: QmpSession, target: str, timeout: float) -> tuple[bool, list[str]]:
-    """Pause, stream the state into `target`; (was running, the image files). OperationError on failure."""
+async def _migrate_to(session: QmpSession, target: str, timeout: float) -> list[str]:
+    """Pause, stream the state into `target`; the image files QEMU has open. OperationError on failure (the
+    guest then runs again if it ran)."""
     was_running = (await session.execute("query-status"))["status"] == "running"
     files = _image_files(await session.execute("query-block"))
     await session.execute("stop")  # as libvirt's managedsave: a paused guest dirties no memory while saved
@@ -58,19 +60,19 @@ async def _migrate_to(session: QmpSession, target: str, timeout: float) -> tuple
             if time.monotonic() > deadline:
                 await session.execute("migrate_cancel")
                 raise OperationError(f"the save did not finish within {timeout:g} s")
-            await _sleep(0.02)
+            await asyncio.sleep(0.02)
     except BaseException:
         if was_running:  # the guest goes on as if nothing happened
             with contextlib.suppress(Exception):
                 await session.execute("cont")
         raise
-    return was_running, files
+    return files
 
 
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+def _exit_recorded(paths: InstancePaths, since: float) -> dict[str, Any]:
+    """The state once the supervisor has recorded a QEMU exit that came after `since`."""
+    return await_record(paths, "QEMU's exit", lambda s: (s.get("last_exit") or {}).get("time", 0) >= since,
+                        timeout=60)
 
 
 def save(paths: InstancePaths, state: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
@@ -79,21 +81,20 @@ def save(paths: InstancePaths, state: dict[str, Any], timeout: float = 600.0) ->
     monitor = Monitor(paths.qmp_socket, timeout=30.0)
     began = time.time()
     try:
-        _, files = monitor.run(lambda session: _migrate_to(session, str(temporary), timeout))
+        files = monitor.run(lambda session: _migrate_to(session, str(temporary), timeout))
     except BaseException:
         temporary.unlink(missing_ok=True)
         if instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None:
             # QEMU died under the save: its exit is on record before we say so (status never lags).
             with contextlib.suppress(OperationError):
-                await_record(paths, "QEMU's exit", lambda s: (s.get("last_exit") or {}).get("time", 0) >= began)
+                _exit_recorded(paths, began)
         raise
     # Every byte is in the file and QEMU sits in postmigrate. Only now is its exit intended: QEMU dying
     # during the stream above is a crash (the restart policy applies), never a save.
     intent.request(paths, "save", state.get("qemu_pid"), state.get("qemu_start_time"), lifetime=120)
     with contextlib.suppress(OperationError):  # quit closes the monitor as it answers
         monitor.execute("quit")
-    ended = await_record(paths, "QEMU's exit", lambda s: (s.get("last_exit") or {}).get("time", 0) >= began,
-                         timeout=60)
+    ended = _exit_recorded(paths, began)
     if ended.get("state") != instance.SAVED:  # killed before the intent was on record: a crash, not a save
         temporary.unlink(missing_ok=True)
         reason = (ended.get("last_exit") or {}).get("reason")
