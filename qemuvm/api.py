@@ -11,15 +11,12 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.runtime import instance, launch, records
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
-
-if TYPE_CHECKING:
-    pass
 
 Progress = Callable[[str], None]
 
@@ -67,11 +64,14 @@ def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 
 
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
        wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
-       remove_on_down: bool = False, discard_saved: bool = False, progress: Progress = _silent) -> dict[str, Any]:
+       remove_on_down: bool = False, discard_saved: bool = False, warm: bool = False,
+       progress: Progress = _silent) -> dict[str, Any]:
     """Start a VM from a profile file (or restart a stopped instance by name) and return its status.
 
     wait None: wait for `ready` when the profile has one. timeout overrides ready.timeout.
     remove_on_down: `down` also removes the instance (its folder and ephemeral overlays), as `up --rm`.
+    warm: start a new instance as a clone of the profile's template (made by this call when there is none):
+    ready in a fraction of a boot (control/warm.py).
     """
     from qemuvm.control import wait as waiting
     from qemuvm.control.status import view
@@ -82,8 +82,17 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     host, notice = preflight.check_host(profile, paths)
     if notice:
         progress(notice)
-    serial_offset, restored = launch.start_instance(profile, paths, host, home=home, remove_on_down=remove_on_down,
-                                          discard_saved=discard_saved, progress=progress)
+    made_from = None
+    if warm:
+        from qemuvm.control.warm import start_warm
+
+        serial_offset, made_from = start_warm(profile, paths, host, home=home, remove_on_down=remove_on_down,
+                                              timeout=timeout, progress=progress, source=str(Path(source).resolve()))
+        restored = True
+    else:
+        serial_offset, restored = launch.start_instance(profile, paths, host, home=home,
+                                                        remove_on_down=remove_on_down, discard_saved=discard_saved,
+                                                        progress=progress)
     # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
     result = view(paths, instance.read_state(paths))
     try:
@@ -93,6 +102,8 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
         raise
     if ready_after is not None:
         result.update(ready_after_s=round(ready_after, 2), ready=True)
+    if made_from is not None:
+        result["template"] = made_from
     return result
 
 
@@ -111,6 +122,22 @@ def save(name: str, *, home: Path | None = None) -> dict[str, Any]:
 
     paths = instance_paths(name, home)
     return saving.save(paths, _running_qemu(paths))
+
+
+def templates(home: Path | None = None) -> list[dict[str, Any]]:
+    """The templates that `up --warm` clones (runtime/template.py), oldest first."""
+    from qemuvm.runtime import template
+    from qemuvm.runtime.paths import state_home
+
+    return template.list_templates(home or state_home())
+
+
+def template_rm(fingerprint: str, *, force: bool = False, home: Path | None = None) -> dict[str, Any]:
+    """Delete a template; refused while instances are clones of it, unless force."""
+    from qemuvm.runtime import template
+    from qemuvm.runtime.paths import state_home
+
+    return template.remove(home or state_home(), fingerprint, force=force)
 
 
 def edit(name: str, *, editor: str | None = None, home: Path | None = None) -> bool:

@@ -10,6 +10,9 @@
         a = qemuvm_vm("a.yaml")
         b = qemuvm_vm("b.yaml", set=["machine.cpus=2"])
 
+    def test_fast(qemuvm_vm):         # warm: the suite's first VM boots and saves a template, the rest clone it
+        guest = qemuvm_vm("a.yaml", warm=True)
+
 Overrides are profile fields as `--set` would take them: dotted keys (`**{"machine.memory": "1G"}`), or
 `__` for the dots (`machine__memory="1G"`), or a `set=[...]` list of `KEY=VALUE` strings. Every VM gets
 a unique instance name, waits for the profile's `ready` block, and is stopped (forced) and removed when
@@ -137,9 +140,12 @@ class VM:
 
 @contextlib.contextmanager
 def vm(profile: str | Path, *, name: str | None = None, set: Sequence[str] = (), wait: bool = True,
-       home: str | Path | None = None, **overrides: Any) -> Iterator[VM]:
+       home: str | Path | None = None, warm: bool = False, **overrides: Any) -> Iterator[VM]:
     """Start `profile` as a fresh instance, yield it, and always stop and remove it. `home`: the state
-    folder for it (default $QEMUVM_HOME, else ~/.local/state/qemuvm)."""
+    folder for it (default $QEMUVM_HOME, else ~/.local/state/qemuvm).
+
+    warm: a clone of the profile's template (`up --warm`): the first VM of a suite boots and saves it, every
+    later one restores it in a fraction of a boot, each on its own new disk overlays (pristine)."""
     from qemuvm import api
 
     sets = overrides_to_sets(overrides, set)
@@ -148,7 +154,7 @@ def vm(profile: str | Path, *, name: str | None = None, set: Sequence[str] = (),
     guest = VM(name, profile, where)
     failed = True
     try:
-        api.up(str(profile), overrides=sets, name=name, wait=None if wait else False, home=where)
+        api.up(str(profile), overrides=sets, name=name, wait=None if wait else False, home=where, warm=warm)
         yield guest
         failed = False
     finally:

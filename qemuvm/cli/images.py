@@ -1,4 +1,5 @@
-"""Commands: `image create|info|resize|convert` (qemu-img), `screenshot`, `snapshot save|load|list|delete`."""
+"""Commands: `image create|info|resize|convert` (qemu-img), `screenshot`, `snapshot save|load|list|delete`,
+`template ls|rm` (the saved VMs that `up --warm` clones)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from qemuvm.cli.output import JsonOption, NameArg, info, print_json, print_table
 image_app = typer.Typer(name="image", help="Create and inspect disk images (qemu-img).", no_args_is_help=True)
 snapshot_app = typer.Typer(name="snapshot", help="Internal snapshots of a running VM's qcow2 disks.",
                            no_args_is_help=True)
+template_app = typer.Typer(name="template", help="Saved, ready VMs that `up --warm` starts clones of.",
+                           no_args_is_help=True)
 app.add_typer(image_app)
 app.add_typer(snapshot_app)
+app.add_typer(template_app)
 
 FormatOption = typer.Option("qcow2", "--format", "-f", help="raw | qcow2")
 
@@ -158,3 +162,35 @@ def snapshot_list(
     rows = [[s["tag"], datetime.datetime.fromtimestamp(s["date"]).isoformat(sep=" ", timespec="seconds"),
              _human(s["vm_state_size"]), f"{s['vm_clock_ns'] / 1e9:.1f} s"] for s in snaps]
     print_table(["tag", "date", "vm state", "guest clock"], rows)
+
+
+@template_app.command("ls")
+def template_ls(json_: bool = JsonOption) -> None:
+    """List the templates: fingerprint, profile file, size, the cold boot they save, and their clones."""
+    import datetime
+
+    from qemuvm import api
+
+    found = api.templates()
+    if json_:
+        print_json(found)
+        return
+    rows = [[t["fingerprint"], t["source"] or "-", t["made_from"] or "(incomplete)",
+             datetime.datetime.fromtimestamp(t["created_at"]).isoformat(sep=" ", timespec="seconds")
+             if t["created_at"] else "-", _human(t["bytes"]),
+             f"{t['ready_after_s']:g} s" if t["ready_after_s"] is not None else "-", ", ".join(t["clones"]) or "-"]
+            for t in found]
+    print_table(["fingerprint", "profile", "made from", "created", "size", "cold boot", "clones"], rows)
+
+
+@template_app.command("rm")
+def template_rm(
+    fingerprint: str = typer.Argument(..., help="The template's fingerprint (see `qemuvm template ls`)."),
+    force: bool = typer.Option(False, "--force", help="Remove it even though instances are clones of it."),
+) -> None:
+    """Delete a template; refused while instances are its clones (their disks back onto it)."""
+    from qemuvm import api
+
+    done = api.template_rm(fingerprint, force=force)
+    info(f"removed template {fingerprint}" + (f" (its clones {', '.join(done['clones'])} no longer start)"
+                                              if done["clones"] else ""))

@@ -49,6 +49,9 @@ def _print_started(result: dict[str, Any]) -> None:
              f"accel {result['accel']})"]
     if result.get("ready"):
         lines.append(f"  ready after {result['ready_after_s']:g} s")
+    if result.get("template"):
+        made = "made by this run" if result["template"]["built"] else "restored"
+        lines.append(f"  clone of template {result['template']['fingerprint']} ({made})")
     for fwd in result["forwards"]:
         lines.append(f"  forward {_forward_text(fwd)}")
     if _vnc_text(result.get("vnc")):
@@ -68,13 +71,15 @@ def up(
     timeout: str = ReadyTimeoutOption,
     remove: bool = typer.Option(False, "--rm", help="Remove the instance (folder, ephemeral overlays) at `down`, "
                                 "like `docker run --rm`."),
+    warm: bool = typer.Option(False, "--warm", help="Start a new clone of the profile's template (a saved, ready "
+                              "VM), made by this run when there is none: see `qemuvm template ls`."),
     json_: bool = JsonOption,
 ) -> None:
     """Start a VM from a profile under its supervisor; wait until it runs (and is ready)."""
     from qemuvm import api
 
     result = api.up(profile, name=name, overrides=set_ or (), wait=wait, timeout=_seconds(timeout, "--timeout"),
-                    remove_on_down=remove, progress=info)
+                    remove_on_down=remove, warm=warm, progress=info)
     if json_:
         print_json(result)
     else:

@@ -44,6 +44,8 @@ def smoke(
     set_: list[str] = SetOption,
     timeout: float = typer.Option(None, "--timeout", help="Seconds for the whole run [default: smoke.timeout]."),
     json_: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    warm: bool = typer.Option(False, "--warm", help="Boot a clone of the profile's template (`up --warm`): the "
+                              "first run makes it, later runs of the same image skip the boot."),
 ) -> int:
     """Boot a throwaway instance, wait until ready, run the smoke checks, tear down.
 
@@ -53,7 +55,7 @@ def smoke(
     from qemuvm.workflow import smoke as smoke_
 
     result = smoke_.run(str(profile), sets=set_ or (), junit_file=junit, artifacts=artifacts, keep=keep,
-                        timeout=timeout, redact=redact)
+                        timeout=timeout, redact=redact, warm=warm)
     if json_:
         print_json(result.to_json())
     return result.exit_code

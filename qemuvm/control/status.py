@@ -8,7 +8,7 @@ from typing import Any
 
 from qemuvm import files
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import instance
+from qemuvm.runtime import instance, records
 from qemuvm.runtime.instance import PAUSED, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -29,6 +29,7 @@ def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
         "forwards": seen.get("forwards") or [],
         "vnc": seen.get("vnc"),
         "last_exit": seen.get("last_exit"),
+        "restored_at": seen.get("restored_at"),  # this run continues a saved state (or a template's)
         "clock_behind_s": seen.get("clock_behind_s"),  # restored from a saved state: the guest clock's lag
         "problem": seen.get("unreadable"),  # state.json could not be read: the state comes from the processes
         "dir": str(paths.root),
@@ -50,6 +51,10 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             result["state"] = PAUSED if paused_reset else instance.qmp_state(live)
         except OperationError:
             result["qmp_status"] = None  # busy or going away: state.json's word stands
+    with contextlib.suppress(UsageError):
+        spec = records.read_launch_spec(paths)
+        if spec is not None and spec.template:
+            result["template"] = spec.template  # a clone: its disks back onto that template
     if paths.saved_state.exists():
         result["saved_state"] = {"file": str(paths.saved_state), "bytes": paths.saved_state.stat().st_size}
     if result.get("vnc") and paths.vnc_password.exists():  # the owner may see it: the file is theirs, 0600

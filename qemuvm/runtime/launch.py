@@ -4,6 +4,7 @@ QEMU runs (or fails, with QEMU's own words); and adopt a QEMU whose supervisor d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qemuvm.errors import OperationError
+from qemuvm.errors import OperationError, UsageError
 from qemuvm.runtime import instance, intent, ports, records
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STOPPED
 from qemuvm.runtime.paths import InstancePaths
@@ -38,9 +39,11 @@ def module_path() -> list[str]:
 
 def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
                    remove_on_down: bool, progress: Callable[[str], None],
-                   discard_saved: bool = False) -> tuple[int, bool]:
+                   discard_saved: bool = False,
+                   template: tuple[Path, records.TemplateRecord] | None = None) -> tuple[int, bool]:
     """plan ports → compile → write the launch records → prepare → start the supervisor → wait until QEMU
-    runs; or, for a saved instance, restore its saved state with the launch records it was saved with.
+    runs; or, for a saved instance, restore its saved state with the launch records it was saved with; or,
+    given a template (folder, record), start a new clone of it: new overlays, the template's state restored.
     Returns where this boot's output starts in serial.log, and whether it restored a saved state. A first
     start that fails leaves nothing."""
     instance.check_home(paths.root.parent)
@@ -59,8 +62,11 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
             if discard_saved:
                 for saved in (paths.saved_state, paths.saved_info):
                     saved.unlink(missing_ok=True)
-            restoring = paths.saved_state.exists()
-            if restoring:
+            restoring = paths.saved_state.exists() or template is not None
+            if template is not None:
+                _plan_and_prepare(profile, paths, host, home, remove_on_down, state, clone_of=template)
+                progress(f"restoring {profile.name} from template {template[1].fingerprint} …")
+            elif restoring:
                 from qemuvm.runtime import restore
 
                 records.write_launch_spec(paths, restore.launch_spec(paths, profile, remove_on_down))
@@ -88,11 +94,14 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
 
 
 def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None,
-                      remove_on_down: bool, state: dict[str, Any] | None) -> None:
+                      remove_on_down: bool, state: dict[str, Any] | None,
+                      clone_of: tuple[Path, records.TemplateRecord] | None = None) -> None:
     """Ports (under one home-wide lock, recorded in supervisor.json before it is let go: a parallel `up` sees
-    them as reserved and never picks the same one), the argv, the launch records, then disks and seed."""
+    them as reserved and never picks the same one), the argv, the launch records, then disks and seed; for a
+    clone, its overlays on the template and a LaunchSpec that restores the template's state."""
     from qemuvm.qemu.compile import compile_argv
-    from qemuvm.runtime.prepare import prepare, write_launch_files
+    from qemuvm.runtime import restore, template
+    from qemuvm.runtime.prepare import prepare, prepare_clone, write_launch_files
 
     with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
         plan, forwards, vnc = ports.plan_ports(profile, ports.reserved_ports(home, profile.name))
@@ -102,8 +111,24 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
         first_boot = state is None or not state.get("started_at")
         argv = compile_argv(profile, paths, host, plan, first_boot=first_boot)
         paused_argv = compile_argv(profile, paths, host, plan, start_paused=True, first_boot=first_boot)
-        write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down)
-    prepare(profile, paths, host)
+        # A clone stays one for its life: its overlays back onto the template at every later start too.
+        linked = clone_of[1].fingerprint if clone_of else None
+        with contextlib.suppress(UsageError):
+            earlier = records.read_launch_spec(paths)
+            linked = linked or (earlier.template if earlier else None)
+        write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down, template=linked)
+        if clone_of is not None:
+            folder, record = clone_of
+            restore.check_memory(paths, profile, "start it without --warm")
+            spec = records.read_launch_spec(paths)
+            assert spec is not None
+            records.write_launch_spec(paths, dataclasses.replace(
+                spec, restore_from=str(folder / "saved.state"), restore_saved_at=record.saved_at,
+                restore_keep=True, template=record.fingerprint))
+    if clone_of is not None:
+        prepare_clone(profile, paths, clone_of[0], clone_of[1].disks, template.CLONED_FILES)
+    else:
+        prepare(profile, paths, host)
 
 
 def start_supervisor(paths: InstancePaths) -> subprocess.Popen[bytes]:

@@ -33,9 +33,10 @@ def profile_text(profile: Profile) -> str:
 
 
 def write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], paused_argv: list[str],
-                       forwards: list[dict[str, Any]], vnc: dict[str, Any] | None, remove_on_down: bool) -> None:
+                       forwards: list[dict[str, Any]], vnc: dict[str, Any] | None, remove_on_down: bool,
+                       template: str | None = None) -> None:
     """The start's records: profile.yaml (the resolved profile), argv.json and run.sh (QEMU without qemuvm),
-    and the LaunchSpec the supervisor runs from."""
+    and the LaunchSpec the supervisor runs from (`template`: the instance is a clone of it)."""
     instance.write_private_atomic(paths.profile, profile_text(profile))
     instance.write_json_atomic(paths.argv, argv)
     lines = " \\\n    ".join(shlex.quote(arg) for arg in argv)
@@ -46,7 +47,7 @@ def write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], 
         restart=records.Restart(profile.restart.policy, profile.restart.max_retries, profile.restart.backoff),
         shutdown_timeout=profile.shutdown.timeout, forwards=forwards, vnc=vnc,
         vnc_password_file=vnc_password_file(profile, paths), ssh={"user": profile.ssh.user, "port": profile.ssh.port},
-        remove_on_down=remove_on_down, serial_log_max=profile.serial.log_max))
+        remove_on_down=remove_on_down, serial_log_max=profile.serial.log_max, template=template))
 
 
 def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:
@@ -59,11 +60,35 @@ def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:
         cloudinit.write_seed(profile, paths)
     if profile.machine.firmware == "uefi":
         _prepare_uefi_vars(paths, host)
+    _vnc_password(profile, paths)
+
+
+def _vnc_password(profile: Profile, paths: InstancePaths) -> None:
     vnc = profile.display.vnc if profile.display else None
     if vnc is not None and vnc.needs_password and not vnc.password_file and not paths.vnc_password.exists():
         # One per instance, kept across its restarts; the supervisor applies it over QMP before `cont`.
         alphabet = string.ascii_letters + string.digits
         instance.write_private_atomic(paths.vnc_password, "".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
+
+
+def prepare_clone(profile: Profile, paths: InstancePaths, template: Path, disks: dict[str, str],
+                  cloned_files: tuple[str, ...]) -> None:
+    """A clone's files instead of `prepare`'s: a new overlay on each frozen disk of the template and a private
+    copy of the files its guest was booted with (seed, UEFI variables, key, known_hosts, boot log)."""
+    if profile.machine.hugepages:
+        memory.check_hugepages(profile.machine.memory)
+    for index, frozen in disks.items():
+        overlay = paths.overlay(int(index))
+        overlay.unlink(missing_ok=True)  # a clone's disks start from the template, never from an earlier run
+        _create_atomically(overlay, lambda tmp, base=template / frozen: img.create(
+            tmp, None, "qcow2", backing=base, backing_format="qcow2"))
+        os.chmod(overlay, 0o600)
+    for name in cloned_files:
+        source, target = template / name, paths.root / name
+        if source.is_file() and not (name == "serial.log" and target.exists()):
+            _create_atomically(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+            os.chmod(target, 0o600)
+    _vnc_password(profile, paths)
 
 
 def vnc_password_file(profile: Profile, paths: InstancePaths) -> str | None:

@@ -2,6 +2,7 @@
 
 - LaunchSpec (`supervisor.json`): what `up` decided for a start; written by `up`, read by the supervisor.
 - SavedState (`saved.json`): what a `save` needs at restore (written by `save`, read by `start`).
+- TemplateRecord (`template.json`): a template for warm clones (written once by `up --warm`, read by clones).
 - InstanceState (`state.json`): what the supervisor knows now; written by the supervisor only, read by every
   command through `instance.read_state` (which adds the processes the folder proves).
 
@@ -52,6 +53,8 @@ class LaunchSpec:
     serial_log_max: int = 16 << 20  # serial.log is rotated past this (bytes)
     restore_from: str | None = None  # a saved state (saved.state) to load before `cont`; argv has -incoming defer
     restore_saved_at: float | None = None  # when that state was saved (the restored guest's clock is behind by)
+    restore_keep: bool = False  # a template's state (a clone's start): loaded, never deleted
+    template: str | None = None  # this instance is a clone of that template (its disks back onto it)
     schema: int = LAUNCH_SPEC_SCHEMA
 
 
@@ -197,3 +200,40 @@ def read_saved_state(paths: InstancePaths) -> SavedState | None:
     except TypeError as exc:
         raise UsageError(f"{paths.saved_info} is incomplete ({exc}); `qemuvm start {paths.name} --discard-saved` "
                          "boots afresh") from None
+
+
+TEMPLATE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    """template.json: a saved, ready VM that clones start from (runtime/template.py), written last."""
+
+    fingerprint: str  # of the compiled devices, the profile without its name and the files it started from
+    profile_name: str  # the instance it was made from (for `template ls`)
+    created_at: float
+    saved_at: float  # when its state was saved: a clone's guest clock starts that far behind
+    state_size: int  # bytes of saved.state
+    macs: list[str] = field(default_factory=list)  # each NIC's MAC in the saved guest: every clone keeps it
+    disks: dict[str, str] = field(default_factory=dict)  # disk index -> its frozen image in the template folder
+    inputs: list[DiskPrint] = field(default_factory=list)  # the files it started from, as they were
+    ready_after_s: float | None = None  # how long the cold boot to ready took
+    source: str | None = None  # the profile file it was made from
+    schema: int = TEMPLATE_SCHEMA
+
+
+def write_template(path: Path, record: TemplateRecord) -> None:
+    write_json_atomic(path, dataclasses.asdict(record))
+
+
+def read_template(path: Path) -> TemplateRecord | None:
+    """A template's record; None when there is none. Newer, unreadable or incomplete: UsageError."""
+    remedy = f"`qemuvm template rm {path.parent.name}` removes it"
+    data = _read_versioned(path, TEMPLATE_SCHEMA, f"{path} was written by", remedy)
+    if data is None:
+        return None
+    try:
+        inputs = [DiskPrint(**item) for item in data.get("inputs") or []]
+        return TemplateRecord(**{**data, "inputs": inputs, "schema": TEMPLATE_SCHEMA})
+    except TypeError as exc:
+        raise UsageError(f"{path} is incomplete ({exc}); {remedy}") from None

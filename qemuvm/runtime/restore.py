@@ -35,8 +35,6 @@ def profile_sha256(text: str) -> str:
 
 def launch_spec(paths: InstancePaths, profile: Profile, remove_on_down: bool) -> records.LaunchSpec:
     """The LaunchSpec that restores `paths.saved_state`; UsageError when the state no longer fits."""
-    import psutil
-
     from qemuvm.runtime.prepare import profile_text
 
     how_to_boot = f"`qemuvm start {paths.name} --discard-saved` boots afresh (the saved state is kept until then)"
@@ -54,9 +52,17 @@ def launch_spec(paths: InstancePaths, profile: Profile, remove_on_down: bool) ->
             what = "is gone" if now is None else "was written or replaced"
             raise UsageError(f"the disk {disk.path} {what} since {paths.name} was saved; restoring would corrupt "
                              f"it; {how_to_boot}")
+    check_memory(paths, profile, how_to_boot)
+    return dataclasses.replace(spec, restore_from=str(paths.saved_state), restore_saved_at=saved.saved_at,
+                               remove_on_down=remove_on_down or spec.remove_on_down)
+
+
+def check_memory(paths: InstancePaths, profile: Profile, remedy: str) -> None:
+    """A restore allocates all of the guest's memory at once: refuse it before QEMU starts when the host
+    has less available (UsageError naming `remedy`)."""
+    import psutil
+
     free_mib = psutil.virtual_memory().available >> 20
     if profile.machine.memory > free_mib:
         raise UsageError(f"restoring {paths.name} needs {profile.machine.memory} MiB of memory and this host has "
-                         f"{free_mib} MiB available; free some, or {how_to_boot}")
-    return dataclasses.replace(spec, restore_from=str(paths.saved_state), restore_saved_at=saved.saved_at,
-                               remove_on_down=remove_on_down or spec.remove_on_down)
+                         f"{free_mib} MiB available; free some, or {remedy}")

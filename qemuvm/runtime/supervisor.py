@@ -260,7 +260,8 @@ class Supervisor:
     async def restore(self, state_file: Path) -> None:
         """Load a saved state into this QEMU (-incoming defer): the stream comes from an fd we pass, so no
         shell command is involved. The file goes once it is loaded: the guest's disks move on from here, and
-        loading the same state again later would roll RAM back under them."""
+        loading the same state again later would roll RAM back under them. A template's state stays: a clone's
+        disks are new overlays on the template's frozen ones, which never move on."""
         assert self.qmp is not None
         self.restoring = True
         fd = os.open(state_file, os.O_RDONLY | os.O_CLOEXEC)
@@ -274,7 +275,7 @@ class Supervisor:
             if info.get("status") == "failed":
                 raise RuntimeError(f"loading {state_file} failed: {info.get('error-desc', 'see qemu.log')}")
             await asyncio.sleep(0.01)
-        for loaded in (state_file, self.paths.saved_info):
+        for loaded in () if self.spec.restore_keep else (state_file, self.paths.saved_info):
             with contextlib.suppress(FileNotFoundError):
                 loaded.unlink()
         now = time.time()

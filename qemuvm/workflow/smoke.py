@@ -210,8 +210,12 @@ class _Clock:
 def run(profile_file: str, *, sets: list[str] | tuple[str, ...] = (), junit_file: str | Path | None = None,
         artifacts: str | Path | None = None, keep: bool = False, timeout: float | None = None,
         progress: Progress | None = None, token: str | None = None, redact: bool = False,
-        home: str | Path | None = None) -> SmokeResult:
-    """Smoke-test `profile_file`. An invalid profile raises ProfileError (exit 2) before anything starts."""
+        home: str | Path | None = None, warm: bool = False) -> SmokeResult:
+    """Smoke-test `profile_file`. An invalid profile raises ProfileError (exit 2) before anything starts.
+
+    warm: boot a clone of the profile's template (`up --warm`): the first run makes it, later runs of the same
+    image start in a fraction of a boot. Its serial log begins with the template's boot, so serial checks see it.
+    """
     from qemuvm.profile.validate import load_and_validate
 
     progress = progress or Progress()
@@ -221,7 +225,7 @@ def run(profile_file: str, *, sets: list[str] | tuple[str, ...] = (), junit_file
     clock = _Clock(timeout if timeout is not None else profile.smoke.timeout)
     scratch = Path(tempfile.mkdtemp(prefix="qvsmoke", dir="/tmp"))
     runner = _Runner(profile, name, clock, progress, result, redact=redact,
-                     home=Path(home) if home is not None else None)
+                     home=Path(home) if home is not None else None, warm=warm)
     progress.line(f"smoke {profile_file}: instance {name}, timeout {clock.total:g}s")
     try:
         runner.boot(profile_file, [*sets, *isolation_overrides(profile, scratch)])
@@ -260,9 +264,9 @@ class _Runner:
     """The steps of one run, against the lifecycle API."""
 
     def __init__(self, profile: Profile, name: str, clock: _Clock, progress: Progress, result: SmokeResult,
-                 redact: bool = False, home: Path | None = None):
+                 redact: bool = False, home: Path | None = None, warm: bool = False):
         self.profile, self.name, self.clock, self.progress, self.result = profile, name, clock, progress, result
-        self.redact, self.home = redact, home
+        self.redact, self.home, self.warm = redact, home, warm
         self.paths = InstancePaths.for_name(name, home)
         self.started = False
         self.current = "boot"
@@ -281,7 +285,8 @@ class _Runner:
         with self.progress.step(f"boot: starting {self.name}"):
             try:
                 self.started = True  # even a failed up may leave an instance folder to collect and remove
-                api.up(profile_file, overrides=sets, name=self.name, wait=False, home=self.home)
+                api.up(profile_file, overrides=sets, name=self.name, wait=False, home=self.home, warm=self.warm,
+                       timeout=self.clock.left())
             except Exception as exc:  # any failure to start is this step's failure
                 self.result.usage_error = isinstance(exc, UsageError)
                 self._record(Case("boot", "failed", time.monotonic() - start, _one_line(exc), self._serial_tail()))

@@ -1,0 +1,80 @@
+"""Templates for `up --warm`, as pure decisions: what cannot be started warm (naming the field), and what the
+fingerprint covers -- every change that makes a restore wrong gives a new one, the instance name does not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from qemuvm.profile.validate import load_and_validate
+from qemuvm.qemu.facts import HostFacts
+from qemuvm.runtime import records, template
+
+
+@pytest.fixture
+def profile_file(tmp_path: Path) -> Path:
+    for name in ("vmlinuz", "initrd", "base.qcow2"):
+        (tmp_path / name).write_bytes(name.encode())
+    path = tmp_path / "vm.yaml"
+    path.write_text("name: vm\nmachine: {accel: tcg, memory: 256M}\n"
+                    "boot: {kernel: vmlinuz, initrd: initrd, cmdline: console=ttyS0}\n"
+                    "disks: [{file: base.qcow2, format: qcow2, ephemeral: true}]\n"
+                    "ready: {serial: READY}\n")
+    return path
+
+
+def _fingerprint(path: Path, *sets: str, name: str | None = None) -> str:
+    return template.fingerprint(load_and_validate(str(path), list(sets), name=name), HostFacts())[0]
+
+
+@pytest.mark.parametrize(("sets", "field"), [
+    ([], None),
+    (["ready=null"], "ready:"),
+    (["shares=[{source: /srv, tag: srv}]"], "shares:"),
+    (["disks.0.ephemeral=false"], "disks[0]:"),
+    (["disks.0.ephemeral=false", "disks.0.readonly=true"], None),  # read-only: shared as it is
+    (["network=[{mode: bridge}]"], "network[0].mode bridge:"),
+    (["qemu.extra_args=[-device, vhost-user-fs-pci]"], "qemu.extra_args: a vhost-user"),
+    (["qemu.extra_args=[-device, 'usb-host,vendorid=1']"], "qemu.extra_args: a host device"),
+])
+def test_warm_problem_names_the_field(profile_file: Path, sets: list[str], field: str | None) -> None:
+    problem = template.warm_problem(load_and_validate(str(profile_file), sets))
+    assert (problem is None) if field is None else problem.startswith(field)
+
+
+def test_the_fingerprint_follows_the_machine_not_the_name(profile_file: Path) -> None:
+    key = _fingerprint(profile_file)
+    assert len(key) == 20 and key == _fingerprint(profile_file)
+    assert _fingerprint(profile_file, name="other-name") == key  # clones of one profile share a template
+    assert _fingerprint(profile_file, "machine.memory=512M") != key  # another device configuration
+    assert _fingerprint(profile_file, "boot.cmdline=console=ttyS0 quiet") != key  # another profile
+    base = profile_file.parent / "base.qcow2"
+    os.utime(base, ns=(1, 1))  # the base image written or replaced since
+    assert _fingerprint(profile_file) != key
+
+
+def test_the_fingerprint_follows_how_this_host_runs_it(profile_file: Path) -> None:
+    profile = load_and_validate(str(profile_file), ["machine.accel=auto"])
+    with_kvm = template.fingerprint(profile, HostFacts(kvm_usable=True))[0]
+    assert template.fingerprint(profile, HostFacts(kvm_usable=False))[0] != with_kvm
+
+
+def test_template_record_round_trip_and_refusals(tmp_path: Path) -> None:
+    from qemuvm.errors import UsageError
+
+    path = tmp_path / "abc" / "template.json"
+    path.parent.mkdir()
+    assert records.read_template(path) is None
+    record = records.TemplateRecord(fingerprint="abc", profile_name="vm", created_at=1.0, saved_at=0.5,
+                                    state_size=3, macs=["52:54:00:00:00:01"], disks={"0": "disk0.qcow2"},
+                                    inputs=[records.DiskPrint("/b", 1, 2, 3)], source="/p.yaml")
+    records.write_template(path, record)
+    assert records.read_template(path) == record
+    path.write_text('{"schema": 9}')
+    with pytest.raises(UsageError, match="newer qemuvm"):
+        records.read_template(path)
+    path.write_text('{"fingerprint": "abc"}')
+    with pytest.raises(UsageError, match=r"incomplete .*template rm abc"):
+        records.read_template(path)
