@@ -170,8 +170,15 @@ def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:
         how = "QEMU ended"
     log = instance.tail(paths.qemu_log, 12)
     if last.get("reason") == "restore-failed":
-        how += (f" while loading {paths.saved_state}; the saved state is kept: fix the cause below, or "
-                f"`qemuvm start {paths.name} --discard-saved` boots afresh")
+        spec = None
+        with contextlib.suppress(UsageError):
+            spec = records.read_launch_spec(paths)
+        if spec is not None and spec.template:
+            how += (f" while loading the state of template {spec.template} ({spec.restore_from}); `qemuvm "
+                    f"template rm {spec.template}` removes it, and the next --warm run makes a new one")
+        else:
+            how += (f" while loading {paths.saved_state}; the saved state is kept: fix the cause below, or "
+                    f"`qemuvm start {paths.name} --discard-saved` boots afresh")
     return f"{paths.name} failed to start: {how}" + (f"; last lines of {paths.qemu_log}:\n{log}" if log else "")
 
 

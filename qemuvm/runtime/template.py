@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 TEMPLATES = ".templates"  # hidden: never taken for an instance folder
 _PLACEHOLDER = "template"
 _PASSTHROUGH = ("vfio", "usb-host", "pci-assign")  # host devices: their state is in the hardware
+_HOST_SIDE = {"description": True, "restart": True, "shutdown": True, "smoke": True, "ready": {"timeout"}}
 # Files a clone gets a copy of; serial.log so that a clone's console history starts with its boot.
 CLONED_FILES = ("seed.iso", "OVMF_VARS.fd", "id_ed25519", "id_ed25519.pub", "known_hosts", "serial.log")
 
@@ -81,7 +82,9 @@ def fingerprint(profile: Profile, host: HostFacts) -> tuple[str, list[records.Di
     argv = compile_argv(placeholder, InstancePaths(Path("/qemuvm") / _PLACEHOLDER), host)
     files = _input_files(profile, host)
     inputs = [found for found in map(disk_print, files) if found is not None]
-    blob = json.dumps({"argv": argv, "profile": placeholder.model_dump(mode="json"), "files": files,
+    # What only the host side uses (how long to wait, when to restart, the smoke checks) is not the machine.
+    machine = placeholder.model_dump(mode="json", exclude=_HOST_SIDE)
+    blob = json.dumps({"argv": argv, "profile": machine, "files": files,
                        "prints": [dataclasses.asdict(p) for p in inputs]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20], inputs
 
@@ -94,14 +97,22 @@ def build_lock(home_dir: Path, key: str, timeout: float):  # -> context manager
 
 
 def find(home_dir: Path, key: str) -> tuple[Path, records.TemplateRecord] | None:
-    """The complete template with this fingerprint (folder, record), or None."""
+    """The complete template with this fingerprint (folder, record), or None. Call it under build_lock: a
+    build that died (its `up` killed) left a temporary folder, removed here."""
     folder = templates_dir(home_dir) / key
+    for stale in folder.parent.glob(f".build-{key}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     record = records.read_template(folder / "template.json")
     if record is None or record.fingerprint != key:
         return None
+    remedy = f"`qemuvm template rm {key}` removes it, and the next --warm run makes a new one"
     missing = [name for name in ("saved.state", *record.disks.values()) if not (folder / name).is_file()]
     if missing:
-        raise UsageError(f"template {key} lacks {', '.join(missing)}; `qemuvm template rm {key}` removes it")
+        raise UsageError(f"template {key} lacks {', '.join(missing)}; {remedy}")
+    size = (folder / "saved.state").stat().st_size
+    if size != record.state_size:
+        raise UsageError(f"template {key} is damaged: its saved.state has {size} bytes, {record.state_size} were "
+                         f"saved; {remedy}")
     return folder, record
 
 

@@ -143,3 +143,21 @@ def test_smoke_warm_runs_pass_from_one_template(home: Path, test_guest: Any) -> 
         assert done.returncode == 0, (run, done.stderr)
         assert {case["status"] for case in json.loads(done.stdout)["cases"]} == {"passed"}
     assert len(api.templates()) == 1 and api.ls() == []
+
+
+def test_a_damaged_template_is_one_sentence_and_no_clone_is_left(home: Path, test_guest: Any) -> None:
+    made = _up_warm("dmg-a", test_guest)["template"]
+    api.down("dmg-a", force=True)
+    state = Path(made["folder"]) / "saved.state"
+    state.chmod(0o600)
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2])  # truncated: caught by its recorded size, before QEMU starts
+    done = cli("up", str(CI_SMOKE), "--warm", "--name", "dmg-b", *guest_sets(test_guest))
+    assert done.returncode == 2 and f"template {made['fingerprint']} is damaged" in done.stderr
+    assert f"qemuvm template rm {made['fingerprint']}" in done.stderr and not (home / "dmg-b").exists()
+    state.write_bytes(data[:4096] + bytes(len(data) - 4096))  # the right size, nonsense after the header
+    done = cli("up", str(CI_SMOKE), "--warm", "--name", "dmg-c", *guest_sets(test_guest))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"while loading the state of template {made['fingerprint']}" in done.stderr
+    assert not (home / "dmg-c").exists()
+    assert cli("template", "rm", made["fingerprint"], "--force").returncode == 0

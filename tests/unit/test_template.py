@@ -48,6 +48,8 @@ def test_the_fingerprint_follows_the_machine_not_the_name(profile_file: Path) ->
     key = _fingerprint(profile_file)
     assert len(key) == 20 and key == _fingerprint(profile_file)
     assert _fingerprint(profile_file, name="other-name") == key  # clones of one profile share a template
+    assert _fingerprint(profile_file, "ready.timeout=600", "restart.policy=always", "shutdown.timeout=5") == key
+    assert _fingerprint(profile_file, "ready.serial=OTHER") != key  # saved at another moment
     assert _fingerprint(profile_file, "machine.memory=512M") != key  # another device configuration
     assert _fingerprint(profile_file, "boot.cmdline=console=ttyS0 quiet") != key  # another profile
     base = profile_file.parent / "base.qcow2"
