@@ -77,22 +77,25 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     from qemuvm.control.status import view
     from qemuvm.runtime import preflight
 
-    profile = preflight.load_profile(source, overrides, name, home)
-    paths = InstancePaths.for_name(profile.name, home)
-    host, notice = preflight.check_host(profile, paths)
-    if notice:
-        progress(notice)
-    made_from = None
-    if warm:
-        from qemuvm.control.warm import start_warm
+    with launch.Prestart() as prestart:  # its imports run while this process validates and compiles
+        profile = preflight.load_profile(source, overrides, name, home)
+        paths = InstancePaths.for_name(profile.name, home)
+        host, notice = preflight.check_host(profile, paths)
+        if notice:
+            progress(notice)
+        made_from = None
+        if warm:
+            from qemuvm.control.warm import start_warm
 
-        serial_offset, made_from = start_warm(profile, paths, host, home=home, remove_on_down=remove_on_down,
-                                              timeout=timeout, progress=progress, source=str(Path(source).resolve()))
-        restored = True
-    else:
-        serial_offset, restored = launch.start_instance(profile, paths, host, home=home,
-                                                        remove_on_down=remove_on_down, discard_saved=discard_saved,
-                                                        progress=progress)
+            serial_offset, made_from = start_warm(profile, paths, host, home=home, remove_on_down=remove_on_down,
+                                                  timeout=timeout, progress=progress,
+                                                  source=str(Path(source).resolve()), prestart=prestart)
+            restored = True
+        else:
+            serial_offset, restored = launch.start_instance(profile, paths, host, home=home,
+                                                            remove_on_down=remove_on_down,
+                                                            discard_saved=discard_saved, progress=progress,
+                                                            prestart=prestart)
     # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
     result = view(paths, instance.read_state(paths))
     try:

@@ -27,7 +27,7 @@ BUILD_MARGIN = 300.0  # seconds beyond the ready timeout that a parallel run wai
 
 def start_warm(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
                remove_on_down: bool, timeout: float | None, progress: Callable[[str], None],
-               source: str | None = None) -> tuple[int, dict[str, Any]]:
+               source: str | None = None, prestart: launch.Prestart | None = None) -> tuple[int, dict[str, Any]]:
     """Start `paths` as a clone; returns its serial offset and what `up` reports about the template."""
     problem = template.warm_problem(profile)
     if problem:
@@ -43,25 +43,25 @@ def start_warm(profile: Profile, paths: InstancePaths, host: HostFacts, *, home:
         built = found is None
         if found is None:
             progress(f"no template of {profile.name} yet: booting it once to ready, then saving template {key} …")
-            found = _build(profile, paths, host, home, key, (inputs, source), ready_timeout, progress)
+            found = _build(profile, paths, host, home, key, (inputs, source), ready_timeout, progress, prestart)
         folder, record = found
         serial_offset, _ = launch.start_instance(
             template.clone_profile(profile, record), paths, host, home=home, remove_on_down=remove_on_down,
-            progress=progress, template=found)
+            progress=progress, template=found, prestart=prestart)
     return serial_offset, {"fingerprint": key, "folder": str(folder), "built": built,
                            "cold_ready_after_s": record.ready_after_s}
 
 
 def _build(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None, key: str,
-           made_from: tuple[list[Any], str | None], ready_timeout: float,
-           progress: Callable[[str], None]) -> tuple[Path, Any]:
+           made_from: tuple[list[Any], str | None], ready_timeout: float, progress: Callable[[str], None],
+           prestart: launch.Prestart | None) -> tuple[Path, Any]:
     """Boot `paths` cold to ready, save it and freeze it into template `key`. Any failure removes the
     instance and the half-made template: nothing is left but the error."""
     from qemuvm.control import save, stop
     from qemuvm.control.wait import wait_ready
 
     serial_offset, _ = launch.start_instance(profile, paths, host, home=home, remove_on_down=False,
-                                             progress=progress)
+                                             progress=progress, prestart=prestart)
     try:
         ready_after = wait_ready(paths, profile, True, ready_timeout, serial_offset, progress)
         progress(f"{profile.name} was ready after {ready_after or 0:.1f} s: saving it as template {key} …")

@@ -117,6 +117,18 @@ def _naming(pid: int | None, *needles: str) -> psutil.Process | None:
         return None
 
 
+def _holding_supervisor_lock(paths: InstancePaths) -> psutil.Process | None:
+    """The supervisor whose pid supervisor.lock holds, proven by its command line and by holding that file
+    open (a prestarted supervisor's command line does not name its instance)."""
+    proc = _naming(_pid_in(paths.supervisor_lock), "qemuvm.runtime.supervisor")
+    try:
+        if proc is None or str(paths.root) in proc.cmdline():
+            return proc
+        return proc if any(f.path == str(paths.supervisor_lock) for f in proc.open_files()) else None
+    except psutil.Error:
+        return None
+
+
 def scan_for_qemu(paths: InstancePaths) -> psutil.Process | None:
     """A QEMU whose command line names this instance's pidfile, found by scanning every process: for the
     moment between exec and QEMU writing that pidfile (a supervisor killed right after starting it)."""
@@ -137,7 +149,7 @@ def _with_found_processes(paths: InstancePaths, data: dict[str, Any] | None) -> 
                 state = {**(state or {"state": UNKNOWN}), "qemu_pid": qemu.pid, "qemu_start_time": qemu.create_time(),
                          "qemu_cmdline": qemu.cmdline(), "found_by": "qemu.pid"}
     if live_supervisor(state) is None:
-        supervisor = _naming(_pid_in(paths.supervisor_lock), "qemuvm.runtime.supervisor", str(paths.root))
+        supervisor = _holding_supervisor_lock(paths)
         if supervisor is not None:
             with contextlib.suppress(psutil.Error):
                 # A supervisor that has not written its first record yet: whatever the old record says, the

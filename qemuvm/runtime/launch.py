@@ -39,8 +39,8 @@ def module_path() -> list[str]:
 
 def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
                    remove_on_down: bool, progress: Callable[[str], None],
-                   discard_saved: bool = False,
-                   template: tuple[Path, records.TemplateRecord] | None = None) -> tuple[int, bool]:
+                   discard_saved: bool = False, template: tuple[Path, records.TemplateRecord] | None = None,
+                   prestart: Prestart | None = None) -> tuple[int, bool]:
     """plan ports → compile → write the launch records → prepare → start the supervisor → wait until QEMU
     runs; or, for a saved instance, restore its saved state with the launch records it was saved with; or,
     given a template (folder, record), start a new clone of it: new overlays, the template's state restored.
@@ -77,7 +77,7 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
             intent.clear(paths)
             serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
             progress(f"starting {profile.name} …")
-            wait_until_up(paths, start_supervisor(paths))
+            wait_until_up(paths, start_supervisor(paths, prestart))
             return serial_offset, restoring
     except BaseException as exc:
         active = instance.is_active(instance.read_state(paths))
@@ -131,8 +131,8 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
         prepare(profile, paths, host)
 
 
-def start_supervisor(paths: InstancePaths) -> subprocess.Popen[bytes]:
-    """`python -S -m qemuvm.runtime.supervisor DIR`, detached: its own session, stdio to supervisor.log.
+def _supervisor_process(args: list[str], **stdio: Any) -> subprocess.Popen[bytes]:
+    """`python -S -m qemuvm.runtime.supervisor ARGS`, detached: its own session.
 
     `-S` skips site initialisation (every .pth hook of every installed package): the supervisor gets this
     process's module path instead, which finds the same libraries, starts sooner and stays smaller. That path
@@ -140,16 +140,58 @@ def start_supervisor(paths: InstancePaths) -> subprocess.Popen[bytes]:
     finder a .pth file registers), so the folder that holds this very qemuvm package goes first.
     """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(module_path()))
-    with paths.supervisor_log.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", str(paths.root)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, cwd="/", env=env,
-        )
+    proc = subprocess.Popen([sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", *args], **stdio,
+                            start_new_session=True, close_fds=True, cwd="/", env=env)
     # Kept for this process's life: the supervisor outlives us by design, and a Popen freed while its child
     # runs executes __del__, where a Ctrl-C arriving at that moment is swallowed ("Exception ignored in").
     _SUPERVISORS.append(proc)
     return proc
+
+
+class Prestart:
+    """A supervisor started before `up` knows its instance, so that its imports (asyncio, qemu.qmp, psutil:
+    most of a supervisor's start) overlap with up's own validation, compile and prepare. `take` hands it the
+    instance folder over its stdin; unused, it gets EOF and exits without touching anything."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = _supervisor_process(
+            ["--instance-from-stdin"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def take(self, paths: InstancePaths) -> subprocess.Popen[bytes] | None:
+        """The prestarted supervisor, now supervising `paths`; None when it is used up or gone."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.stdin is None or proc.poll() is not None:
+            return None
+        try:
+            proc.stdin.write(f"{paths.root}\n".encode())
+            proc.stdin.close()
+        except OSError:  # it died meanwhile: a normal start instead
+            return None
+        return proc
+
+    def close(self) -> None:
+        """Unused: EOF ends it (once its imports are done) and it is reaped."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+    def __enter__(self) -> Prestart:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def start_supervisor(paths: InstancePaths, prestart: Prestart | None = None) -> subprocess.Popen[bytes]:
+    """The instance's supervisor, detached, stdio to supervisor.log: the prestarted one when there is one."""
+    proc = prestart.take(paths) if prestart is not None else None
+    if proc is not None:
+        return proc
+    with paths.supervisor_log.open("ab") as log:
+        return _supervisor_process([str(paths.root)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _signal_name(number: int) -> str:

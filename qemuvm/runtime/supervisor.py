@@ -422,10 +422,28 @@ class Supervisor:
         return 0
 
 
+def _instance_from_stdin() -> str | None:
+    """Prestarted by `up` (launch.Prestart), imports done: the instance folder arrives as one line on stdin,
+    and from then on stdout and stderr go to its supervisor.log. EOF: up needed no supervisor after all."""
+    root = sys.stdin.readline().strip()
+    if not root:
+        return None
+    log_fd = os.open(Path(root) / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    for target in (1, 2):
+        os.dup2(log_fd, target)
+    os.close(log_fd)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--instance-from-stdin"]:
+        root = _instance_from_stdin()
+        if root is None:
+            return 0
+        args = [root]
     if len(args) != 1:
-        print("usage: python -m qemuvm.runtime.supervisor INSTANCE_DIR", file=sys.stderr)
+        print("usage: python -m qemuvm.runtime.supervisor INSTANCE_DIR | --instance-from-stdin", file=sys.stderr)
         return 2
     paths = InstancePaths(Path(args[0]).resolve())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")

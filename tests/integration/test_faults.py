@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,9 +78,10 @@ def _up_with_supervisor_stopped_at(home: Path, profile: Path, step: str) -> tupl
     def stopped_supervisor() -> int | None:
         for proc in psutil.process_iter(["cmdline", "status"]):
             cmdline = proc.info["cmdline"] or []
-            if "qemuvm.runtime.supervisor" in cmdline and str(home) in " ".join(cmdline) \
-                    and proc.info["status"] == psutil.STATUS_STOPPED:
-                return proc.pid
+            if "qemuvm.runtime.supervisor" in cmdline and proc.info["status"] == psutil.STATUS_STOPPED:
+                with contextlib.suppress(psutil.Error):  # ours: a prestarted one does not name its instance
+                    if proc.environ().get("QEMUVM_TEST_SUPERVISOR_STOP") == f"{step}:{marker}":
+                        return proc.pid
         return None
     return up, poll(f"the supervisor to stop at {step}", stopped_supervisor, 60)
 
