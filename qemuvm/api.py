@@ -6,6 +6,7 @@ with one clear sentence, and returns plain data (dicts) that `--json` prints as 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -124,7 +125,20 @@ def save(name: str, *, home: Path | None = None) -> dict[str, Any]:
     from qemuvm.control import save as saving
 
     paths = instance_paths(name, home)
+    _refuse_shares(paths, "save")
     return saving.save(paths, _running_qemu(paths))
+
+
+def _refuse_shares(paths: InstancePaths, what: str) -> None:
+    """A mounted host folder blocks QEMU's migration stream (save) and RAM snapshots: say so, naming it."""
+    import yaml
+
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        shares = (yaml.safe_load(paths.profile.read_text()) or {}).get("shares") or []
+        if shares:
+            raise UsageError(f"{what} {paths.name}: shares[0] (tag {shares[0].get('tag')}) is a host folder shared "
+                             "with the guest, and QEMU cannot save the state of a VM with one; stop it with "
+                             f"`qemuvm down {paths.name}` instead")
 
 
 def templates(home: Path | None = None) -> list[dict[str, Any]]:
@@ -291,6 +305,8 @@ def snapshot(name: str, action: str, tag: str | None = None, *, home: Path | Non
     """Internal snapshots: action save | load | delete (with a tag) or list (their records)."""
     from qemuvm.control import snapshot as snapshots
 
+    if action == "save":
+        _refuse_shares(instance_paths(name, home), "snapshot save")
     return snapshots.run(monitor_socket(name, home), action, tag)
 
 

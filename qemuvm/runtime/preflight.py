@@ -75,4 +75,20 @@ def check_host(profile: Profile, paths: InstancePaths) -> tuple[HostFacts, str |
     vnc = profile.display.vnc if profile.display else None
     if vnc is not None and vnc.password_file:
         read_vnc_password(vnc.password_file)  # unreadable or empty: exit 2 now, not a stuck VM later
+    for index, share in enumerate(profile.shares):
+        problem = share_problem(share.source)
+        if problem:
+            raise UsageError(f"shares[{index}].source: {share.source} {problem}")
     return host, accel_notice(profile, host)
+
+
+def share_problem(source: str) -> str | None:
+    """Why a host folder cannot be shared, or None. A comma is refused rather than escaped: QEMU's 9p and
+    virtiofsd option parsers disagree on escaping it."""
+    if "," in source:
+        return "has a comma in its path, which QEMU's share options cannot carry; rename or link the folder"
+    if not os.path.exists(source):
+        return "does not exist"
+    if not os.path.isdir(source):
+        return "is not a folder"
+    return None
