@@ -43,7 +43,7 @@ def start_warm(profile: Profile, paths: InstancePaths, host: HostFacts, *, home:
         built = found is None
         if found is None:
             progress(f"no template of {profile.name} yet: booting it once to ready, then saving template {key} …")
-            found = _build(profile, paths, host, home, key, (inputs, source), ready_timeout, progress, prestart)
+            found = _build(profile, paths, host, home, key, inputs, source, ready_timeout, progress, prestart)
         folder, record = found
         serial_offset, _ = launch.start_instance(
             template.clone_profile(profile, record), paths, host, home=home, remove_on_down=remove_on_down,
@@ -53,7 +53,7 @@ def start_warm(profile: Profile, paths: InstancePaths, host: HostFacts, *, home:
 
 
 def _build(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None, key: str,
-           made_from: tuple[list[Any], str | None], ready_timeout: float, progress: Callable[[str], None],
+           inputs: list[Any], source: str | None, ready_timeout: float, progress: Callable[[str], None],
            prestart: launch.Prestart | None) -> tuple[Path, Any]:
     """Boot `paths` cold to ready, save it and freeze it into template `key`. Any failure removes the
     instance and the half-made template: nothing is left but the error."""
@@ -69,7 +69,7 @@ def _build(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path |
         if instance.proven_qemu(state) is None:
             raise OperationError(f"{profile.name} stopped before its template was saved; see {paths.qemu_log}")
         save.save(paths, state or {})
-        return template.freeze(paths, profile, key, made_from[0], ready_after, source=made_from[1])
+        return template.freeze(paths, profile, key, inputs, ready_after, source=source)
     except BaseException:
         with contextlib.suppress(Exception):
             stop.kill(profile.name, paths)
