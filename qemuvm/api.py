@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import instance, launch, records
+from qemuvm.runtime import helpers, instance, launch, records
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -204,6 +204,7 @@ def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str,
             if not force:
                 raise OperationError(f"{name} is running; stop it with `qemuvm down {name}` or use rm --force")
             kill(name, home=home)
+        helpers.stop_orphans(instance.read_state(paths))
         shutil.rmtree(paths.root)
     return {"name": name, "removed": str(paths.root)}
 

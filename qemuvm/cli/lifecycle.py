@@ -207,6 +207,12 @@ def status(name: str = NameArg, json_: bool = JsonOption) -> None:
         print(f"{'forward':15} {_forward_text(fwd)}")
     if result.get("vnc"):
         print(f"{'vnc':15} {_vnc_text(result['vnc'])}")
+    alive = result.get("state") in ("starting", "running", "paused", "shutdown")
+    for helper in result.get("helpers") or [] if alive else []:
+        print(f"{'helper':15} {helper['name']} pid {helper['pid']} for {helper['what']}: "
+              f"{'running' if helper['running'] else 'ended'}")
+        if helper.get("gone"):
+            print(f"{'problem':15} {helper['gone']}")
     if result.get("last_exit"):
         print(f"{'last_exit':15} {json.dumps(result['last_exit'])}")
 

@@ -4,11 +4,12 @@ run state QEMU reports over QMP (`instance.qmp_state`, the one map)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 from qemuvm import files
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import instance, records
+from qemuvm.runtime import helpers, instance, records
 from qemuvm.runtime.instance import PAUSED, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -32,8 +33,31 @@ def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
         "restored_at": seen.get("restored_at"),  # this run continues a saved state (or a template's)
         "clock_behind_s": seen.get("clock_behind_s"),  # restored from a saved state: the guest clock's lag
         "problem": seen.get("unreadable"),  # state.json could not be read: the state comes from the processes
+        "helpers": helper_views(seen),
         "dir": str(paths.root),
     }
+
+
+def helper_views(seen: dict[str, Any]) -> list[dict[str, Any]]:
+    """The current run's helpers (virtiofsd), each checked live: `running`, or how it ended; while the VM is
+    alive, one that ended carries `gone`: the sentence `status` shows (which share, how, why, its log)."""
+    alive_vm = seen.get("state") in instance.ALIVE_STATES
+    out = []
+    for entry in seen.get("helpers") or []:
+        if not isinstance(entry, dict) or not entry.get("name"):
+            continue
+        running = helpers.proven(entry) is not None
+        item = {key: entry.get(key) for key in ("name", "what", "pid", "log", "exited")}
+        item["running"] = running
+        if alive_vm and not running:
+            exited = entry.get("exited") or {}
+            how = helpers.describe_exit(exited) if exited else "is gone (not yet recorded)"
+            why = f" ({exited['why']})" if exited.get("why") else ""
+            program = os.path.basename((entry.get("cmdline") or ["helper"])[0])
+            item["gone"] = (f"{entry.get('what')} is gone: its {program} {how}{why}; the guest's accesses to it "
+                            f"fail or hang until the VM restarts; log {entry.get('log')}")
+        out.append(item)
+    return out
 
 
 def status(paths: InstancePaths) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from qemuvm.control.client import Monitor
 from qemuvm.errors import OperationError
-from qemuvm.runtime import instance, intent, launch, records
+from qemuvm.runtime import helpers, instance, intent, launch, records
 from qemuvm.runtime.instance import STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -54,6 +54,7 @@ def stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
         if instance.live_supervisor(state) is not None:  # waiting to restart: cancel that
             request_stop(paths, "down", state)
             state = wait_recorded(paths)
+        helpers.stop_orphans(state)
         view = instance.effective_state(state)
         return {"name": name, "step": None, "state": view.get("state"), "already_stopped": True}
     spec = records.read_launch_spec(paths)
@@ -115,6 +116,7 @@ def kill(name: str, paths: InstancePaths) -> dict[str, Any]:
         if instance.live_supervisor(state) is not None:
             request_stop(paths, "kill", state)
             state = wait_recorded(paths)
+        helpers.stop_orphans(state)
         return {"name": name, "killed": False, "state": instance.effective_state(state)["state"]}
     request_stop(paths, "kill", state)
     proc.kill()

@@ -184,9 +184,22 @@ class Nic(Section):
 
 
 class Share(Section):
-    source: SafeStr = Field(description="Host folder shared over virtio-9p")
+    source: SafeStr = Field(description="Host folder to share (no comma in its path: QEMU cannot carry one)")
     tag: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")] = Field(description="The guest's mount tag")
-    readonly: bool = False
+    readonly: bool = Field(False, description="Guest writes fail with EROFS; the host can still write")
+    type: Literal["auto", "virtiofs", "9p"] = Field(
+        "auto", description="virtiofs (a virtiofsd per share, supervised; root only in Debian 12) | 9p (QEMU's "
+        "own virtio-9p server, any user) | auto (the default: virtiofs where the host can run virtiofsd, else 9p; "
+        "`up` says which)")
+    mount: Annotated[str, Field(pattern=r"^/[^\s,:]*$")] | None = Field(
+        None, description="Where the guest mounts it at boot: a cloud-init `mounts` entry (with cloud_init), and "
+        "qemuvm.share=TYPE:TAG:PATH on a direct-boot kernel's command line (the test guest's init mounts those). "
+        "An absolute path without spaces, commas or colons")
+    cache: Literal["auto", "always", "none"] = Field(
+        "auto", description="virtiofs: virtiofsd's -o cache (auto: close-to-open consistency; always: the guest "
+        "caches metadata and data for long, fastest when only the guest writes; none: every access goes to the "
+        "host). 9p: auto and none mount with cache=none (the host's changes show at once), always with "
+        "cache=loose")
 
 
 def _vnc_port(value: Any) -> str | int:

@@ -38,6 +38,7 @@ _PATTERN_HINTS = {
     "mac": "'auto' or a MAC address such as 52:54:00:12:34:56",
     "tag": "a tag of letters, digits, '_', '.' and '-', at most 31 long",
     "serial": "a serial of letters, digits, '_', '.' and '-', at most 20 long",
+    "mount": "an absolute guest path without spaces, commas or colons",
 }
 
 
@@ -195,10 +196,15 @@ def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
     if profile.boot.once and profile.machine.firmware == "uefi":
         problems.append((("boot", "once"), "needs firmware bios: OVMF follows only boot.order"))
     seen: set[str] = set()
+    mounts: set[str] = set()
     for index, share in enumerate(profile.shares):
         if share.tag in seen:
             problems.append((("shares", index, "tag"), f"tag {share.tag!r} is used twice"))
         seen.add(share.tag)
+        if share.mount is not None and share.mount.rstrip("/") in mounts:
+            problems.append((("shares", index, "mount"), f"{share.mount} is the mount point of an earlier share"))
+        if share.mount is not None:
+            mounts.add(share.mount.rstrip("/"))
     return problems
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Disk, Nic, Profile
+from qemuvm.qemu import shares as shares_
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
 from qemuvm.runtime.paths import InstancePaths
@@ -110,6 +111,7 @@ class _Compiler:
         self.scsi_controller = False
         self.ide_slots: list[str] = []  # buses already taken on the machine's IDE/AHCI
         self.sata_ports = 0  # ports used on the extra ich9-ahci of a pc machine
+        self.virtiofs = shares_.any_virtiofs(profile, host)
 
     def add(self, fields: tuple[str, ...] | str, *args: str) -> None:
         self.out.append(Option(tuple(args), (fields,) if isinstance(fields, str) else fields))
@@ -124,9 +126,9 @@ class _Compiler:
                                                  "debug-threads": True}))
         props: dict[str, str | int | bool | None] = {"mem-merge": m.mem_merge}
         fields = ["machine.type", "machine.mem_merge"]
-        if m.hugepages:
+        if m.hugepages or self.virtiofs:
             props["memory-backend"] = "mem0"
-            fields.append("machine.hugepages")
+            fields.append("machine.hugepages" if m.hugepages else "shares")
         if self.uefi:
             props.update({"pflash0": "pflash0", "pflash1": "pflash1"})
             fields.append("machine.firmware")
@@ -140,6 +142,10 @@ class _Compiler:
             self.add(("machine.hugepages", "machine.memory"), "-object", keyvals("memory-backend-file", {
                 "id": "mem0", "size": f"{m.memory}M", "mem-path": "/dev/hugepages", "share": True,
                 "prealloc": True, "merge": m.mem_merge}))
+        elif self.virtiofs:
+            # vhost-user: virtiofsd maps guest RAM, so it must be shared memory (hugepages above already is).
+            self.add(("shares", "machine.memory"), "-object", keyvals("memory-backend-memfd", {
+                "id": "mem0", "size": f"{m.memory}M", "share": True, "merge": m.mem_merge}))
         if self.uefi:
             self.firmware()
         self.add("(qemuvm: no default devices)", "-nodefaults")
@@ -204,8 +210,10 @@ class _Compiler:
             self.add("boot.kernel", "-kernel", boot.kernel)
             if boot.initrd:
                 self.add("boot.initrd", "-initrd", boot.initrd)
-            if boot.cmdline:
-                self.add("boot.cmdline", "-append", boot.cmdline)
+            params = shares_.kernel_params(self.p, self.host)
+            if boot.cmdline or params:
+                self.add(("boot.cmdline", *(["shares"] if params else [])), "-append",
+                         " ".join([*([boot.cmdline] if boot.cmdline else []), *params]))
         once = boot.once if first_boot else None
         if self.uefi or not (boot.order or once):
             return
@@ -336,9 +344,18 @@ class _Compiler:
 
     # -- shares, agent, panic ----------------------------------------------------------------------------
     def shares(self) -> None:
+        shares_.check(self.p, self.host)
         driver = "virtio-9p-device" if self.microvm else "virtio-9p-pci"
         for index, share in enumerate(self.p.shares):
             at = f"shares[{index}]"
+            if shares_.kind(share, self.host) == shares_.VIRTIOFS:
+                # virtiofsd (started by the supervisor before QEMU) serves the folder on this socket.
+                self.add((f"{at}.type", f"{at}.source"), "-chardev", keyvals("socket", {
+                    "id": f"vfs{index}", "path": shares_.socket(self.paths, index)}))
+                self.add(f"{at}.tag", "-device", keyvals(
+                    "vhost-user-fs-device" if self.microvm else "vhost-user-fs-pci",
+                    {"chardev": f"vfs{index}", "tag": share.tag, "id": f"fs{index}-dev"}))
+                continue
             # security_model=none: the guest sees the host's owners and modes, and files it creates belong
             # to the (non-root) user running QEMU -- right for sharing your own folders. mapped-xattr would
             # hide ownership in xattrs that other host tools do not understand.

@@ -17,3 +17,5 @@ class HostFacts:
     ovmf_vars: str | None = "/usr/share/OVMF/OVMF_VARS_4M.fd"
     bridge_helper: str | None = "/usr/lib/qemu/qemu-bridge-helper"
     machines: tuple[str, ...] = field(default=("pc", "q35", "microvm"))
+    virtiofsd: str | None = "/usr/lib/qemu/virtiofsd"  # installed (Debian: qemu-system-common), else None
+    root: bool = True  # we run as root: Debian 12's C virtiofsd runs as root only

@@ -24,6 +24,7 @@ OVMF_CANDIDATES = (
     ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
 )
 BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper")
+VIRTIOFSD = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 
 
 @dataclass(frozen=True)
@@ -122,4 +123,6 @@ def probe(binary: str = "qemu-system-x86_64") -> HostFacts:
         ovmf_vars=variables,
         bridge_helper=next((h for h in BRIDGE_HELPERS if os.path.exists(h)), None),
         machines=qemu.machines if qemu else HostFacts().machines,
+        virtiofsd=next((path for path in VIRTIOFSD if os.access(path, os.X_OK)), None),
+        root=os.geteuid() == 0,
     )

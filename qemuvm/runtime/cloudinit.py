@@ -30,6 +30,8 @@ import yaml
 from qemuvm import files
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.profile.model import CloudInit, Profile
+from qemuvm.qemu import shares
+from qemuvm.qemu.facts import HostFacts
 from qemuvm.runtime import instance
 from qemuvm.runtime.paths import InstancePaths
 
@@ -95,14 +97,21 @@ def _cloud_config(data: dict[str, Any]) -> str:
     return f"{CLOUD_CONFIG}\n{_dump(data)}"
 
 
-def _with_key(config: dict[str, Any], key: str, user: str) -> dict[str, Any]:
+def _with_ours(config: dict[str, Any], key: str | None, user: str, mounts: list[list[str]]) -> dict[str, Any]:
+    """The user's config plus what qemuvm adds: the instance key, and the shares' `mounts` entries (after the
+    user's own, and not for a mount point the user already lists)."""
     merged = dict(config)
-    keys = list(merged.get("ssh_authorized_keys") or [])
-    if key not in keys:
-        keys.append(key)
-    merged["ssh_authorized_keys"] = keys
-    if user == "root":
-        merged.setdefault("disable_root", False)
+    if key is not None:
+        keys = list(merged.get("ssh_authorized_keys") or [])
+        if key not in keys:
+            keys.append(key)
+        merged["ssh_authorized_keys"] = keys
+        if user == "root":
+            merged.setdefault("disable_root", False)
+    if mounts:
+        theirs = [entry for entry in merged.get("mounts") or [] if isinstance(entry, list)]
+        taken = {entry[1] for entry in theirs if len(entry) > 1}
+        merged["mounts"] = [*(merged.get("mounts") or []), *(m for m in mounts if m[1] not in taken)]
     return merged
 
 
@@ -128,15 +137,17 @@ def _multipart(original: str, key_part: str) -> str:
     return message.as_string()
 
 
-def user_data(spec: CloudInit, key: str | None, user: str) -> str:
-    """The user-data document, with `key` injected when given (see the module docstring)."""
+def user_data(spec: CloudInit, key: str | None, user: str, mounts: list[list[str]] | None = None) -> str:
+    """The user-data document, with `key` and the shares' `mounts` entries injected when given (see the module
+    docstring)."""
+    mounts = mounts or []
     source = spec.user_data
     if isinstance(source, dict):
-        return _cloud_config(_with_key(source, key, user) if key else source)
+        return _cloud_config(_with_ours(source, key, user, mounts))
     if source is None:
-        return _cloud_config(_with_key({}, key, user) if key else {})
+        return _cloud_config(_with_ours({}, key, user, mounts))
     text = _read(source, "user_data")
-    if key is None:
+    if key is None and not mounts:
         return text
     if text.startswith(CLOUD_CONFIG + "\n") or text.strip() == CLOUD_CONFIG:
         try:
@@ -145,8 +156,8 @@ def user_data(spec: CloudInit, key: str | None, user: str) -> str:
             raise UsageError(f"cloud_init.user_data: {source} is not valid YAML ({exc})") from None
         if not isinstance(config, dict):
             raise UsageError(f"cloud_init.user_data: {source} is #cloud-config but not a mapping")
-        return _cloud_config(_with_key(config, key, user))
-    return _multipart(text, _cloud_config(_with_key({}, key, user)))
+        return _cloud_config(_with_ours(config, key, user, mounts))
+    return _multipart(text, _cloud_config(_with_ours({}, key, user, mounts)))
 
 
 def meta_data(spec: CloudInit, name: str) -> str:
@@ -175,7 +186,8 @@ def seed_files(profile: Profile, paths: InstancePaths) -> dict[str, bytes]:
         ensure_ssh_key(paths)
         key = public_key(paths)
     files = {
-        "user-data": user_data(spec, key, profile.ssh.user),
+        # The profile's share types are concrete by now (launch resolves auto before prepare).
+        "user-data": user_data(spec, key, profile.ssh.user, shares.cloud_init_mounts(profile, HostFacts())),
         "meta-data": meta_data(spec, profile.name),
     }
     network = network_config(spec)

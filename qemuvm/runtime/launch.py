@@ -64,7 +64,7 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
                     saved.unlink(missing_ok=True)
             restoring = paths.saved_state.exists() or template is not None
             if template is not None:
-                _plan_and_prepare(profile, paths, host, home, remove_on_down, state, clone_of=template)
+                _plan_and_prepare(profile, paths, host, home, remove_on_down, state, progress, clone_of=template)
                 progress(f"restoring {profile.name} from template {template[1].fingerprint} …")
             elif restoring:
                 from qemuvm.runtime import restore
@@ -72,7 +72,7 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
                 records.write_launch_spec(paths, restore.launch_spec(paths, profile, remove_on_down))
                 progress(f"restoring {profile.name} from {paths.saved_state} …")
             else:
-                _plan_and_prepare(profile, paths, host, home, remove_on_down, state)
+                _plan_and_prepare(profile, paths, host, home, remove_on_down, state, progress)
             instance.unlink_stale_sockets(paths)
             intent.clear(paths)
             serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
@@ -80,6 +80,9 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
             wait_until_up(paths, start_supervisor(paths, prestart))
             return serial_offset, restoring
     except BaseException as exc:
+        from qemuvm.runtime import helpers
+
+        helpers.stop_orphans(instance.read_state(paths))  # a supervisor killed between its helpers and QEMU
         active = instance.is_active(instance.read_state(paths))
         if isinstance(exc, KeyboardInterrupt) and active:
             progress(KEEPS_RUNNING.format(name=profile.name))
@@ -94,14 +97,20 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
 
 
 def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None,
-                      remove_on_down: bool, state: dict[str, Any] | None,
+                      remove_on_down: bool, state: dict[str, Any] | None, progress: Callable[[str], None],
                       clone_of: tuple[Path, records.TemplateRecord] | None = None) -> None:
     """Ports (under one home-wide lock, recorded in supervisor.json before it is let go: a parallel `up` sees
     them as reserved and never picks the same one), the argv, the launch records, then disks and seed; for a
     clone, its overlays on the template and a LaunchSpec that restores the template's state."""
+    from qemuvm.qemu import shares
     from qemuvm.qemu.compile import compile_argv
     from qemuvm.runtime import restore, template
     from qemuvm.runtime.prepare import prepare, prepare_clone, write_launch_files
+
+    # `type: auto` is decided here, once, and said; profile.yaml keeps the choice for later starts.
+    profile, notes = shares.resolved(profile, host)
+    for note in notes:
+        progress(note)
 
     with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
         plan, forwards, vnc = ports.plan_ports(profile, ports.reserved_ports(home, profile.name))
@@ -116,7 +125,8 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
         with contextlib.suppress(UsageError):
             earlier = records.read_launch_spec(paths)
             linked = linked or (earlier.template if earlier else None)
-        write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down, template=linked)
+        write_launch_files(paths, profile, argv, paused_argv, forwards, vnc, remove_on_down, template=linked,
+                           helpers=[records.Helper(**helper) for helper in shares.helpers(profile, paths, host)])
         if clone_of is not None:
             folder, record = clone_of
             restore.check_memory(paths, profile, "start it without --warm")
@@ -210,6 +220,8 @@ def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:
         how = f"QEMU exited with code {last['exit_code']}"
     else:
         how = "QEMU ended"
+    if last.get("helper"):  # QEMU never started: a helper it needs did not come up
+        return f"{paths.name} failed to start: {last['helper']}; nothing is left running"
     log = instance.tail(paths.qemu_log, 12)
     if last.get("reason") == "restore-failed":
         spec = None

@@ -38,6 +38,19 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class Helper:
+    """A daemon the supervisor runs beside QEMU (DESIGN.md, "Helper processes"): started before QEMU, stopped
+    after it. Today: one virtiofsd per virtiofs share (qemu/shares.py makes these)."""
+
+    name: str  # virtiofs0: the stem of its socket and log in the instance folder
+    what: str  # what it serves, for messages: shares[0] (tag src)
+    argv: list[str]
+    socket: str  # it is up once this exists (made 0600 then)
+    log: str  # its stdout and stderr
+    readonly_source: str | None = None  # bound read-only in the helper's own mount namespace before it runs
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """What `up` decided for this start of an instance."""
 
@@ -55,6 +68,7 @@ class LaunchSpec:
     restore_saved_at: float | None = None  # when that state was saved (the restored guest's clock is behind by)
     restore_keep: bool = False  # a template's state (a clone's start): loaded, never deleted
     template: str | None = None  # this instance is a clone of that template (its disks back onto it)
+    helpers: list[Helper] = field(default_factory=list)  # started before QEMU, in this order
     schema: int = LAUNCH_SPEC_SCHEMA
 
 
@@ -88,6 +102,7 @@ def read_launch_spec(paths: InstancePaths) -> LaunchSpec | None:
     try:
         values["restart"] = Restart(**{k: v for k, v in (data.get("restart") or {}).items()
                                        if k in {f.name for f in dataclasses.fields(Restart)}})
+        values["helpers"] = [Helper(**helper) for helper in data.get("helpers") or []]
         spec = LaunchSpec(**{**values, "schema": LAUNCH_SPEC_SCHEMA})
     except TypeError as exc:  # a required field missing
         raise UsageError(f"{paths.supervisor_config} is incomplete ({exc}); `qemuvm up` writes it anew") from None
@@ -121,8 +136,23 @@ class InstanceState:
     last_exit: dict[str, Any] | None = None  # how the last QEMU ended (reason, exit_code, signal, ...)
     restored_at: float | None = None  # this run continues a saved state (restored then)
     clock_behind_s: float | None = None  # the restored guest's wall clock is behind by this until it syncs
+    # The helpers of the current QEMU run, as HelperState dicts (pid, start_time, cmdline prove each one).
+    helpers: list[dict[str, Any]] = field(default_factory=list)
     updated_at: float | None = None
     schema: int = STATE_SCHEMA
+
+
+@dataclass
+class HelperState:
+    """One helper in state.json: running while `exited` is None; `exited` says how it ended (and when)."""
+
+    name: str
+    what: str
+    pid: int
+    start_time: float | None
+    cmdline: list[str]
+    log: str
+    exited: dict[str, Any] | None = None  # {"at": time, "exit_code" | "signal": ..., "why": "last log line"}
 
 
 _STATE_HINTS = typing.get_type_hints(InstanceState)

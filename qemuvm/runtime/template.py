@@ -49,7 +49,7 @@ def warm_problem(profile: Profile) -> str | None:
     if profile.ready is None:
         return "ready: a template is saved once the guest is ready, and this profile has no ready block"
     if profile.shares:
-        return "shares: a guest with a host folder mounted over 9p cannot be saved (QEMU blocks it)"
+        return "shares: a guest with a host folder mounted (virtiofs or 9p) cannot be saved (QEMU blocks it)"
     for index, disk in enumerate(profile.disks):
         if not (disk.ephemeral or disk.readonly or disk.is_cdrom):
             return (f"disks[{index}]: clones share the template's disks as read-only backing files, so every "

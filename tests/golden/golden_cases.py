@@ -37,6 +37,8 @@ HOSTS = {
     "no-kvm": replace(HARDWARE_KVM, kvm_usable=False, kvm_hardware=False),
     "no-ovmf": replace(HARDWARE_KVM, ovmf_code=None, ovmf_vars=None),
     "no-bridge-helper": replace(HARDWARE_KVM, bridge_helper=None),
+    "no-virtiofsd": replace(HARDWARE_KVM, virtiofsd=None),
+    "not-root": replace(HARDWARE_KVM, root=False),
 }
 
 

@@ -4,6 +4,7 @@ from each other."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import yaml
 
-from qemuvm.runtime import instance
+from qemuvm.runtime import helpers, instance
 from qemuvm.runtime.paths import InstancePaths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +93,8 @@ def assert_gone(result: dict[str, Any]) -> None:
 
 
 def kill_everything(home: Path) -> None:
-    """Teardown: SIGKILL every supervisor, then every proven QEMU, of every instance below `home`."""
+    """Teardown: SIGKILL every supervisor, then every proven QEMU, then stop every proven helper, of every
+    instance below `home`."""
     for paths in instance.list_instances(home):
         supervisor = instance.live_supervisor(instance.read_state(paths))
         if supervisor is not None:
@@ -101,6 +104,7 @@ def kill_everything(home: Path) -> None:
         if qemu is not None:
             qemu.kill()
             poll("QEMU to die", lambda q=qemu: not alive(q.pid), 10)
+        helpers.stop((instance.read_state(paths) or {}).get("helpers") or [], grace=1.0)
 
 
 @dataclass(frozen=True)
@@ -133,3 +137,22 @@ def screenshot_until_not_blank(name: str, out: Path, timeout: float = 60) -> Png
             return summary
         assert time.monotonic() < deadline, f"the screen of {name} stayed a single colour for {timeout} s"
         time.sleep(0.1)
+
+
+def up_with_supervisor_stopped_at(home: Path, profile: Path, step: str) -> tuple[subprocess.Popen[str], int]:
+    """`qemuvm up --no-wait` whose supervisor stops itself (SIGSTOP) at `step`; returns up and the supervisor."""
+    marker = home / f"stop-{step}"
+    marker.touch()
+    env = dict(os.environ, QEMUVM_TEST_SUPERVISOR_STOP=f"{step}:{marker}")
+    up = subprocess.Popen([sys.executable, "-m", "qemuvm", "up", str(profile), "--no-wait", "--json"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def stopped_supervisor() -> int | None:
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = proc.info["cmdline"] or []
+            if "qemuvm.runtime.supervisor" in cmdline and proc.info["status"] == psutil.STATUS_STOPPED:
+                with contextlib.suppress(psutil.Error):  # ours: a prestarted one does not name its instance
+                    if proc.environ().get("QEMUVM_TEST_SUPERVISOR_STOP") == f"{step}:{marker}":
+                        return proc.pid
+        return None
+    return up, poll(f"the supervisor to stop at {step}", stopped_supervisor, 60)

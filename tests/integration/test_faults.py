@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import alive, cli, guest_profile, kill_everything, poll
+from helpers import alive, cli, guest_profile, kill_everything, poll, up_with_supervisor_stopped_at
 
 from qemuvm import api
 from qemuvm.runtime import instance
@@ -67,30 +66,11 @@ def test_every_verb_is_recorded_before_it_returns(home: Path, test_guest: Any) -
 # -- the supervisor killed at each step of `up` ----------------------------------------------------------------
 
 
-def _up_with_supervisor_stopped_at(home: Path, profile: Path, step: str) -> tuple[subprocess.Popen[str], int]:
-    """`qemuvm up --no-wait` whose supervisor stops itself (SIGSTOP) at `step`; returns up and the supervisor."""
-    marker = home / f"stop-{step}"
-    marker.touch()
-    env = dict(os.environ, QEMUVM_TEST_SUPERVISOR_STOP=f"{step}:{marker}")
-    up = subprocess.Popen([sys.executable, "-m", "qemuvm", "up", str(profile), "--no-wait", "--json"], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def stopped_supervisor() -> int | None:
-        for proc in psutil.process_iter(["cmdline", "status"]):
-            cmdline = proc.info["cmdline"] or []
-            if "qemuvm.runtime.supervisor" in cmdline and proc.info["status"] == psutil.STATUS_STOPPED:
-                with contextlib.suppress(psutil.Error):  # ours: a prestarted one does not name its instance
-                    if proc.environ().get("QEMUVM_TEST_SUPERVISOR_STOP") == f"{step}:{marker}":
-                        return proc.pid
-        return None
-    return up, poll(f"the supervisor to stop at {step}", stopped_supervisor, 60)
-
-
 @pytest.mark.parametrize("step", ["before-qemu", "after-exec", "after-cont"])
 def test_supervisor_killed_during_up(home: Path, test_guest: Any, step: str) -> None:
     name = f"k9-{step}"
     profile = guest_profile(home, test_guest, name)
-    up, supervisor = _up_with_supervisor_stopped_at(home, profile, step)
+    up, supervisor = up_with_supervisor_stopped_at(home, profile, step)
     os.kill(supervisor, signal.SIGKILL)
     out, err = up.communicate(timeout=120)
     paths = InstancePaths.for_name(name)
@@ -120,7 +100,7 @@ def test_qemu_killed_as_the_guest_starts_is_restarted(home: Path, test_guest: An
     """QEMU killed right after its RESUME was recorded (up has returned), before the supervisor finished the
     start: a crash the restart policy acts on, never a "start-failed" left down (a CI run once hit this)."""
     profile = guest_profile(home, test_guest, "early", restart={"policy": "on-failure", "backoff": "0.1s"})
-    up, supervisor = _up_with_supervisor_stopped_at(home, profile, "on-resume")
+    up, supervisor = up_with_supervisor_stopped_at(home, profile, "on-resume")
     out, err = up.communicate(timeout=120)
     assert up.returncode == 0, err
     first = json.loads(out)

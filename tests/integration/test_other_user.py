@@ -96,3 +96,29 @@ def test_another_user_gets_nothing(home: Path, test_guest: Any, short_tmp: Path,
         assert listed.returncode != 0 and "Traceback" not in listed.stderr, listed.stderr
         assert listed.stderr.startswith("qemuvm: "), listed.stderr
     kill_everything(home)
+
+
+def test_a_user_who_is_not_root_gets_9p_or_one_sentence(short_tmp: Path, other_user: pwd.struct_passwd) -> None:
+    """Debian 12's virtiofsd runs as root only: for anyone else `type: auto` compiles to 9p, and `type: virtiofs`
+    is one sentence naming the share and the way out (exit 2). Proven by that user's own `qemuvm render`."""
+    system = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    if system != str(tuple(sys.version_info[:2])):
+        pytest.skip("the system python3 cannot load this environment's packages")
+    os.chmod(short_tmp, 0o755)
+    (short_tmp / "src").mkdir(mode=0o755)
+    packages = ":".join([str(Path(api.__file__).parents[1]), *(p for p in sys.path if "-packages" in p)])
+    results = {}
+    for kind in ("auto", "virtiofs"):
+        profile = short_tmp / f"{kind}.yaml"
+        profile.write_text(f"shares: [{{source: {short_tmp / 'src'}, tag: src, type: {kind}}}]\n")
+        profile.chmod(0o644)
+        results[kind] = subprocess.run(
+            ["/usr/bin/python3", "-m", "qemuvm", "render", str(profile)], capture_output=True, text=True,
+            timeout=60, check=False, cwd="/", user=other_user.pw_uid, group=other_user.pw_gid, extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": packages})
+    auto, virtiofs = results["auto"], results["virtiofs"]
+    assert auto.returncode == 0, auto.stderr
+    assert "virtio-9p-pci" in auto.stdout and "vhost-user-fs" not in auto.stdout
+    assert virtiofs.returncode == 2 and "Traceback" not in virtiofs.stderr
+    assert "shares[0].type: virtiofs for tag src cannot run here: virtiofsd runs as root only" in virtiofs.stderr

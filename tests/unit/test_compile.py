@@ -189,7 +189,7 @@ _user_text = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclud
 def test_user_paths_read_back_exactly(name: str, tag: str) -> None:
     """Whatever a path holds (commas, '=', spaces), QEMU's parser reads back exactly that value."""
     path = "/data/" + name
-    p = profile(disks=[{"file": path}], shares=[{"source": path, "tag": tag}])
+    p = profile(disks=[{"file": path}], shares=[{"source": path, "tag": tag, "type": "9p"}])
     file_node = values(p, "-blockdev")[0]
     assert f"filename={path}" in unescape_split(file_node)
     fsdev = values(p, "-fsdev")[0]
