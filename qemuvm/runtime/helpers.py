@@ -6,8 +6,8 @@ Imported by the supervisor: stdlib and psutil only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import os
 import signal
@@ -36,6 +36,8 @@ def _readonly_bind(source: str) -> Callable[[], None]:
     """In the child before exec: a mount namespace of its own in which `source` is a read-only bind mount, so
     the helper (and the guest through it) cannot write there; the host's view is untouched. It goes away with
     the helper: nothing to clean up, nothing left mounted if anything dies."""
+    import ctypes  # here, not at the top: only a read-only virtiofs share needs it, and it costs RSS
+
     libc = ctypes.CDLL(None, use_errno=True)
     ms_rdonly, ms_remount, ms_bind, ms_rec, ms_private, clone_newns = 1, 32, 4096, 0x4000, 1 << 18, 0x20000
     path = os.fsencode(source)
@@ -180,3 +182,78 @@ def stop(entries: list[dict[str, Any]], grace: float = STOP_GRACE) -> list[dict[
 
 def as_entry(state: records.HelperState) -> dict[str, Any]:
     return dataclasses.asdict(state)
+
+
+class Watch:
+    """A supervisor's helpers for the current QEMU run: started before QEMU, each one's end noticed the moment
+    it comes (pidfd), stopped after QEMU; every change goes to `record` (state.json's `helpers`)."""
+
+    def __init__(self, record: Callable[[list[dict[str, Any]]], None], log: Callable[[str], None],
+                 qemu_runs: Callable[[], bool]) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self._record, self._log, self._qemu_runs = record, log, qemu_runs
+
+    def _set(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries
+        self._record(entries)
+
+    def start_all(self, specs: list[records.Helper]) -> str | None:
+        """Start every helper in order; on a failure, stop those already started and return why."""
+        self._set([])
+        for spec in specs:
+            try:
+                started = start(spec)
+            except HelperFailed as exc:
+                self._log(str(exc))
+                self._set(stop(self.entries))
+                return str(exc)
+            self._set([*self.entries, as_entry(started)])
+            self._log(f"started {spec.name} pid {started.pid} for {spec.what}")
+            self._watch(started.pid)
+        return None
+
+    def adopt(self, previous: list[dict[str, Any]]) -> None:
+        """Adopting QEMU adopts its helpers: each one proven ours is watched again; one that is gone is recorded
+        as such (it ended while no supervisor watched)."""
+        entries = [{**entry, "exited": {"at": time.time(), "why": "gone while no supervisor watched it"}}
+                   if entry.get("exited") is None and proven(entry) is None else entry for entry in previous]
+        self._set(entries)
+        for entry in entries:
+            if entry.get("exited") is None:
+                self._log(f"adopting {entry['name']} pid {entry['pid']}")
+                self._watch(entry["pid"])
+
+    def stop_all(self) -> None:
+        if any(entry.get("exited") is None for entry in self.entries):
+            self._set(stop(self.entries))
+
+    def _watch(self, pid: int) -> None:
+        """Record a helper's end when it comes. Before QEMU ends it is news (`status` names the share that is
+        gone, and how); virtiofsd also ends by itself when QEMU does, which is not."""
+        loop = asyncio.get_running_loop()
+        try:
+            pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            pidfd = None
+
+        def on_end() -> None:
+            if pidfd is not None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+            qemu_runs = self._qemu_runs()
+            entries = []
+            for entry in self.entries:
+                if entry["pid"] == pid and entry.get("exited") is None:
+                    entry = ended(entry)
+                    if not qemu_runs:
+                        entry["exited"]["why"] = "QEMU exited"
+                    else:
+                        self._log(f"{entry['name']} for {entry['what']} {describe_exit(entry['exited'])} while QEMU "
+                                  f"runs: {entry['exited'].get('why') or 'see ' + entry['log']}")
+                entries.append(entry)
+            self._set(entries)
+
+        if pidfd is None:
+            on_end()
+        else:
+            loop.add_reader(pidfd, on_end)

@@ -110,6 +110,8 @@ class Supervisor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.qemu_pid = 0
         self.qmp: QMPClient | None = None
+        self.helpers = helpers.Watch(record=lambda entries: self.save(helpers=entries), log=log,
+                                     qemu_runs=lambda: instance.process_if_alive(self.qemu_pid, None) is not None)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -285,75 +287,13 @@ class Supervisor:
         self.restoring = False
         log(f"restored {state_file}")
 
-    # -- helpers (virtiofsd): started before QEMU, watched, stopped after it ------------------------------
-
-    def start_helpers(self) -> str | None:
-        """Start every helper of the LaunchSpec, recording each; on a failure, stop those started and say why."""
-        self.save(helpers=[])
-        for helper in self.spec.helpers:
-            try:
-                started = helpers.start(helper)
-            except helpers.HelperFailed as exc:
-                log(str(exc))
-                self.save(helpers=helpers.stop(self.state.helpers))
-                return str(exc)
-            self.save(helpers=[*self.state.helpers, helpers.as_entry(started)])
-            log(f"started {helper.name} pid {started.pid} for {helper.what}")
-            self.watch_helper(started.pid)
-        checkpoint("after-helpers")
-        return None
-
-    def watch_helper(self, pid: int) -> None:
-        """Record a helper's end the moment it comes. Before QEMU ends it is news (`status` names the share that
-        is gone and why); virtiofsd also ends by itself when QEMU does, which is not."""
-        loop = asyncio.get_running_loop()
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            pidfd = None
-
-        def ended() -> None:
-            if pidfd is not None:
-                loop.remove_reader(pidfd)
-                os.close(pidfd)
-            qemu_runs = instance.process_if_alive(self.qemu_pid, None) is not None
-            entries = []
-            for entry in self.state.helpers:
-                if entry["pid"] == pid and entry.get("exited") is None:
-                    entry = helpers.ended(entry)
-                    if not qemu_runs:
-                        entry["exited"]["why"] = "QEMU exited"
-                    else:
-                        log(f"{entry['name']} for {entry['what']} {helpers.describe_exit(entry['exited'])} while "
-                            f"QEMU runs: {entry['exited'].get('why') or 'see ' + entry['log']}")
-                entries.append(entry)
-            self.save(helpers=entries)
-
-        if pidfd is None:
-            ended()
-        else:
-            loop.add_reader(pidfd, ended)
-
-    def adopt_helpers(self, previous: list[dict[str, Any]]) -> None:
-        """Adopting QEMU adopts its helpers: each one proven ours is watched again; one that is gone is recorded
-        as such (it ended while no supervisor watched)."""
-        entries = []
-        for entry in previous:
-            if entry.get("exited") is None and helpers.proven(entry) is None:
-                entry = {**entry, "exited": {"at": time.time(), "why": "gone while no supervisor watched it"}}
-            entries.append(entry)
-        self.save(helpers=entries)
-        for entry in entries:
-            if entry.get("exited") is None:
-                log(f"adopting {entry['name']} pid {entry['pid']}")
-                self.watch_helper(entry["pid"])
-
     async def run_qemu(self, adopted: bool) -> dict[str, Any]:
         """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""
         self.shutdown_reason, self.panicked, self.reached_running = None, False, adopted
         if not adopted:
             checkpoint("before-qemu")
-            failed = self.start_helpers()
+            failed = self.helpers.start_all(self.spec.helpers)
+            checkpoint("after-helpers")
             if failed is not None:
                 reason, failure = decisions.classify(decisions.Exit(reached_running=False, restarted=self.restarted))
                 return {"time": time.time(), "exit_code": None, "signal": None, "shutdown_reason": None,
@@ -392,9 +332,7 @@ class Supervisor:
         await exited
         await self._drain_events()
         record = self._exit_record(self.reached_running)
-        # virtiofsd ends by itself when QEMU does; any still running gets SIGTERM (a moment, bounded).
-        if any(entry.get("exited") is None for entry in self.state.helpers):
-            self.save(helpers=helpers.stop(self.state.helpers))
+        self.helpers.stop_all()  # virtiofsd ends by itself when QEMU does; one still running gets SIGTERM
         return record
 
     async def _drain_events(self) -> None:
@@ -455,7 +393,7 @@ class Supervisor:
             self.save(qemu_pid=self.qemu_pid, qemu_start_time=previous["qemu_start_time"],
                       qemu_cmdline=previous["qemu_cmdline"], accel=previous.get("accel"))
             log(f"adopting QEMU pid {self.qemu_pid}")
-            self.adopt_helpers(previous.get("helpers") or [])
+            self.helpers.adopt(previous.get("helpers") or [])
         else:
             # Helpers of a run whose QEMU is gone (a supervisor killed before QEMU connected): ours, so ended.
             helpers.stop(previous.get("helpers") or [])
