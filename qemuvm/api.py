@@ -106,6 +106,12 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
         raise
     if ready_after is not None:
         result.update(ready_after_s=round(ready_after, 2), ready=True)
+    if restored and profile.guest_agent:  # its clock stands where it was saved
+        from qemuvm.control import agent
+
+        result["clock_set"] = agent.set_clock(paths)
+        if result["clock_set"]:
+            progress(f"{paths.name}: guest clock set through the guest agent")
     if made_from is not None:
         result["template"] = made_from
     return result
@@ -293,6 +299,28 @@ def ssh_interactive(name: str, command: Sequence[str] = (), *, home: Path | None
     from qemuvm.control import ssh as ssh_
 
     return ssh_.interactive(name, command, home=home)
+
+
+def exec_(name: str, argv: Sequence[str], *, env: dict[str, str] | None = None, stdin: bytes | None = None,
+          timeout: float | None = None, home: Path | None = None):  # -> agent.ExecResult
+    """Run a command in the guest through its guest agent (no network needed): exit code (128+N for signal N),
+    stdout and stderr. A VM without `guest_agent: true` is a UsageError saying how to enable it."""
+    from qemuvm.control import agent
+
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    with agent.Agent(paths) as session:
+        return agent.exec_command(session, list(argv), env=env, stdin=stdin, timeout=timeout)
+
+
+def cp(source: str, target: str, *, home: Path | None = None) -> dict[str, Any]:
+    """Copy one file between the host and a guest through its agent: one side is `NAME:/guest/path`."""
+    from qemuvm.control import agent
+
+    name, guest_path, to_guest = agent.split_cp(source, target)
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    return agent.cp(paths, source if to_guest else target, guest_path, to_guest)
 
 
 def screenshot(name: str, out: str | os.PathLike[str], *, home: Path | None = None) -> Path:

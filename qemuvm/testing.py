@@ -82,6 +82,19 @@ class VM:
             done.check_returncode()
         return done
 
+    def exec(self, argv: Sequence[str], *, timeout: float | None = 60, env: dict[str, str] | None = None,
+             input: bytes | None = None, check: bool = False):  # -> qemuvm.control.agent.ExecResult
+        """Run argv in the guest through its guest agent (no network needed): `.exit_code`, `.stdout`,
+        `.stderr` (bytes). Needs `guest_agent: true` and qemu-ga in the guest. `check=True` raises
+        AssertionError on a nonzero exit, with the output."""
+        from qemuvm import api
+
+        result = api.exec_(self.name, argv, env=env, stdin=input, timeout=timeout, home=self.home)
+        if check and result.exit_code != 0:
+            raise AssertionError(f"{list(argv)} exited {result.exit_code} in {self.name}: "
+                                 f"{result.stderr.decode(errors='replace')[-2000:]}")
+        return result
+
     def qmp(self, command: str, **arguments: Any) -> Any:
         """One QMP command on the client monitor; its `return` value (`vm.qmp("query-status")["status"]`)."""
         from qemuvm import api

@@ -45,7 +45,7 @@ def _root(
 
 
 # Registration order is the order of `--help`.
-from qemuvm.cli import profile_cmds, lifecycle, images, workflow, monitor  # noqa: E402, F401, I001
+from qemuvm.cli import profile_cmds, lifecycle, images, workflow, agent_cmds, monitor  # noqa: E402, F401, I001
 
 
 def _click_exceptions():  # -> module
@@ -61,6 +61,9 @@ def main() -> None:
     """Console entry point: QemuvmError becomes one sentence on stderr and its exit code; a usage error is
     click's one-line message with exit 2; anything unexpected is one sentence too (--debug shows the traceback)."""
     debug = bool(os.environ.get("QEMUVM_DEBUG")) or "--debug" in sys.argv[1:]
+    if any("\0" in arg for arg in sys.argv[1:]):  # only an in-process caller can pass one: no path holds it
+        print("qemuvm: an argument contains a NUL byte, which no file name or value can hold", file=sys.stderr)
+        sys.exit(2)
     try:
         result = app(standalone_mode=False)
         if isinstance(result, int):

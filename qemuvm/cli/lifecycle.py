@@ -167,7 +167,8 @@ def down(
     elif result.get("already_stopped"):
         print(f"{name} was not running ({result['state']})")
     else:
-        how = {"acpi": "the guest powered off (ACPI)", "quit": "forced with QMP quit",
+        how = {"acpi": "the guest powered off (ACPI)", "agent": "the guest powered off (through its guest agent)",
+               "quit": "forced with QMP quit",
                "sigterm": "forced with SIGTERM", "sigkill": "forced with SIGKILL"}[result["step"]]
         print(f"{name} stopped: {how} after {result['elapsed_s']:g} s")
 
@@ -207,6 +208,11 @@ def status(name: str = NameArg, json_: bool = JsonOption) -> None:
         print(f"{'forward':15} {_forward_text(fwd)}")
     if result.get("vnc"):
         print(f"{'vnc':15} {_vnc_text(result['vnc'])}")
+    guest = result.get("guest")
+    if guest:
+        print(f"{'hostname':15} {guest.get('hostname')}")
+        for address in guest.get("addresses") or []:
+            print(f"{'address':15} {address['address']}/{address['prefix']} ({address['interface']})")
     alive = result.get("state") in ("starting", "running", "paused", "shutdown")
     for helper in result.get("helpers") or [] if alive else []:
         print(f"{'helper':15} {helper['name']} pid {helper['pid']} for {helper['what']}: "

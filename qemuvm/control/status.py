@@ -75,6 +75,8 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             result["state"] = PAUSED if paused_reset else instance.qmp_state(live)
         except OperationError:
             result["qmp_status"] = None  # busy or going away: state.json's word stands
+        if result.get("state") == "running" and paths.guest_agent_socket.exists():
+            result["guest"] = _guest_facts(paths)
     with contextlib.suppress(UsageError):
         spec = records.read_launch_spec(paths)
         if spec is not None and spec.template:
@@ -86,3 +88,15 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             password = files.read_text(paths.vnc_password, "vnc.password", 4096).strip()
             result["vnc"] = {**result["vnc"], "password": password}
     return result
+
+
+def _guest_facts(paths: InstancePaths) -> dict[str, Any] | None:
+    """Hostname and IP addresses from the guest agent, when it answers within half a second (else None: status
+    does not wait for a guest that runs no agent)."""
+    from qemuvm.control import agent
+
+    try:
+        with agent.Agent(paths, sync_timeout=0.5) as session:
+            return agent.guest_facts(session)
+    except OperationError:
+        return None

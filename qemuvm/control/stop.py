@@ -83,6 +83,8 @@ def _escalate(name: str, paths: InstancePaths, state: dict[str, Any], grace: flo
                 progress(f"{name} is paused: an ACPI power-down would go unanswered; using quit")
         except OperationError:
             progress(f"{name}: the monitor did not answer the power-down; forcing")
+    if step is None and not force and paths.guest_agent_socket.exists():
+        step = _agent_shutdown(name, paths, state, progress)
     if step is None:
         with contextlib.suppress(OperationError):
             monitor.execute("quit")
@@ -103,9 +105,23 @@ def _escalate(name: str, paths: InstancePaths, state: dict[str, Any], grace: flo
     view = instance.effective_state(final)
     # A supervisor that has not recorded the exit yet (stopped, or slow): QEMU is gone, and by our hand.
     stopped = STOPPED if view.get("stale") else view["state"]
-    return {"name": name, "step": step, "forced": step != "acpi", "state": stopped,
+    return {"name": name, "step": step, "forced": step not in ("acpi", "agent"), "state": stopped,
             "exit_code": last.get("exit_code"), "signal": last.get("signal"),
             "elapsed_s": round(time.monotonic() - started, 2)}
+
+
+def _agent_shutdown(name: str, paths: InstancePaths, state: dict[str, Any], progress: Progress) -> str | None:
+    """The guest ignored ACPI (or is paused in its own way): ask its agent to power off (guest-shutdown sends no
+    reply when it works). "agent" when QEMU then exits, None when no agent answers or the guest stays up."""
+    from qemuvm.control import agent
+
+    try:
+        with agent.Agent(paths, sync_timeout=2.0) as session:
+            session.execute("guest-shutdown", {"mode": "powerdown"}, reply=False)
+    except OperationError:
+        return None
+    progress(f"{name}: power-off asked through the guest agent; waiting up to {GRACE_AFTER_QUIT:g} s …")
+    return "agent" if wait_gone(state, GRACE_AFTER_QUIT) else None
 
 
 def kill(name: str, paths: InstancePaths) -> dict[str, Any]:

@@ -126,6 +126,13 @@ def ssh_condition(paths: InstancePaths) -> Condition:
     return Condition("ssh", lambda: ssh.ssh_ready(paths.name, paths.root.parent))
 
 
+def agent_condition(paths: InstancePaths) -> Condition:
+    """The guest agent answers a guest-sync (qemu-ga runs in the guest)."""
+    from qemuvm.control import agent
+
+    return Condition("the guest agent", lambda: agent.available(paths, timeout=1.0))
+
+
 def shutdown_condition(paths: InstancePaths) -> Condition:
     """QEMU has exited and will not be restarted."""
     def check() -> bool:
@@ -148,6 +155,8 @@ def ready_conditions(paths: InstancePaths, profile: Profile, *, serial_offset: i
         conditions.append(port_condition(paths, ready.port))
     if ready.ssh:
         conditions.append(ssh_condition(paths))
+    if ready.agent:
+        conditions.append(agent_condition(paths))
     return conditions
 
 
@@ -199,7 +208,7 @@ def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
 
 def conditions_for(paths: InstancePaths, *, serial: str | None = None, port: int | None = None,
                    event: str | None = None, ssh: bool = False, shutdown: bool = False, ready: bool = False,
-                   since: str = "boot") -> list[Condition]:
+                   since: str = "boot", agent: bool = False) -> list[Condition]:
     """The conditions `qemuvm wait`, `api.wait` and the pytest plugin ask for, in that order; none given
     means the profile's `ready`. `since` is where serial and event matches start: boot (the current boot's
     first byte, as the supervisor recorded it at the start or the last reset), now, or start (the whole log)."""
@@ -220,6 +229,8 @@ def conditions_for(paths: InstancePaths, *, serial: str | None = None, port: int
         conditions.append(event_condition(paths, event, offset=events_at))
     if ssh:
         conditions.append(ssh_condition(paths))
+    if agent:
+        conditions.append(agent_condition(paths))
     if shutdown:
         conditions.append(shutdown_condition(paths))
     if ready or not conditions:

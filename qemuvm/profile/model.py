@@ -275,6 +275,8 @@ class Ready(Section):
     serial: Regex | None = Field(None, description="A regex that must appear on the serial console")
     ssh: bool = Field(False, description="An SSH command must succeed")
     port: int | None = Field(None, ge=1, le=65535, description="A guest TCP port reachable through a forward")
+    agent: bool = Field(False, description="The guest agent answers (needs guest_agent: true, and qemu-ga in the "
+                        "guest)")
     timeout: Duration = 120.0
 
 
@@ -289,16 +291,22 @@ class Ssh(Section):
 class SmokeCheck(Section):
     name: SafeStr
     ssh: str | None = Field(None, description="A command run over SSH; its exit status must be 0")
+    agent: str | None = Field(None, description="A command run by the guest agent through `sh -c` (no network "
+                              "needed; the profile needs guest_agent: true); its exit status must be 0")
     serial: Regex | None = Field(None, description="A regex that must appear on the serial console")
-    expect: Regex | None = Field(None, description="A regex the command's output must match")
+    expect: Regex | None = Field(None, description="A regex the command's output must match (ssh and agent)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> SmokeCheck:
-        if (self.ssh is None) == (self.serial is None):
-            raise ValueError("a check has exactly one of ssh or serial")
-        if self.expect is not None and self.ssh is None:
-            raise ValueError("expect applies to ssh checks")
+        if [self.ssh, self.agent, self.serial].count(None) != 2:
+            raise ValueError("a check has exactly one of ssh, agent or serial")
+        if self.expect is not None and self.serial is not None:
+            raise ValueError("expect applies to ssh and agent checks")
         return self
+
+    @property
+    def command(self) -> str | None:
+        return self.ssh if self.ssh is not None else self.agent
 
 
 class Smoke(Section):

@@ -195,6 +195,8 @@ def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
             problems.append((("display", "vnc"), "a microvm has no display device for VNC to show"))
     if profile.boot.once and profile.machine.firmware == "uefi":
         problems.append((("boot", "once"), "needs firmware bios: OVMF follows only boot.order"))
+    if profile.ready is not None and profile.ready.agent and not profile.guest_agent:
+        problems.append((("ready", "agent"), "needs the guest agent channel: set guest_agent: true"))
     seen: set[str] = set()
     mounts: set[str] = set()
     for index, share in enumerate(profile.shares):

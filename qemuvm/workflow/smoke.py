@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qemuvm.errors import UsageError
+from qemuvm.errors import QemuvmError, UsageError
 from qemuvm.profile.model import Profile, SmokeCheck
 from qemuvm.runtime import instance
 from qemuvm.runtime.paths import InstancePaths
@@ -80,14 +80,15 @@ def search(pattern: str, text: str) -> re.Match[str] | None:
 
 
 def evaluate_ssh(check: SmokeCheck, returncode: int, stdout: str, stderr: str, seconds: float) -> Case:
-    """An SSH check passes when the command exits 0 and its stdout matches `expect` (if any)."""
+    """An SSH (or agent) check passes when the command exits 0 and its stdout matches `expect` (if any)."""
     output = stdout + (f"\n--- stderr ---\n{stderr}" if stderr.strip() else "")
     if returncode != 0:
-        reason = "ssh failed" if returncode == 255 else ("timed out" if returncode == 124 else "command failed")
-        return Case(check.name, "failed", seconds, f"{reason}: `{check.ssh}` exited with status {returncode}",
+        reason = "ssh failed" if returncode == 255 and check.ssh is not None else \
+            ("timed out" if returncode == 124 else "command failed")
+        return Case(check.name, "failed", seconds, f"{reason}: `{check.command}` exited with status {returncode}",
                     output)
     if check.expect is not None and not search(check.expect, stdout):
-        return Case(check.name, "failed", seconds, f"output of `{check.ssh}` does not match {check.expect!r}",
+        return Case(check.name, "failed", seconds, f"output of `{check.command}` does not match {check.expect!r}",
                     output)
     return Case(check.name, "passed", seconds, output=stdout)
 
@@ -318,7 +319,8 @@ class _Runner:
         for check in self.profile.smoke.checks:
             self.current = check.name
             with self.progress.step(f"{check.name}: running", announce=False):
-                case = self._ssh_check(check) if check.ssh is not None else self._serial_check(check)
+                case = self._ssh_check(check) if check.ssh is not None else \
+                    self._agent_check(check) if check.agent is not None else self._serial_check(check)
             self._record(case)
 
     def _ssh_check(self, check: SmokeCheck) -> Case:
@@ -333,6 +335,23 @@ class _Runner:
             time.sleep(SSH_RETRY)
         self._ssh_seen = self._ssh_seen or done.returncode != 255
         return evaluate_ssh(check, done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+
+    def _agent_check(self, check: SmokeCheck) -> Case:
+        """`sh -c COMMAND` through the guest agent, once it answers (ready may not have waited for it)."""
+        from qemuvm.control import agent, wait
+
+        start = time.monotonic()
+        try:
+            wait.wait_for(self.paths, [wait.agent_condition(self.paths)], max(self.clock.left(), 0.1))
+            with agent.Agent(self.paths) as session:
+                done = agent.exec_command(session, ["sh", "-c", check.agent or ""],
+                                          timeout=max(self.clock.left(), 0.1))
+        except agent.AgentTimeout as exc:
+            return Case(check.name, "failed", time.monotonic() - start, f"timed out: {exc}")
+        except QemuvmError as exc:  # the check fails with the sentence; the run goes on
+            return Case(check.name, "failed", time.monotonic() - start, _one_line(exc))
+        return evaluate_ssh(check, done.exit_code, done.stdout.decode(errors="replace"),
+                            done.stderr.decode(errors="replace"), time.monotonic() - start)
 
     def _serial_check(self, check: SmokeCheck) -> Case:
         start = time.monotonic()

@@ -1,0 +1,67 @@
+"""Commands through the guest agent (no network needed): exec, cp."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from qemuvm.cli import app
+from qemuvm.cli.output import NameArg, print_json
+from qemuvm.errors import UsageError
+
+
+@app.command("exec")
+def exec_(
+    name: str = NameArg,
+    command: list[str] = typer.Argument(..., help="The command and its arguments (after --), searched on the "
+                                        "guest's PATH; no shell: `-- sh -c 'a | b'` for one."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait for the command [default: no limit]."),
+    env: list[str] = typer.Option(None, "--env", help="KEY=VALUE in the command's environment (repeatable)."),
+    json_: bool = typer.Option(False, "--json", help="Print exit code, stdout, stderr and duration as JSON."),
+) -> int:
+    """Run a command in the guest through its guest agent: its stdout and stderr, its exit code (a signal N:
+    128+N). stdin is passed on when it is not a terminal. Needs `guest_agent: true` and qemu-ga in the guest."""
+    from qemuvm import api
+
+    words = list(command)
+    if words[:1] == ["--"]:
+        words = words[1:]
+    if not words:
+        raise UsageError("exec: give the command to run after --")
+    variables = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
+        variables[key] = value
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    result = api.exec_(name, words, env=variables, stdin=stdin, timeout=timeout)
+    if json_:
+        print_json(result.as_json())
+        return result.exit_code
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    for stream in result.truncated:
+        print(f"qemuvm: {stream} was cut by the guest agent at 16 MiB (qemu-ga keeps no more); redirect it to a "
+              "file in the guest and `qemuvm cp` that", file=sys.stderr)
+    sys.stderr.flush()
+    return result.exit_code
+
+
+@app.command()
+def cp(
+    source: str = typer.Argument(..., help="A host file, or NAME:/guest/path."),
+    target: str = typer.Argument(..., help="A host path, or NAME:/guest/path."),
+    json_: bool = typer.Option(False, "--json", help="Print what was copied as JSON."),
+) -> None:
+    """Copy one file between the host and a guest through its guest agent (either direction; the mode
+    follows)."""
+    from qemuvm import api
+
+    result = api.cp(source, target)
+    if json_:
+        print_json(result)
+    else:
+        print(f"copied {result['bytes']} bytes: {result['source']} -> {result['target']}")
