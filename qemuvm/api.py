@@ -323,6 +323,29 @@ def cp(source: str, target: str, *, home: Path | None = None) -> dict[str, Any]:
     return agent.cp(paths, source if to_guest else target, guest_path, to_guest)
 
 
+def send(name: str, text: str, *, home: Path | None = None) -> int:
+    """Type `text` on the serial console (escapes: \\n \\r \\t \\e \\xHH, see control/keys.py); bytes sent."""
+    from qemuvm.control import keys
+
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    return keys.send_serial(paths.serial_socket, keys.unescape(text))
+
+
+def sendkey(name: str, combos: Sequence[str] = (), *, text: str | None = None, delay: float = 0.05,
+            home: Path | None = None) -> int:
+    """Press keys on the VM's keyboard (QMP send-key): each combo (`ctrl-alt-delete`), then `text` typed key by
+    key on a US layout, `delay` seconds apart; how many presses were sent."""
+    from qemuvm.control import keys
+
+    presses = [keys.combo(spec) for spec in combos] + (keys.text_combos(text) if text else [])
+    if not presses:
+        raise UsageError("sendkey: give keys (ctrl-alt-delete, esc, ret, ...) or --text")
+    paths = instance_paths(name, home)
+    _running_qemu(paths)
+    return _monitor(paths).run(lambda session: keys.press(session.execute, presses, delay))
+
+
 def screenshot(name: str, out: str | os.PathLike[str], *, home: Path | None = None) -> Path:
     """The VM's screen as a PNG at `out` (QMP screendump; the profile needs a display); the path written."""
     from qemuvm.control import display

@@ -64,6 +64,7 @@ class VM:
         self.profile = Path(profile)
         self.home = home  # None: $QEMUVM_HOME or the default; every call below passes it on
         self.paths = InstancePaths.for_name(name, home)
+        self._mark = 0  # serial.log offset at the last send/keys: where expect() looks from
 
     def __repr__(self) -> str:
         return f"<qemuvm.testing.VM {self.name}>"
@@ -126,6 +127,33 @@ class VM:
         """Wait until `pattern` is anywhere in the serial log (including what is already there); the match."""
         self.wait(serial=pattern, timeout=timeout, from_start=True)
         found = re.search(pattern, self.serial_log, re.MULTILINE)
+        assert found is not None
+        return found
+
+    def send(self, text: str) -> None:
+        """Type `text` on the serial console (escapes as `qemuvm send`: \\n, \\x03, ...); a later `expect`
+        looks at what the guest writes from here on."""
+        from qemuvm import api
+
+        self._mark = self.paths.serial_log.stat().st_size if self.paths.serial_log.exists() else 0
+        api.send(self.name, text, home=self.home)
+
+    def keys(self, *combos: str, text: str | None = None, delay: float = 0.05) -> None:
+        """Press key combos on the VM's keyboard (`ctrl-alt-delete`, `ret`), then type `text` key by key."""
+        from qemuvm import api
+
+        self._mark = self.paths.serial_log.stat().st_size if self.paths.serial_log.exists() else 0
+        api.sendkey(self.name, combos, text=text, delay=delay, home=self.home)
+
+    def expect(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """Wait for `pattern` on the serial console after the last `send`/`keys` (an expect script); the match."""
+        from qemuvm.control import wait
+
+        mark = self._mark
+        wait.wait_for(self.paths, [wait.serial_condition(self.paths, pattern, offset=mark)], timeout)
+        with self.paths.serial_log.open("rb") as handle:
+            handle.seek(mark)
+            found = re.search(pattern, handle.read().decode(errors="replace"), re.MULTILINE)
         assert found is not None
         return found
 

@@ -1,4 +1,5 @@
-"""Commands through the guest agent (no network needed): exec, cp."""
+"""Into the guest without a network: exec and cp through the guest agent; send (the serial console) and
+sendkey (the keyboard) for guests with neither an agent nor SSH."""
 
 from __future__ import annotations
 
@@ -65,3 +66,29 @@ def cp(
         print_json(result)
     else:
         print(f"copied {result['bytes']} bytes: {result['source']} -> {result['target']}")
+
+
+@app.command()
+def send(
+    name: str = NameArg,
+    text: str = typer.Argument(..., help="What to type; escapes: \\n \\r \\t \\e (Esc) \\0 \\\\ \\xHH "
+                               "(\\x03: Ctrl-C)."),
+) -> None:
+    """Type on the VM's serial console, for guests with no agent and no SSH (a login prompt, an installer)."""
+    from qemuvm import api
+
+    api.send(name, text)
+
+
+@app.command()
+def sendkey(
+    name: str = NameArg,
+    keys: list[str] = typer.Argument(None, help="Key combos pressed in order: ctrl-alt-delete, esc, ret, f12, "
+                                     "shift-tab, a ... (QEMU's qcodes)."),
+    text: str = typer.Option(None, "--text", help="Then type this text key by key (a US keyboard layout)."),
+    delay: float = typer.Option(0.05, "--delay", help="Seconds between key presses."),
+) -> None:
+    """Press keys on the VM's keyboard (QMP send-key): boot menus, installers, anything on the screen."""
+    from qemuvm import api
+
+    api.sendkey(name, keys or [], text=text, delay=delay)

@@ -293,14 +293,21 @@ class SmokeCheck(Section):
     ssh: str | None = Field(None, description="A command run over SSH; its exit status must be 0")
     agent: str | None = Field(None, description="A command run by the guest agent through `sh -c` (no network "
                               "needed; the profile needs guest_agent: true); its exit status must be 0")
-    serial: Regex | None = Field(None, description="A regex that must appear on the serial console")
+    serial: Regex | None = Field(None, description="A regex that must appear on the serial console (after the last "
+                                 "send/keys step, when there was one)")
+    send: str | None = Field(None, description="Type this on the serial console (escapes as `qemuvm send`: \\n, "
+                             "\\x03, ...): steps alternate send and serial, as an expect script")
+    keys: list[str] | None = Field(None, description="Press these key combos on the VM's keyboard, in order "
+                                   "(ctrl-b, ret, ctrl-alt-delete: `qemuvm sendkey`)")
     expect: Regex | None = Field(None, description="A regex the command's output must match (ssh and agent)")
+    timeout: Duration | None = Field(None, description="How long this step may take [default: what is left of "
+                                     "smoke.timeout]")
 
     @model_validator(mode="after")
     def _one_kind(self) -> SmokeCheck:
-        if [self.ssh, self.agent, self.serial].count(None) != 2:
-            raise ValueError("a check has exactly one of ssh, agent or serial")
-        if self.expect is not None and self.serial is not None:
+        if [self.ssh, self.agent, self.serial, self.send, self.keys].count(None) != 4:
+            raise ValueError("a check has exactly one of ssh, agent, serial, send or keys")
+        if self.expect is not None and self.command is None:
             raise ValueError("expect applies to ssh and agent checks")
         return self
 

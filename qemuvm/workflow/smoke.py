@@ -272,6 +272,7 @@ class _Runner:
         self.started = False
         self.current = "boot"
         self._ssh_seen = False
+        self._serial_mark = 0  # serial checks look from here: the end of the log at the last send/keys step
 
     def _record(self, case: Case) -> bool:
         self.result.cases.append(case)
@@ -320,7 +321,9 @@ class _Runner:
             self.current = check.name
             with self.progress.step(f"{check.name}: running", announce=False):
                 case = self._ssh_check(check) if check.ssh is not None else \
-                    self._agent_check(check) if check.agent is not None else self._serial_check(check)
+                    self._agent_check(check) if check.agent is not None else \
+                    self._typing_step(check) if check.send is not None or check.keys is not None else \
+                    self._serial_check(check)
             self._record(case)
 
     def _ssh_check(self, check: SmokeCheck) -> Case:
@@ -353,11 +356,29 @@ class _Runner:
         return evaluate_ssh(check, done.exit_code, done.stdout.decode(errors="replace"),
                             done.stderr.decode(errors="replace"), time.monotonic() - start)
 
+    def _typing_step(self, check: SmokeCheck) -> Case:
+        """send: text on the serial console; keys: combos on the keyboard. A serial check after it looks only at
+        what came after (an expect script: send, expect, send, ...)."""
+        from qemuvm import api
+
+        start = time.monotonic()
+        self._serial_mark = len(_read(self.paths.serial_log))
+        try:
+            if check.send is not None:
+                sent = f"{api.send(self.name, check.send, home=self.home)} bytes on the serial console"
+            else:
+                sent = f"{api.sendkey(self.name, check.keys or [], home=self.home)} key presses"
+        except QemuvmError as exc:
+            return Case(check.name, "failed", time.monotonic() - start, _one_line(exc))
+        return Case(check.name, "passed", time.monotonic() - start, output=sent)
+
     def _serial_check(self, check: SmokeCheck) -> Case:
         start = time.monotonic()
+        until = start + check.timeout if check.timeout is not None else None
         while True:
-            finished = self.clock.left() <= 0 or not self._alive()
-            case = evaluate_serial(check, _read(self.paths.serial_log), time.monotonic() - start, finished)
+            finished = self.clock.left() <= 0 or not self._alive() or (until is not None and time.monotonic() > until)
+            text = _read(self.paths.serial_log)[self._serial_mark:]
+            case = evaluate_serial(check, text, time.monotonic() - start, finished)
             if case is not None:
                 return case
             time.sleep(SERIAL_POLL)

@@ -151,9 +151,11 @@ def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp):
         "disks": [{"file": str(debian_image.disk)}],  # smoke makes it ephemeral
         "cloud_init": {"user_data": {"hostname": "smoked", "runcmd": [
             ["sh", "-c", "echo QEMUVM_RUNCMD_MARKER > /var/tmp/runcmd-marker"]]}},
+        "guest_agent": True,
         "ready": {"ssh": True, "timeout": "400s"},
         "smoke": {"timeout": "600s", "checks": [
             {"name": "login", "serial": "smoked login:|login:"},
+            {"name": "agent", "agent": "hostname", "expect": "^smoked$"},  # Debian's qemu-guest-agent
             {"name": "cloud-init", "ssh": "cloud-init status --wait", "expect": "status: done"},
             {"name": "hostname", "ssh": "hostname", "expect": "^smoked$"},
             {"name": "runcmd", "ssh": "cat /var/tmp/runcmd-marker", "expect": "^QEMUVM_RUNCMD_MARKER$"},
@@ -164,8 +166,8 @@ def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp):
     for run in ("makes the template", "is a clone"):
         done = smoke(str(profile), "--warm", "--junit", "out.xml", cwd=short_tmp, timeout=900)
         assert done.returncode == 0, (run, done.stderr)
-        assert list(report(short_tmp / "out.xml")) == ["boot", "ready", "login", "cloud-init", "hostname", "runcmd",
-                                                        "kernel"]
+        assert list(report(short_tmp / "out.xml")) == ["boot", "ready", "login", "agent", "cloud-init", "hostname",
+                                                        "runcmd", "kernel"]
     assert debian_image.disk.stat().st_mtime_ns == before
     templates = [p for p in (qemuvm_home / ".templates").iterdir() if not p.name.startswith(".")]
     assert len(templates) == 1  # the second run found the first one's template
