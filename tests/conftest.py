@@ -1,4 +1,4 @@
-"""Suite-wide fixtures and the check that the suite leaves no QEMU, supervisor or helper (virtiofsd) behind."""
+"""Suite-wide fixtures and the check that the suite leaves no QEMU, supervisor or helper (virtiofsd, passt) behind."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-_OURS = ("qemu-system", "qemuvm.runtime.supervisor", "virtiofsd")
+_OURS = ("qemu-system", "qemuvm.runtime.supervisor", "virtiofsd", "passt")
 
 
 # Processes inherit this from the session, so the check below ends only this session's processes, never

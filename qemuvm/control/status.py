@@ -54,8 +54,8 @@ def helper_views(seen: dict[str, Any]) -> list[dict[str, Any]]:
             how = helpers.describe_exit(exited) if exited else "is gone (not yet recorded)"
             why = f" ({exited['why']})" if exited.get("why") else ""
             program = os.path.basename((entry.get("cmdline") or ["helper"])[0])
-            item["gone"] = (f"{entry.get('what')} is gone: its {program} {how}{why}; the guest's accesses to it "
-                            f"fail or hang until the VM restarts; log {entry.get('log')}")
+            item["gone"] = (f"{entry.get('what')} is gone: its {program} {how}{why}; what the guest does through it "
+                            f"fails or hangs until the VM restarts; log {entry.get('log')}")
         out.append(item)
     return out
 

@@ -157,11 +157,13 @@ def parse_hostfwd(text: Any) -> Any:
 
 
 class Nic(Section):
-    mode: Literal["user", "bridge", "tap"] = Field(
-        "user", description="user (NAT, no root) | bridge (qemu-bridge-helper) | tap (an existing device)"
+    mode: Literal["user", "passt", "bridge", "tap"] = Field(
+        "user", description="user (QEMU's NAT, no root) | passt (passt's user-mode networking, a supervised helper: "
+        "faster, IPv6) | bridge (qemu-bridge-helper) | tap (an existing device)"
     )
     forwards: list[Annotated[Forward, BeforeValidator(parse_hostfwd)]] = Field(
-        default_factory=list, description="user mode only: QEMU hostfwd strings or {host, guest, protocol, address}"
+        default_factory=list, description="user and passt modes: QEMU hostfwd strings or {host, guest, protocol, "
+        "address}"
     )
     bridge: SafeStr | None = Field(None, description="bridge mode: the host bridge (default br0)")
     ifname: SafeStr | None = Field(None, description="tap mode: the existing tap device")
@@ -172,8 +174,8 @@ class Nic(Section):
 
     @model_validator(mode="after")
     def _mode_fields(self) -> Nic:
-        if self.forwards and self.mode != "user":
-            raise ValueError(f"forwards need mode user, not {self.mode}")
+        if self.forwards and self.mode not in ("user", "passt"):
+            raise ValueError(f"forwards need mode user or passt, not {self.mode}")
         if self.bridge is not None and self.mode != "bridge":
             raise ValueError("bridge is only for mode bridge")
         if self.ifname is not None and self.mode != "tap":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Disk, Nic, Profile
+from qemuvm.qemu import passt
 from qemuvm.qemu import shares as shares_
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
@@ -315,8 +316,9 @@ class _Compiler:
         for index, nic in enumerate(self.p.network):
             at = f"network[{index}]"
             netdev, fields = self._netdev(index, nic)
-            if ssh_pending and nic.mode == "user":
-                netdev += f",hostfwd=tcp:127.0.0.1:{self.ports.ssh_host_port}-:{self.p.ssh.port}"
+            if ssh_pending and nic.mode in ("user", "passt"):
+                if nic.mode == "user":  # passt's forwards are on its own command line (qemu/passt.py)
+                    netdev += f",hostfwd=tcp:127.0.0.1:{self.ports.ssh_host_port}-:{self.p.ssh.port}"
                 fields = (*fields, "(qemuvm: ssh forward)", "ssh.port")
                 ssh_pending = False
             self.add(fields, "-netdev", netdev)
@@ -333,6 +335,13 @@ class _Compiler:
                 raise UsageError(f"{at}.mode: bridge needs qemu-bridge-helper (apt-get install qemu-system-common)")
             return keyvals("bridge", {"id": f"net{index}", "br": nic.bridge or "br0",
                                       "helper": self.host.bridge_helper}), (f"{at}.mode", f"{at}.bridge")
+        if nic.mode == "passt":
+            if not self.host.passt:
+                raise UsageError(f"{at}.mode: passt is not installed (apt-get install passt), or use mode user")
+            # passt (started by the supervisor before QEMU) is the other end of this stream socket.
+            return keyvals("stream", {"id": f"net{index}", "server": False, "addr.type": "unix",
+                                      "addr.path": passt.socket(self.paths, index)}), \
+                (f"{at}.mode", *((f"{at}.forwards",) if nic.forwards else ()))
         if nic.mode == "tap":
             return keyvals("tap", {"id": f"net{index}", "ifname": nic.ifname, "script": "no",
                                    "downscript": "no"}), (f"{at}.mode", f"{at}.ifname")

@@ -19,3 +19,4 @@ class HostFacts:
     machines: tuple[str, ...] = field(default=("pc", "q35", "microvm"))
     virtiofsd: str | None = "/usr/lib/qemu/virtiofsd"  # installed (Debian: qemu-system-common), else None
     root: bool = True  # we run as root: Debian 12's C virtiofsd runs as root only
+    passt: str | None = "/usr/bin/passt"  # installed (Debian: passt), else None

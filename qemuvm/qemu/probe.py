@@ -125,4 +125,5 @@ def probe(binary: str = "qemu-system-x86_64") -> HostFacts:
         machines=qemu.machines if qemu else HostFacts().machines,
         virtiofsd=next((path for path in VIRTIOFSD if os.access(path, os.X_OK)), None),
         root=os.geteuid() == 0,
+        passt=shutil.which("passt") or next((p for p in ("/usr/bin/passt",) if os.access(p, os.X_OK)), None),
     )

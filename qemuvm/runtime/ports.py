@@ -87,7 +87,7 @@ def plan_ports(profile: Profile, reserved: frozenset[int] = frozenset()
     planned: dict[tuple[int, int], int] = {}
     forwards: list[dict[str, Any]] = []
     ssh_covered = False
-    user_nics = [i for i, nic in enumerate(profile.network) if nic.mode == "user"]
+    user_nics = [i for i, nic in enumerate(profile.network) if nic.mode in ("user", "passt")]  # they forward
     for nic_index in user_nics:
         for number, fwd in enumerate(profile.network[nic_index].forwards):
             port = fwd.host

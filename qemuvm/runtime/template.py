@@ -55,6 +55,9 @@ def warm_problem(profile: Profile) -> str | None:
             return (f"disks[{index}]: clones share the template's disks as read-only backing files, so every "
                     "writable disk must be ephemeral: true")
     for index, nic in enumerate(profile.network):
+        if nic.mode == "passt":
+            return (f"network[{index}].mode passt: passt keeps the guest's addresses and connections in its own "
+                    "process, which no save holds; use mode user for warm starts")
         if nic.mode != "user":
             return (f"network[{index}].mode {nic.mode}: every clone of a template keeps its MAC address, which "
                     f"breaks networking for two clones on one {nic.mode} network")

@@ -3,7 +3,8 @@ status, quit. A golden that QEMU rejects fails here with QEMU's stderr.
 
 Each profile is made runnable on this machine first: accel tcg (the host KVM is software-only), files the
 profile names are replaced by small ones in a short temp dir, fixed host forward ports become 0 (QEMU picks
-a free one) so parallel runs cannot collide; its virtiofsd helpers are started first, as the supervisor does.
+a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt) are started first, as the
+supervisor does.
 Profiles that need host setup (bridge, tap, hugepages) are skipped.
 """
 
@@ -25,8 +26,8 @@ from qemu.qmp import QMPClient
 
 from qemuvm.profile.model import Profile
 from qemuvm.profile.validate import load_and_validate
-from qemuvm.qemu import shares
-from qemuvm.qemu.compile import compile_argv
+from qemuvm.qemu import passt, shares
+from qemuvm.qemu.compile import PortPlan, compile_argv
 from qemuvm.qemu.probe import probe
 from qemuvm.runtime import helpers, records
 from qemuvm.runtime.paths import InstancePaths
@@ -140,8 +141,10 @@ def test_qemu_accepts_golden(path: Path, scratch: Path, monkeypatch: pytest.Monk
     ready = runnable(profile, scratch, paths)
     argv = _vnc_searches(compile_argv(ready, paths, case.host, case.ports, start_paused=True))
     # virtiofs shares: QEMU connects to each virtiofsd at start, so they run first (as the supervisor does it).
-    started = [helpers.as_entry(helpers.start(records.Helper(**helper)))
-               for helper in shares.helpers(ready, paths, case.host)]
+    plan = case.ports or PortPlan()
+    started = [helpers.as_entry(helpers.start(records.Helper(**helper))) for helper in (
+        *shares.helpers(ready, paths, case.host), *passt.helpers(ready, paths, case.host, plan.forwards,
+                                                                  plan.ssh_host_port))]
     stderr = scratch / "qemu.err"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
