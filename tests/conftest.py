@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -45,17 +46,33 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if a test left a QEMU or supervisor running (and end those processes)."""
     before = getattr(session.config, "_qemuvm_before", {})
     left = {pid: cmd for pid, cmd in _our_processes().items() if pid not in before and pid != os.getpid()}
+    left.update(_namespaces_left())
     if not left:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"  pid {pid}: {cmd[:160]}" for pid, cmd in left.items()]
-    message = "processes left behind by the tests:\n" + "\n".join(lines)
+    lines = [f"  {pid if isinstance(pid, str) else f'pid {pid}'}: {cmd[:160]}" for pid, cmd in left.items()]
+    message = "left behind by the tests:\n" + "\n".join(lines)
     if reporter:
         reporter.write_line(message, red=True)
     for pid in left:
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, TypeError, ValueError):
             psutil.Process(pid).kill()
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _namespaces_left() -> dict[str, str]:
+    """Network namespaces a test made and did not remove (tests/integration/netns.py): reported, and removed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        return {}
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    mine = "qvn" + hashlib.sha256(os.environ.get(_SESSION_MARK, "").encode()).hexdigest()[:4]  # netns.prefix()
+    names = [line.split()[0] for line in listed.splitlines() if line.startswith(mine)]
+    for name in names:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+    return {f"netns {name}": "a network namespace left by a test (removed now)" for name in names}
 
 
 @pytest.hookimpl(hookwrapper=True)

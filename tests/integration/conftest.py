@@ -46,6 +46,12 @@ class DebianImage:
     def cmdline(self) -> str:
         return self.manifest["cmdline"]
 
+    def profile(self, name: str, **sections: Any) -> dict[str, Any]:
+        """A profile of this image (TCG, 1 GiB, its own kernel and command line), plus `sections`."""
+        return {"name": name, "machine": {"accel": "tcg", "memory": "1G"},
+                "boot": {"kernel": str(self.vmlinuz), "initrd": str(self.initrd), "cmdline": self.cmdline},
+                "disks": [{"file": str(self.disk)}], **sections}
+
 
 def _build(script: str, env: str, default: str, *options: str) -> tuple[Path, dict[str, Any]]:
     """Run scripts/SCRIPT into its folder -- <repo>/build/DEFAULT, cached across runs, unless $ENV names

@@ -5,7 +5,8 @@ Each profile is made runnable on this machine first: accel tcg (the host KVM is 
 profile names are replaced by small ones in a short temp dir, fixed host forward ports become 0 (QEMU picks
 a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt) are started first, as the
 supervisor does.
-Profiles that need host setup (bridge, tap, hugepages) are skipped.
+Tap devices are made in a network namespace of the test's own, where QEMU then runs; profiles that need other
+host setup (a bridge, hugepages) are skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import netns
 import pytest
 from golden_cases import GOLDEN, PROFILES, Case
 from qemu.qmp import QMPClient
@@ -41,9 +43,9 @@ START_DEADLINE = 10.0
 
 
 def _skip_reason(profile: Profile) -> str | None:
-    modes = {nic.mode for nic in profile.network} - {"user"}
+    modes = {nic.mode for nic in profile.network} - {"user", "passt"} - ({"tap"} if netns.usable() else set())
     if modes:
-        return f"network mode {'/'.join(sorted(modes))} needs host setup (a bridge or tap device)"
+        return f"network mode {'/'.join(sorted(modes))} needs host setup (a bridge, or root for a tap device)"
     if profile.machine.hugepages:
         return "hugepages need a mounted hugetlbfs with reserved pages"
     if profile.boot.kernel and not (GUEST / "vmlinuz").exists():
@@ -140,12 +142,23 @@ def test_qemu_accepts_golden(path: Path, scratch: Path, monkeypatch: pytest.Monk
     paths.root.mkdir(mode=0o700)
     ready = runnable(profile, scratch, paths)
     argv = _vnc_searches(compile_argv(ready, paths, case.host, case.ports, start_paused=True))
-    # virtiofs shares: QEMU connects to each virtiofsd at start, so they run first (as the supervisor does it).
+    # Helpers (virtiofsd, passt): QEMU connects to each at start, so they run first, as the supervisor does it.
     plan = case.ports or PortPlan()
     started = [helpers.as_entry(helpers.start(records.Helper(**helper))) for helper in (
         *shares.helpers(ready, paths, case.host), *passt.helpers(ready, paths, case.host, plan.forwards,
                                                                   plan.ssh_host_port))]
     stderr = scratch / "qemu.err"
+    with contextlib.ExitStack() as cleanup:
+        taps = [nic.ifname for nic in profile.network if nic.mode == "tap" and nic.ifname]
+        if taps:  # the tap devices it names, in a namespace of the test's own, where QEMU runs too
+            space = cleanup.enter_context(netns.namespace())
+            for tap in taps:
+                netns.add_tap(space, tap)
+            argv = ["ip", "netns", "exec", space, *argv]
+        _run_golden(argv, stderr, paths, started)
+
+
+def _run_golden(argv: list[str], stderr: Path, paths: InstancePaths, started: list[dict]) -> None:
     with stderr.open("wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
     try:

@@ -120,17 +120,10 @@ def test_the_debian_image_mounts_a_share_through_cloud_init(home: Path, debian_i
     folder.mkdir()
     (folder / "from host.txt").write_text("host")
     profile = tmp_path / "debian-share.yaml"
-    profile.write_text(yaml.safe_dump({
-        "name": "debian-share",
-        "machine": {"accel": "tcg", "memory": "1G"},
-        "boot": {"kernel": str(debian_image.vmlinuz), "initrd": str(debian_image.initrd),
-                 "cmdline": debian_image.cmdline},
-        "disks": [{"file": str(debian_image.disk), "ephemeral": True}],
-        "cloud_init": {"user_data": {}},
-        "shares": [{"source": str(folder), "tag": "src", "mount": "/srv/src"}],
-        "ready": {"ssh": True, "timeout": "400s"},
-        "shutdown": {"timeout": "5s"},
-    }))
+    profile.write_text(yaml.safe_dump(debian_image.profile(
+        "debian-share", disks=[{"file": str(debian_image.disk), "ephemeral": True}], cloud_init={"user_data": {}},
+        shares=[{"source": str(folder), "tag": "src", "mount": "/srv/src"}],
+        ready={"ssh": True, "timeout": "400s"}, shutdown={"timeout": "5s"})))
     assert api.up(str(profile))["ready"] is True
     # cloud-init writes the fstab line and mounts it; its final stage ends after ssh is up
     _in_guest("debian-share", "cloud-init status --wait >/dev/null")

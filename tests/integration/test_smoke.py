@@ -143,25 +143,20 @@ def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp):
     saves a template, the second is a clone of that template -- the same checks pass on a restored systemd
     guest (its sshd, its key, cloud-init's results), and neither run writes the image."""
     profile = short_tmp / "debian-smoke.yaml"
-    profile.write_text(yaml.safe_dump({
-        "name": "debian-smoke",
-        "machine": {"accel": "tcg", "memory": "1G"},
-        "boot": {"kernel": str(debian_image.vmlinuz), "initrd": str(debian_image.initrd),
-                 "cmdline": debian_image.cmdline},
-        "disks": [{"file": str(debian_image.disk)}],  # smoke makes it ephemeral
-        "cloud_init": {"user_data": {"hostname": "smoked", "runcmd": [
+    profile.write_text(yaml.safe_dump(debian_image.profile(  # its disk: smoke makes it ephemeral
+        "debian-smoke",
+        cloud_init={"user_data": {"hostname": "smoked", "runcmd": [
             ["sh", "-c", "echo QEMUVM_RUNCMD_MARKER > /var/tmp/runcmd-marker"]]}},
-        "guest_agent": True,
-        "ready": {"ssh": True, "timeout": "400s"},
-        "smoke": {"timeout": "600s", "checks": [
+        guest_agent=True,
+        ready={"ssh": True, "timeout": "400s"},
+        smoke={"timeout": "600s", "checks": [
             {"name": "login", "serial": "smoked login:|login:"},
             {"name": "agent", "agent": "hostname", "expect": "^smoked$"},  # Debian's qemu-guest-agent
             {"name": "cloud-init", "ssh": "cloud-init status --wait", "expect": "status: done"},
             {"name": "hostname", "ssh": "hostname", "expect": "^smoked$"},
             {"name": "runcmd", "ssh": "cat /var/tmp/runcmd-marker", "expect": "^QEMUVM_RUNCMD_MARKER$"},
             {"name": "kernel", "ssh": "uname -r", "expect": r"^6\."},
-        ]},
-    }))
+        ]})))
     before = debian_image.disk.stat().st_mtime_ns
     for run in ("makes the template", "is a clone"):
         done = smoke(str(profile), "--warm", "--junit", "out.xml", cwd=short_tmp, timeout=900)
