@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-_OURS = ("qemu-system", "qemuvm.runtime.supervisor", "virtiofsd", "passt")
+_OURS = ("qemu-system", "qemuvm.runtime.supervisor", "qemuvm.runtime.segment", "virtiofsd", "passt")
 
 
 # Processes inherit this from the session, so the check below ends only this session's processes, never

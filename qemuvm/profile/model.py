@@ -157,10 +157,16 @@ def parse_hostfwd(text: Any) -> Any:
 
 
 class Nic(Section):
-    mode: Literal["user", "passt", "bridge", "tap"] = Field(
+    mode: Literal["user", "passt", "segment", "bridge", "tap"] = Field(
         "user", description="user (QEMU's NAT, no root) | passt (passt's user-mode networking, a supervised helper: "
-        "faster, IPv6) | bridge (qemu-bridge-helper) | tap (an existing device)"
+        "IPv6) | segment (an L2 segment shared by this host's VMs that name it; no root, never leaves the host) | "
+        "bridge (qemu-bridge-helper) | tap (an existing device)"
     )
+    segment: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
+        None, description="segment mode: the segment's name (every VM of this user naming it is on it)")
+    address: SafeStr | None = Field(
+        None, description="segment mode: the guest's address on it (CIDR, e.g. 10.10.0.2/24), set through the "
+        "test guest's kernel command line (qemuvm.ip=ethN:CIDR) for a direct-boot kernel")
     forwards: list[Annotated[Forward, BeforeValidator(parse_hostfwd)]] = Field(
         default_factory=list, description="user and passt modes: QEMU hostfwd strings or {host, guest, protocol, "
         "address}"
@@ -182,6 +188,14 @@ class Nic(Section):
             raise ValueError("ifname is only for mode tap")
         if self.mode == "tap" and not self.ifname:
             raise ValueError("mode tap needs ifname, the existing tap device")
+        if self.mode == "segment" and not self.segment:
+            raise ValueError("mode segment needs segment, the segment's name")
+        if (self.segment is not None or self.address is not None) and self.mode != "segment":
+            raise ValueError("segment and address are only for mode segment")
+        if self.address is not None:
+            ipaddress.ip_interface(self.address)  # a CIDR address; ValueError says what is wrong
+            if "/" not in self.address:
+                raise ValueError(f"address {self.address!r} needs its prefix length, e.g. {self.address}/24")
         return self
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Disk, Nic, Profile
-from qemuvm.qemu import passt
+from qemuvm.qemu import passt, segment
 from qemuvm.qemu import shares as shares_
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
@@ -211,10 +211,11 @@ class _Compiler:
             self.add("boot.kernel", "-kernel", boot.kernel)
             if boot.initrd:
                 self.add("boot.initrd", "-initrd", boot.initrd)
-            params = shares_.kernel_params(self.p, self.host)
-            if boot.cmdline or params:
-                self.add(("boot.cmdline", *(["shares"] if params else [])), "-append",
-                         " ".join([*([boot.cmdline] if boot.cmdline else []), *params]))
+            shared, addresses = shares_.kernel_params(self.p, self.host), segment.kernel_params(self.p)
+            if boot.cmdline or shared or addresses:
+                fields = ("boot.cmdline", *(["shares"] if shared else []), *(["network"] if addresses else []))
+                self.add(fields, "-append", " ".join([*([boot.cmdline] if boot.cmdline else []), *shared,
+                                                       *addresses]))
         once = boot.once if first_boot else None
         if self.uefi or not (boot.order or once):
             return
@@ -342,6 +343,11 @@ class _Compiler:
             return keyvals("stream", {"id": f"net{index}", "server": False, "addr.type": "unix",
                                       "addr.path": passt.socket(self.paths, index)}), \
                 (f"{at}.mode", *((f"{at}.forwards",) if nic.forwards else ()))
+        if nic.mode == "segment":
+            # Its port (runtime/segment.py, started by the supervisor before QEMU) is the other end.
+            return keyvals("stream", {"id": f"net{index}", "server": False, "addr.type": "unix",
+                                      "addr.path": segment.socket(self.paths, index)}), \
+                (f"{at}.mode", f"{at}.segment")
         if nic.mode == "tap":
             return keyvals("tap", {"id": f"net{index}", "ifname": nic.ifname, "script": "no",
                                    "downscript": "no"}), (f"{at}.mode", f"{at}.ifname")

@@ -3,7 +3,7 @@ status, quit. A golden that QEMU rejects fails here with QEMU's stderr.
 
 Each profile is made runnable on this machine first: accel tcg (the host KVM is software-only), files the
 profile names are replaced by small ones in a short temp dir, fixed host forward ports become 0 (QEMU picks
-a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt) are started first, as the
+a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt, segment ports) are started first, as the
 supervisor does.
 Tap devices are made in a network namespace of the test's own, where QEMU then runs; profiles that need other
 host setup (a bridge, hugepages) are skipped.
@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,10 +29,10 @@ from qemu.qmp import QMPClient
 
 from qemuvm.profile.model import Profile
 from qemuvm.profile.validate import load_and_validate
-from qemuvm.qemu import passt, shares
+from qemuvm.qemu import passt, segment, shares
 from qemuvm.qemu.compile import PortPlan, compile_argv
 from qemuvm.qemu.probe import probe
-from qemuvm.runtime import helpers, records
+from qemuvm.runtime import helpers, launch, records
 from qemuvm.runtime.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,8 @@ START_DEADLINE = 10.0
 
 
 def _skip_reason(profile: Profile) -> str | None:
-    modes = {nic.mode for nic in profile.network} - {"user", "passt"} - ({"tap"} if netns.usable() else set())
+    runnable_here = {"user", "passt", "segment", *(("tap",) if netns.usable() else ())}
+    modes = {nic.mode for nic in profile.network} - runnable_here
     if modes:
         return f"network mode {'/'.join(sorted(modes))} needs host setup (a bridge, or root for a tap device)"
     if profile.machine.hugepages:
@@ -144,9 +146,11 @@ def test_qemu_accepts_golden(path: Path, scratch: Path, monkeypatch: pytest.Monk
     argv = _vnc_searches(compile_argv(ready, paths, case.host, case.ports, start_paused=True))
     # Helpers (virtiofsd, passt): QEMU connects to each at start, so they run first, as the supervisor does it.
     plan = case.ports or PortPlan()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(launch.module_path()))  # a segment port runs `python -S`
     started = [helpers.as_entry(helpers.start(records.Helper(**helper))) for helper in (
         *shares.helpers(ready, paths, case.host), *passt.helpers(ready, paths, case.host, plan.forwards,
-                                                                  plan.ssh_host_port))]
+                                                                  plan.ssh_host_port),
+        *segment.helpers(ready, paths, sys.executable))]
     stderr = scratch / "qemu.err"
     with contextlib.ExitStack() as cleanup:
         taps = [nic.ifname for nic in profile.network if nic.mode == "tap" and nic.ifname]
