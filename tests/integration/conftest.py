@@ -43,6 +43,12 @@ class DebianImage:
     manifest: dict[str, Any]
 
     @property
+    def generic_kernel(self) -> dict[str, str]:
+        """`boot` for the image's generic kernel (it has 9p; the default cloud kernel does not)."""
+        return {"kernel": str(self.outdir / "vmlinuz-generic"), "initrd": str(self.outdir / "initrd-generic.img"),
+                "cmdline": self.cmdline}
+
+    @property
     def cmdline(self) -> str:
         return self.manifest["cmdline"]
 
