@@ -3,6 +3,7 @@ exit is classified, and whether the restart policy starts it again. No I/O, no c
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 MAX_BACKOFF = 60.0
@@ -64,3 +65,11 @@ def restart_delay(policy: str, reason: str, failure: bool, restarts: int, max_re
 def gives_up(policy: str, reason: str, failure: bool, restarts: int, max_retries: int) -> bool:
     """The policy wanted a restart, but max_retries are used up."""
     return wants_restart(policy, reason, failure) and restarts >= max_retries
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9: how the exit records (QEMU's and the helpers') name a signal."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

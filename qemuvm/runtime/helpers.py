@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from qemuvm.runtime import instance, records
+from qemuvm.runtime import decisions, instance, records
 
 START_TIMEOUT = 10.0  # virtiofsd listens within milliseconds; this covers a loaded host
 STOP_GRACE = 5.0  # SIGTERM, then SIGKILL
@@ -114,10 +113,7 @@ def exit_of(pid: int) -> dict[str, Any]:
     if proc is not None:
         code = proc.wait()
         if code < 0:
-            try:
-                record["signal"] = signal.Signals(-code).name
-            except ValueError:
-                record["signal"] = f"signal {-code}"
+            record["signal"] = decisions.signal_name(-code)
         else:
             record["exit_code"] = code
     return record

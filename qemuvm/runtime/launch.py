@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import instance, intent, ports, records
+from qemuvm.runtime import decisions, instance, intent, ports, records
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -207,13 +206,6 @@ def start_supervisor(paths: InstancePaths, prestart: Prestart | None = None) -> 
         return _supervisor_process([str(paths.root)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:
     """`NAME failed to start: how QEMU ended`, then the last lines of qemu.log."""
     last = (state or {}).get("last_exit") or {}
@@ -265,7 +257,7 @@ def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
             final = instance.read_state(paths)
             if ours and final and final.get("state") in (CRASHED, STOPPED, SAVED):  # recorded just before it exited
                 raise OperationError(failure_message(paths, final))
-            how = f"was killed by {_signal_name(-proc.returncode)}" if proc.returncode < 0 \
+            how = f"was killed by {decisions.signal_name(-proc.returncode)}" if proc.returncode < 0 \
                 else f"exited with code {proc.returncode}"
             raise OperationError(f"the supervisor of {paths.name} {how} before QEMU ran; nothing is left running; "
                                  f"last lines of {paths.supervisor_log}:\n{instance.tail(paths.supervisor_log)}")

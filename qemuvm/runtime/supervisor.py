@@ -68,13 +68,6 @@ def log(message: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 class _Recorder(EventListener):
     """Hands each event to the supervisor the moment QMP reads it (in order, nothing queued)."""
 
@@ -354,7 +347,7 @@ class Supervisor:
         record: dict[str, Any] = {"time": time.time(), "exit_code": None, "signal": None,
                                   "shutdown_reason": self.shutdown_reason}
         if code is not None and code < 0:
-            record["signal"] = _signal_name(-code)
+            record["signal"] = decisions.signal_name(-code)
         elif code is not None:
             record["exit_code"] = code
         record["reason"], record["failure"] = decisions.classify(decisions.Exit(

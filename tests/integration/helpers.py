@@ -156,3 +156,14 @@ def up_with_supervisor_stopped_at(home: Path, profile: Path, step: str) -> tuple
                         return proc.pid
         return None
     return up, poll(f"the supervisor to stop at {step}", stopped_supervisor, 60)
+
+
+def helper_pids(home: Path, program: str) -> list[int]:
+    """Every `program` process (virtiofsd, passt) serving a socket below `home`, whatever state.json says. By
+    argv[0]: passt re-executes itself as passt.avx2 where the CPU has AVX2 (same pid and argv)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or [""]
+        if Path(argv[0]).name == program and str(home) in " ".join(argv):
+            found.append(proc.pid)
+    return found

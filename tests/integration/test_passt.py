@@ -12,21 +12,14 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from helpers import alive, guest_profile, poll
+from helpers import alive, guest_profile, helper_pids, poll
 
 from qemuvm import api
 from qemuvm.runtime.paths import InstancePaths
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("passt") is None,
                                                           reason="needs passt (scripts/setup installs it)")]
-
-
-def _passts(home: Path) -> list[int]:
-    # By command line: passt re-executes itself as passt.avx2 where the CPU has AVX2 (same pid and argv).
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if "passt" in (p.info["cmdline"] or [""])[0] and str(home) in " ".join(p.info["cmdline"] or [])]
 
 
 def _profile(home: Path, guest: Any, name: str) -> Path:
@@ -69,7 +62,7 @@ def test_a_passt_nic_carries_ssh_and_forwards(home: Path, test_guest: Any) -> No
     [gone] = api.status("pst")["helpers"]
     assert "network[0] (passt) is gone" in gone["gone"]
     assert api.down("pst")["state"] == "stopped"
-    assert _passts(home) == []
+    assert helper_pids(home, "passt") == []
 
 
 def test_adoption_covers_passt(home: Path, test_guest: Any) -> None:
@@ -83,4 +76,4 @@ def test_adoption_covers_passt(home: Path, test_guest: Any) -> None:
     assert again["pid"] == helper["pid"] and again["running"]
     assert api.ssh("pstadopt", "echo still").stdout == "still\n"  # the network through it goes on
     assert api.down("pstadopt", force=True)["state"] == "stopped"
-    assert _passts(home) == []  # stopped by the adopting supervisor after QEMU
+    assert helper_pids(home, "passt") == []  # stopped by the adopting supervisor after QEMU

@@ -13,21 +13,14 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from helpers import alive, cli, guest_profile, poll, up_with_supervisor_stopped_at
+from helpers import alive, cli, guest_profile, helper_pids, poll, up_with_supervisor_stopped_at
 
 from qemuvm import api
 from qemuvm.control import ssh as ssh_
 from qemuvm.runtime.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
-
-
-def _virtiofsds(home: Path) -> list[int]:
-    """Every virtiofsd serving a socket below `home` (ours, whatever state.json says)."""
-    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if p.info["name"] == "virtiofsd" and str(home) in " ".join(p.info["cmdline"] or [])]
 
 
 def _profile(home: Path, guest: Any, name: str, source: Path, **share: Any) -> Path:
@@ -67,7 +60,7 @@ def test_a_helper_killed_under_a_running_guest_is_named_by_status(home: Path, te
 
     stopped = api.down("vfkill")  # the guest's power-off may hang on the dead share: forced after 5 s
     assert stopped["state"] == "stopped"
-    assert _virtiofsds(home) == []
+    assert helper_pids(home, "virtiofsd") == []
 
 
 def test_adoption_after_a_supervisor_crash_covers_the_helper(home: Path, test_guest: Any) -> None:
@@ -91,7 +84,7 @@ def test_adoption_after_a_supervisor_crash_covers_the_helper(home: Path, test_gu
     poll("the adopting supervisor to record the end",
          lambda: (json.loads(state_file.read_text())["helpers"][0].get("exited") or {}).get("at"), 10)
     assert api.down("vfadopt", force=True)["state"] == "stopped"
-    assert _virtiofsds(home) == []
+    assert helper_pids(home, "virtiofsd") == []
 
 
 def test_a_virtiofsd_that_cannot_start_fails_up_with_its_words(home: Path, test_guest: Any) -> None:
@@ -106,18 +99,18 @@ def test_a_virtiofsd_that_cannot_start_fails_up_with_its_words(home: Path, test_
     assert "vfnostart failed to start: virtiofsd for shares[0] (tag src) exited with code 1" in err, err
     assert "failed to stat source" in err and "nothing is left running" in err
     poll("the supervisor to exit", lambda: not alive(supervisor), 10)
-    assert _virtiofsds(home) == []
+    assert helper_pids(home, "virtiofsd") == []
     assert not (home / "vfnostart").exists()  # a first start that failed leaves nothing
 
 
 def test_a_supervisor_killed_between_helper_and_qemu_leaves_nothing(home: Path, test_guest: Any) -> None:
     profile = _profile(home, test_guest, "vforphan", home / "src")
     up, supervisor = up_with_supervisor_stopped_at(home, profile, "after-helpers")
-    assert len(_virtiofsds(home)) == 1  # virtiofsd runs, waiting for a QEMU that never comes
+    assert len(helper_pids(home, "virtiofsd")) == 1  # virtiofsd runs, waiting for a QEMU that never comes
     os.kill(supervisor, signal.SIGKILL)
     _out, err = up.communicate(timeout=120)
     assert up.returncode == 1 and "Traceback" not in err and "supervisor" in err
-    assert _virtiofsds(home) == []  # up ended the orphan: proven ours by pid, start time and command line
+    assert helper_pids(home, "virtiofsd") == []  # up ended the orphan: proven ours by pid, start time and command line
     assert api.up(str(profile))["state"] == "running"  # and a clean start afterwards
     assert api.down("vforphan", force=True)["state"] == "stopped"
-    assert _virtiofsds(home) == []
+    assert helper_pids(home, "virtiofsd") == []
