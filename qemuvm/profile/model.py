@@ -171,7 +171,12 @@ class Nic(Section):
         default_factory=list, description="user and passt modes: QEMU hostfwd strings or {host, guest, protocol, "
         "address}"
     )
-    bridge: SafeStr | None = Field(None, description="bridge mode: the host bridge (default br0)")
+    bridge: SafeStr | None = Field(None, description="bridge mode: the host bridge, joined through "
+                                   "qemu-bridge-helper (default br0)")
+    network: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
+        None, description="bridge mode: a qemuvm NAT network (`qemuvm network create NAME`, root) instead of "
+        "`bridge`: QEMU opens a tap named for the instance and NIC, the supervisor puts it on the network's "
+        "bridge; the guest gets its address by DHCP (`qemuvm status` shows it, `qemuvm ssh` uses it)")
     ifname: SafeStr | None = Field(None, description="tap mode: the existing tap device")
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
     mac: Annotated[str, Field(pattern=r"^(auto|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})$")] = Field(
@@ -182,8 +187,11 @@ class Nic(Section):
     def _mode_fields(self) -> Nic:
         if self.forwards and self.mode not in ("user", "passt"):
             raise ValueError(f"forwards need mode user or passt, not {self.mode}")
-        if self.bridge is not None and self.mode != "bridge":
-            raise ValueError("bridge is only for mode bridge")
+        if (self.bridge is not None or self.network is not None) and self.mode != "bridge":
+            raise ValueError(f"{'bridge' if self.bridge is not None else 'network'} is only for mode bridge")
+        if self.bridge is not None and self.network is not None:
+            raise ValueError("give bridge (an existing bridge, via qemu-bridge-helper) or network (a qemuvm "
+                             "network), not both")
         if self.ifname is not None and self.mode != "tap":
             raise ValueError("ifname is only for mode tap")
         if self.mode == "tap" and not self.ifname:

@@ -39,6 +39,10 @@ _PATTERN_HINTS = {
     "tag": "a tag of letters, digits, '_', '.' and '-', at most 31 long",
     "serial": "a serial of letters, digits, '_', '.' and '-', at most 20 long",
     "mount": "an absolute guest path without spaces, commas or colons",
+    "network": "a network name of letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63 "
+               "long",
+    "segment": "a segment name of letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63 "
+               "long",
 }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Disk, Nic, Profile
-from qemuvm.qemu import passt, segment
+from qemuvm.qemu import natnet, passt, segment
 from qemuvm.qemu import shares as shares_
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
@@ -166,7 +166,8 @@ class _Compiler:
     def process(self, start_paused: bool) -> None:
         self.add("(qemuvm: pidfile)", "-pidfile", str(self.paths.pidfile))
         self.add("(qemuvm: log timestamps)", "-msg", "timestamp=on")
-        bridged = [f"network[{i}].mode" for i, nic in enumerate(self.p.network) if nic.mode == "bridge"]
+        bridged = [f"network[{i}].mode" for i, nic in enumerate(self.p.network)
+                   if nic.mode == "bridge" and not nic.network]
         if not bridged:
             # The seccomp filter also sets no_new_privs, which would stop the setuid qemu-bridge-helper:
             # a VM with a bridge NIC runs without the sandbox.
@@ -331,6 +332,10 @@ class _Compiler:
 
     def _netdev(self, index: int, nic: Nic) -> tuple[str, tuple[str, ...]]:
         at = f"network[{index}]"
+        if nic.mode == "bridge" and nic.network:
+            # QEMU opens (and on exit removes) the tap; the supervisor puts it on the network's bridge.
+            return keyvals("tap", {"id": f"net{index}", "ifname": natnet.tap_name(self.p.name, index),
+                                   "script": "no", "downscript": "no"}), (f"{at}.mode", f"{at}.network")
         if nic.mode == "bridge":
             if not self.host.bridge_helper:
                 raise UsageError(f"{at}.mode: bridge needs qemu-bridge-helper (apt-get install qemu-system-common)")
