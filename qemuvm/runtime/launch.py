@@ -103,7 +103,7 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
     clone, its overlays on the template and a LaunchSpec that restores the template's state."""
     from qemuvm.qemu import passt, segment, shares
     from qemuvm.qemu.compile import compile_argv
-    from qemuvm.runtime import restore, template
+    from qemuvm.runtime import networks, restore, template
     from qemuvm.runtime.prepare import prepare, prepare_clone, write_launch_files
 
     # `type: auto` is decided here, once, and said; profile.yaml keeps the choice for later starts.
@@ -128,7 +128,8 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
                            helpers=[records.Helper(**helper) for helper in (
                                *shares.helpers(profile, paths, host),
                                *passt.helpers(profile, paths, host, plan.forwards, plan.ssh_host_port),
-                               *segment.helpers(profile, paths, sys.executable))])
+                               *segment.helpers(profile, paths, sys.executable))],
+                           taps=networks.taps(profile) if any(nic.network for nic in profile.network) else [])
         if clone_of is not None:
             folder, record = clone_of
             restore.check_memory(paths, profile, "start it without --warm")

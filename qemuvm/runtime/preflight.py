@@ -75,6 +75,10 @@ def check_host(profile: Profile, paths: InstancePaths) -> tuple[HostFacts, str |
     vnc = profile.display.vnc if profile.display else None
     if vnc is not None and vnc.password_file:
         read_vnc_password(vnc.password_file)  # unreadable or empty: exit 2 now, not a stuck VM later
+    if any(nic.network for nic in profile.network):
+        from qemuvm.runtime import networks
+
+        networks.check_nics(profile)
     for index, share in enumerate(profile.shares):
         problem = share_problem(share.source)
         if problem:

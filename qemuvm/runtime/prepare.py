@@ -34,7 +34,8 @@ def profile_text(profile: Profile) -> str:
 
 def write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], paused_argv: list[str],
                        forwards: list[dict[str, Any]], vnc: dict[str, Any] | None, remove_on_down: bool,
-                       template: str | None = None, helpers: list[records.Helper] | None = None) -> None:
+                       template: str | None = None, helpers: list[records.Helper] | None = None,
+                       taps: list[records.Tap] | None = None) -> None:
     """The start's records: profile.yaml (the resolved profile), argv.json and run.sh (QEMU without qemuvm),
     and the LaunchSpec the supervisor runs from (`template`: the instance is a clone of it)."""
     instance.write_private_atomic(paths.profile, profile_text(profile))
@@ -48,7 +49,7 @@ def write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], 
         shutdown_timeout=profile.shutdown.timeout, forwards=forwards, vnc=vnc,
         vnc_password_file=vnc_password_file(profile, paths), ssh={"user": profile.ssh.user, "port": profile.ssh.port},
         remove_on_down=remove_on_down, serial_log_max=profile.serial.log_max, template=template,
-        helpers=helpers or []))
+        helpers=helpers or [], taps=taps or []))
 
 
 def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:

@@ -3,6 +3,8 @@
 - LaunchSpec (`supervisor.json`): what `up` decided for a start; written by `up`, read by the supervisor.
 - SavedState (`saved.json`): what a `save` needs at restore (written by `save`, read by `start`).
 - TemplateRecord (`template.json`): a template for warm clones (written once by `up --warm`, read by clones).
+- NetworkRecord (`network.json` of a NAT network): what `network create` made, so `network rm` removes exactly
+  that (written and read by runtime/networks.py only).
 - InstanceState (`state.json`): what the supervisor knows now; written by the supervisor only, read by every
   command through `instance.read_state` (which adds the processes the folder proves).
 
@@ -28,6 +30,7 @@ from qemuvm.runtime.paths import InstancePaths
 
 LAUNCH_SPEC_SCHEMA = 1
 STATE_SCHEMA = 1
+NETWORK_SCHEMA = 1
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,18 @@ class Helper:
 
 
 @dataclass(frozen=True)
+class Tap:
+    """A NIC on a qemuvm NAT network: QEMU opens the tap `ifname` (it goes away with QEMU), and the supervisor
+    puts it on `bridge` before the guest runs (runtime/networks.py)."""
+
+    index: int  # network[index]
+    network: str
+    ifname: str
+    bridge: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """What `up` decided for this start of an instance."""
 
@@ -69,6 +84,7 @@ class LaunchSpec:
     restore_keep: bool = False  # a template's state (a clone's start): loaded, never deleted
     template: str | None = None  # this instance is a clone of that template (its disks back onto it)
     helpers: list[Helper] = field(default_factory=list)  # started before QEMU, in this order
+    taps: list[Tap] = field(default_factory=list)  # put on their bridges before `cont`
     schema: int = LAUNCH_SPEC_SCHEMA
 
 
@@ -103,6 +119,7 @@ def read_launch_spec(paths: InstancePaths) -> LaunchSpec | None:
         values["restart"] = Restart(**{k: v for k, v in (data.get("restart") or {}).items()
                                        if k in {f.name for f in dataclasses.fields(Restart)}})
         values["helpers"] = [Helper(**helper) for helper in data.get("helpers") or []]
+        values["taps"] = [Tap(**tap) for tap in data.get("taps") or []]
         spec = LaunchSpec(**{**values, "schema": LAUNCH_SPEC_SCHEMA})
     except TypeError as exc:  # a required field missing
         raise UsageError(f"{paths.supervisor_config} is incomplete ({exc}); `qemuvm up` writes it anew") from None
@@ -267,3 +284,49 @@ def read_template(path: Path) -> TemplateRecord | None:
         return TemplateRecord(**{**data, "inputs": inputs, "schema": TEMPLATE_SCHEMA})
     except TypeError as exc:
         raise UsageError(f"{path} is incomplete ({exc}); {remedy}") from None
+
+
+@dataclass
+class NetworkRecord:
+    """A NAT network's record, written after every step of its creation: what exists is always recorded."""
+
+    name: str
+    subnet: str
+    gateway: str
+    bridge: str
+    created_at: float
+    bridge_created: bool = False  # the bridge (with the gateway address) is ours: `rm` deletes it
+    nft_table: str | None = None  # our nftables table (ip family), once loaded
+    ip_forward_enabled: bool = False  # this network turned net.ipv4.ip_forward on (the last one off turns it off)
+    dnsmasq: dict[str, Any] | None = None  # {pid, start_time, cmdline}: the proof that a dnsmasq is ours
+    complete: bool = False  # every step done
+    schema: int = NETWORK_SCHEMA
+
+
+def write_network(path: Path, record: NetworkRecord) -> None:
+    write_json_atomic(path, dataclasses.asdict(record))
+
+
+def read_network(path: Path) -> NetworkRecord | None:
+    """A network's record; None when there is none; UsageError for a newer or unreadable one."""
+    data = _read_versioned(path, NETWORK_SCHEMA, f"network {path.parent.name} was created by",
+                           f"remove {path.parent} and the bridge and nftables table it names by hand")
+    if data is None:
+        return None
+    known = {f.name for f in dataclasses.fields(NetworkRecord)}
+    try:
+        record = NetworkRecord(**{**{k: v for k, v in data.items() if k in known}, "schema": NETWORK_SCHEMA})
+    except TypeError as exc:
+        raise UsageError(f"{path} is incomplete ({exc})") from None
+    wrong = [name for name, kinds in _NETWORK_FIELD_TYPES.items() if not isinstance(getattr(record, name), kinds)
+             or (isinstance(getattr(record, name), bool) and bool not in kinds)]
+    if wrong:
+        raise UsageError(f"{path} is corrupt (wrong type of {', '.join(wrong)}); remove {path.parent} and the "
+                         "bridge and nftables table it names by hand")
+    return record
+
+
+_NETWORK_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "subnet": (str,), "gateway": (str,), "bridge": (str,), "created_at": (int, float),
+    "bridge_created": (bool,), "nft_table": (str, type(None)), "ip_forward_enabled": (bool,),
+    "dnsmasq": (dict, type(None)), "complete": (bool,)}

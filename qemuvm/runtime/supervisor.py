@@ -41,7 +41,7 @@ from qemu.qmp import EventListener, Message, QMPClient
 from qemu.qmp.protocol import Runstate
 
 from qemuvm.errors import UsageError
-from qemuvm.runtime import decisions, helpers, instance, intent, preflight, records
+from qemuvm.runtime import decisions, helpers, instance, intent, preflight, records, taps
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STARTING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -49,6 +49,10 @@ CONNECT_TIMEOUT = 30.0  # QEMU creates its monitor sockets within a second; this
 QMP_TIMEOUT = 10.0
 EVENTS_MAX = 4 << 20  # events.jsonl: past this it becomes events.jsonl.1 (an RTC_CHANGE a second is ~100 B/s)
 
+
+
+class TapAttachFailed(Exception):
+    """A tap QEMU opened could not join its network's bridge (runtime/taps.py)."""
 
 
 def checkpoint(step: str) -> None:
@@ -293,6 +297,7 @@ class Supervisor:
                         "reason": reason, "failure": failure, "helper": failed}
             self.spawn()
         exited = self.exit_future()
+        attach_failure: str | None = None
         self.qmp = await self.connect(exited, time.monotonic() + CONNECT_TIMEOUT)
         if self.qmp is not None:
             try:
@@ -309,6 +314,9 @@ class Supervisor:
                 # An adopted QEMU still in prelaunch never ran: its supervisor died between exec and `cont`.
                 if status == "prelaunch" and (not adopted or not self.state.started_at):
                     self.state.started_at = time.time()
+                    tap_failure = taps.attach(self.spec.taps)
+                    if tap_failure is not None:
+                        raise TapAttachFailed(tap_failure)
                     await self.set_vnc_password()
                     await self.execute("cont")
                     status = "running"
@@ -316,6 +324,11 @@ class Supervisor:
                 self.save(state=instance.qmp_state(status), qmp_status=status)
                 self.reached_running = True
                 log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state.accel}")
+            except TapAttachFailed as exc:  # the guest never ran: QEMU goes, the exit record says why
+                log(str(exc))
+                attach_failure = str(exc)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.qemu_pid, signal.SIGKILL)
             except Exception as exc:  # QEMU died under us: the exit below tells why
                 log(f"QMP setup failed: {exc!r}")
         elif not exited.done():
@@ -325,6 +338,8 @@ class Supervisor:
         await exited
         await self._drain_events()
         record = self._exit_record(self.reached_running)
+        if attach_failure is not None:
+            record["helper"] = attach_failure  # launch reports it as "failed to start: ..."
         self.helpers.stop_all()  # virtiofsd ends by itself when QEMU does; one still running gets SIGTERM
         return record
 

@@ -1,0 +1,347 @@
+"""qemuvm's NAT networks on this host (root): `network create/rm/ls/status`, and a VM's taps on them.
+
+A network's folder (`$QEMUVM_NETWORKS/NAME/`, default /run/qemuvm/networks: like the bridge it describes, it
+does not outlive a reboot) holds network.json (records.NetworkRecord, written after every step of `create`,
+so whatever exists is recorded and `rm` removes exactly that), dnsmasq's pidfile, leases file and log. The
+names, address plan, dnsmasq command line and nftables ruleset are pure (qemu/natnet.py).
+
+The supervisor's one step, putting a VM's taps on their bridges, is runtime/taps.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemuvm.errors import OperationError, UsageError
+from qemuvm.qemu import natnet
+from qemuvm.runtime import instance, records
+
+if TYPE_CHECKING:
+    from qemuvm.profile.model import Profile
+    from qemuvm.runtime.paths import InstancePaths
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # as an instance name (profile/types.py NAME_PATTERN)
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+COMMAND_TIMEOUT = 30.0
+INSTALL = "apt-get install iproute2 nftables dnsmasq-base"
+
+
+def networks_dir() -> Path:
+    return Path(os.environ.get("QEMUVM_NETWORKS") or "/run/qemuvm/networks")
+
+
+def _folder(name: str) -> Path:
+    if not NAME.match(name):
+        raise UsageError(f"{name!r} is not a network name: letters, digits, '_', '.', '-', at most 63, starting "
+                         "with a letter or digit")
+    return networks_dir() / name
+
+
+def _record_path(name: str) -> Path:
+    return _folder(name) / "network.json"
+
+
+def read(name: str) -> records.NetworkRecord | None:
+    return records.read_network(_record_path(name))
+
+
+def run(argv: list[str], what: str, stdin: str | None = None) -> str:
+    """argv (never a shell); OperationError with its last error line when it fails."""
+    try:
+        feed: dict[str, Any] = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, **feed)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OperationError(f"{what} failed: {exc}") from None
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        raise OperationError(f"{what} failed: {lines[-1].strip() if lines else f'exit code {done.returncode}'}")
+    return done.stdout
+
+
+def _exists(ifname: str) -> bool:
+    return Path("/sys/class/net", ifname).exists()
+
+
+def host_routes() -> list[str]:
+    """Every IPv4 route destination of this host (all tables), as `ip` prints them."""
+    out = run(["ip", "-j", "-4", "route", "show", "table", "all"], "listing the host's routes")
+    return [route["dst"] for route in json.loads(out or "[]")
+            if route.get("dst") and route.get("type") not in ("broadcast", "multicast")]
+
+
+def _require(what: str) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(f"{what} needs root (it makes a bridge and nftables rules and runs dnsmasq): run it with "
+                         "sudo")
+    missing = [tool for tool in ("ip", "nft", "dnsmasq") if shutil.which(tool) is None]
+    if missing:
+        raise UsageError(f"{' and '.join(missing)} not installed; install with: {INSTALL}")
+
+
+def _all_records() -> list[records.NetworkRecord]:
+    found = []
+    if networks_dir().is_dir():
+        for folder in sorted(networks_dir().iterdir()):
+            with contextlib.suppress(UsageError):
+                record = records.read_network(folder / "network.json")
+                if record is not None:
+                    found.append(record)
+    return found
+
+
+def _lock() -> contextlib.AbstractContextManager[int]:
+    networks_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    return instance.locked(networks_dir() / ".lock", timeout=60)
+
+
+def create(name: str, subnet: str | None = None) -> records.NetworkRecord:
+    """Make network `name`: bridge, nftables table, IPv4 forwarding, dnsmasq; each step recorded as it is done,
+    and everything undone when a step fails (nothing half-made is left)."""
+    folder = _folder(name)
+    _require("qemuvm network create")
+    with _lock():
+        if read(name) is not None:
+            raise UsageError(f"network {name} exists; see `qemuvm network status {name}`, or remove it first: "
+                             f"qemuvm network rm {name}")
+        bridge = natnet.bridge_name(name)
+        if _exists(bridge):
+            raise UsageError(f"the host already has an interface {bridge} that qemuvm did not record; remove it "
+                             f"(ip link del {bridge}) or choose another network name")
+        routes, taken = host_routes(), [record.subnet for record in _all_records()]
+        if subnet is None:
+            subnet = natnet.first_free_subnet(routes, taken)
+            if subnet is None:
+                raise UsageError("every subnet from 192.168.122.0/24 to 192.168.254.0/24 overlaps a host route; "
+                                 "choose one with --subnet")
+        try:
+            plan = natnet.address_plan(subnet)
+        except ValueError as exc:
+            raise UsageError(f"--subnet: {exc}") from None
+        clash = natnet.overlapping(plan.subnet, [*routes, *taken])
+        if clash is not None:
+            free = natnet.first_free_subnet(routes, taken)
+            raise UsageError(f"--subnet {plan.subnet} overlaps the host route {clash} (or another qemuvm network); "
+                             f"choose one that does not{f', e.g. --subnet {free}' if free else ''}")
+        folder.mkdir(mode=0o700)
+        record = records.NetworkRecord(name=name, subnet=plan.subnet, gateway=plan.gateway, bridge=bridge,
+                                       created_at=time.time())
+        path = folder / "network.json"
+        records.write_network(path, record)
+        try:
+            run(["ip", "link", "add", bridge, "type", "bridge"], f"creating bridge {bridge}")
+            record.bridge_created = True
+            records.write_network(path, record)
+            run(["ip", "addr", "add", f"{plan.gateway}/{plan.prefix}", "dev", bridge], f"addressing {bridge}")
+            run(["ip", "link", "set", bridge, "up"], f"bringing {bridge} up")
+            table = natnet.nft_table(name)
+            run(["nft", "-f", "-"], f"loading nftables table {table}", stdin=natnet.nft_ruleset(table, bridge, plan))
+            record.nft_table = table
+            records.write_network(path, record)
+            if IP_FORWARD.read_text().strip() != "1":
+                IP_FORWARD.write_text("1\n")
+                record.ip_forward_enabled = True
+                records.write_network(path, record)
+            record.dnsmasq = _start_dnsmasq(bridge, plan, folder)
+            record.complete = True
+            records.write_network(path, record)
+        except BaseException:
+            _teardown(record)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return record
+
+
+def _start_dnsmasq(bridge: str, plan: natnet.AddressPlan, folder: Path) -> dict[str, Any]:
+    """dnsmasq as a daemon of the network's (it forks, reports start-up errors through its exit code, then
+    drops root); its proof: pid, start time, command line."""
+    import psutil
+
+    argv = natnet.dnsmasq_argv(shutil.which("dnsmasq") or "dnsmasq", bridge, plan, str(folder))
+    (folder / "leases").touch(mode=0o644)
+    run(argv, "starting dnsmasq")
+    try:
+        pid = int((folder / "dnsmasq.pid").read_text().strip())
+        proc = psutil.Process(pid)
+        return {"pid": pid, "start_time": proc.create_time(), "cmdline": proc.cmdline()}
+    except (OSError, ValueError, psutil.Error) as exc:
+        raise OperationError(f"dnsmasq started but its pidfile {folder / 'dnsmasq.pid'} is unusable: {exc}") from None
+
+
+def _proven_dnsmasq(record: records.NetworkRecord) -> Any:
+    import psutil
+
+    entry = record.dnsmasq or {}
+    proc = instance.process_if_alive(entry.get("pid"), entry.get("start_time"))
+    try:
+        return proc if proc is not None and proc.cmdline() == entry.get("cmdline") else None
+    except psutil.Error:
+        return None
+
+
+def _teardown(record: records.NetworkRecord) -> list[str]:
+    """Undo what `record` says was made, in reverse; returns what could not be undone (each a sentence)."""
+    import psutil
+
+    problems = []
+    proc = _proven_dnsmasq(record)
+    if proc is not None:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+        _gone, alive = psutil.wait_procs([proc], timeout=5)
+        for still in alive:
+            with contextlib.suppress(psutil.Error):
+                still.kill()
+    if record.nft_table:
+        try:
+            run(["nft", "delete", "table", "ip", record.nft_table], f"deleting nftables table {record.nft_table}")
+        except OperationError as exc:
+            if "No such file" not in str(exc):
+                problems.append(str(exc))
+    if record.bridge_created and _exists(record.bridge):
+        try:
+            run(["ip", "link", "del", record.bridge], f"deleting bridge {record.bridge}")
+        except OperationError as exc:
+            problems.append(str(exc))
+    if record.ip_forward_enabled:
+        others = [other for other in _all_records() if other.name != record.name]
+        if others:  # they rely on forwarding too: the last one to go turns it off
+            others[0].ip_forward_enabled = True
+            records.write_network(_record_path(others[0].name), others[0])
+        else:
+            with contextlib.suppress(OSError):
+                IP_FORWARD.write_text("0\n")
+    return problems
+
+
+def attached(record: records.NetworkRecord) -> list[str]:
+    """The interfaces on the network's bridge now (the VMs' taps)."""
+    with contextlib.suppress(OSError):
+        return sorted(os.listdir(f"/sys/class/net/{record.bridge}/brif"))
+    return []
+
+
+def remove(name: str, force: bool = False) -> records.NetworkRecord:
+    _require("qemuvm network rm")
+    with _lock():
+        record = read(name)
+        if record is None:
+            raise UsageError(f"no network named {name} (see `qemuvm network ls`)")
+        taps = attached(record)
+        if taps and not force:
+            raise UsageError(f"network {name} is in use by {len(taps)} VM NIC(s) ({', '.join(taps)}); stop those "
+                             f"VMs first, or remove it anyway with: qemuvm network rm {name} --force")
+        problems = _teardown(record)
+        if problems:
+            raise OperationError(f"network {name} is partly removed ({'; '.join(problems)}); its record stays in "
+                                 f"{_folder(name)}: run `qemuvm network rm {name}` again")
+        shutil.rmtree(_folder(name), ignore_errors=True)
+        return record
+
+
+def current_leases(record: records.NetworkRecord) -> list[natnet.Lease]:
+    with contextlib.suppress(OSError):
+        text = (_folder(record.name) / "leases").read_text()
+        now = time.time()
+        return [lease for lease in natnet.leases(text) if lease.expires == 0 or lease.expires > now]
+    return []
+
+
+def view(record: records.NetworkRecord) -> dict[str, Any]:
+    """One row of `network ls --json` (and the base of `network status --json`): its state checked live."""
+    problems = []
+    if not record.complete:
+        problems.append("its creation did not finish (run `qemuvm network rm` and create it again)")
+    if not _exists(record.bridge):
+        problems.append(f"its bridge {record.bridge} is gone (the host rebooted, or another network namespace)")
+    if _proven_dnsmasq(record) is None:
+        problems.append(f"its dnsmasq is not running (no DHCP or DNS); see {_folder(record.name) / 'dnsmasq.log'}")
+    return {"name": record.name, "state": "active" if not problems else "degraded", "problems": problems,
+            "bridge": record.bridge, "subnet": record.subnet, "gateway": record.gateway,
+            "nft_table": record.nft_table, "dnsmasq_pid": (record.dnsmasq or {}).get("pid"),
+            "leases": len(current_leases(record)), "attached": attached(record), "dir": str(_folder(record.name))}
+
+
+def list_all() -> list[dict[str, Any]]:
+    """Every network's view; one whose record cannot be read is listed as `unreadable`, with why."""
+    found = []
+    if networks_dir().is_dir():
+        for folder in sorted(path for path in networks_dir().iterdir() if path.is_dir()):
+            try:
+                record = records.read_network(folder / "network.json")
+            except UsageError as exc:
+                found.append({"name": folder.name, "state": "unreadable", "problems": [str(exc)], "bridge": None,
+                              "subnet": None, "gateway": None, "nft_table": None, "dnsmasq_pid": None, "leases": 0,
+                              "attached": [], "dir": str(folder)})
+                continue
+            if record is not None:
+                found.append(view(record))
+    return found
+
+
+def status(name: str) -> dict[str, Any]:
+    record = read(name)
+    if record is None:
+        raise UsageError(f"no network named {name} (see `qemuvm network ls`)")
+    return {**view(record), "leases": [{"mac": lease.mac, "address": lease.address, "hostname": lease.hostname,
+                                        "expires": lease.expires} for lease in current_leases(record)]}
+
+
+# -- a VM's NICs on networks ---------------------------------------------------------------------------------
+
+def check_nics(profile: Profile) -> None:
+    """Before `up` creates anything: each `network:` NIC names a network that is here, and qemuvm may create
+    its tap (UsageError: one sentence with the fix)."""
+    for index, nic in enumerate(profile.network):
+        if nic.network is None:
+            continue
+        at = f"network[{index}].network"
+        if os.geteuid() != 0:
+            bridge = natnet.bridge_name(nic.network)
+            raise UsageError(f"{at}: joining network {nic.network} needs a tap device, and creating one needs root; "
+                             f"run qemuvm as root, or join its bridge through qemu-bridge-helper instead: "
+                             f"{{mode: bridge, bridge: {bridge}}}, with the line `allow {bridge}` in "
+                             "/etc/qemu/bridge.conf and the helper setuid root (Debian ships it without: "
+                             "chmod u+s /usr/lib/qemu/qemu-bridge-helper)")
+        record = read(nic.network)
+        if record is None:
+            raise UsageError(f"{at}: there is no network {nic.network}; create it first: "
+                             f"qemuvm network create {nic.network}")
+        if not _exists(record.bridge):
+            raise UsageError(f"{at}: network {nic.network}'s bridge {record.bridge} is gone; make the network again: "
+                             f"qemuvm network rm {nic.network} && qemuvm network create {nic.network}")
+
+
+def taps(profile: Profile) -> list[records.Tap]:
+    """The LaunchSpec's taps: one per `network:` NIC, named for the instance and NIC (qemu/natnet.py)."""
+    from qemuvm.qemu.options import derive_mac
+
+    found = []
+    for index, nic in enumerate(profile.network):
+        if nic.network is not None:
+            record = read(nic.network)
+            found.append(records.Tap(index=index, network=nic.network, ifname=natnet.tap_name(profile.name, index),
+                                     bridge=record.bridge if record else natnet.bridge_name(nic.network),
+                                     mac=derive_mac(profile.name, index) if nic.mac == "auto" else nic.mac.lower()))
+    return found
+
+
+def addresses(paths: InstancePaths) -> list[dict[str, Any]]:
+    """The instance's addresses on qemuvm networks, from their leases (the guest asked dnsmasq for them)."""
+    with contextlib.suppress(UsageError):
+        spec = records.read_launch_spec(paths)
+        found = []
+        for tap in spec.taps if spec else []:
+            record = read(tap.network)
+            lease = natnet.lease_for(tap.mac, current_leases(record), time.time()) if record else None
+            found.append({"nic": tap.index, "network": tap.network, "mac": tap.mac, "tap": tap.ifname,
+                          "address": lease.address if lease else None})
+        return found
+    return []
