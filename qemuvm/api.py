@@ -412,3 +412,35 @@ def events(name: str, *, home: Path | None = None) -> list[dict[str, Any]]:
     from qemuvm.control import logs
 
     return logs.events(instance_paths(name, home))
+
+
+# -- NAT networks (root: a bridge, nftables rules and dnsmasq per network; runtime/networks.py) ---------------
+
+
+def network_create(name: str, subnet: str | None = None) -> dict[str, Any]:
+    """Make NAT network `name` (the first free 192.168.122+.0/24 without `subnet`); returns its status."""
+    from qemuvm.runtime import networks
+
+    networks.create(name, subnet)
+    return networks.status(name)
+
+
+def network_rm(name: str, *, force: bool = False) -> dict[str, Any]:
+    """Remove exactly what `network_create` made; refused while VMs use it, unless `force`."""
+    from qemuvm.runtime import networks
+
+    record = networks.remove(name, force)
+    return {"name": record.name, "removed": True, "bridge": record.bridge, "subnet": record.subnet}
+
+
+def network_ls() -> list[dict[str, Any]]:
+    from qemuvm.runtime import networks
+
+    return networks.list_all()
+
+
+def network_status(name: str) -> dict[str, Any]:
+    """The network checked live (bridge, dnsmasq) with its current leases."""
+    from qemuvm.runtime import networks
+
+    return networks.status(name)

@@ -208,6 +208,9 @@ def status(name: str = NameArg, json_: bool = JsonOption) -> None:
         print(f"{'forward':15} {_forward_text(fwd)}")
     if result.get("vnc"):
         print(f"{'vnc':15} {_vnc_text(result['vnc'])}")
+    for nic in result.get("addresses") or []:
+        print(f"{'network':15} {nic['network']}: {nic['address'] or '(no DHCP lease yet)'} (mac {nic['mac']}, "
+              f"tap {nic['tap']})")
     guest = result.get("guest")
     if guest:
         print(f"{'hostname':15} {guest.get('hostname')}")

@@ -145,10 +145,11 @@ def resolve(name: str, home: Path | None = None) -> SshTarget:
         raise OperationError(f"instance {name} is {status}, not running")
     settings = {**(state.get("ssh") or {}), **_ssh_settings(paths)}
     guest_port = int(settings.get("port") or 22)
-    found = ports.forward_address(state.get("forwards") or [], guest_port)
+    found = ports.forward_address(state.get("forwards") or [], guest_port) or _leased_address(paths, guest_port)
     if found is None:
-        raise OperationError(f"instance {name} has no TCP forward to guest port {guest_port} "
-                             "(does it have a user-mode network?)")
+        raise OperationError(f"instance {name} has no TCP forward to guest port {guest_port} and no leased "
+                             "address on a qemuvm network (does it have a user-mode network, or has its DHCP "
+                             "client not asked yet?)")
     identity = settings.get("identity")
     key = Path(identity) if identity else paths.ssh_key
     if not key.is_absolute():
@@ -157,6 +158,14 @@ def resolve(name: str, home: Path | None = None) -> SshTarget:
     forget_stale_host_keys(paths, state)
     return SshTarget(name=name, host=found[0], port=found[1], user=str(settings.get("user") or "root"), key=key,
                      known_hosts=paths.known_hosts)
+
+
+def _leased_address(paths: InstancePaths, guest_port: int) -> tuple[str, int] | None:
+    """The guest's address on a qemuvm NAT network (dnsmasq's lease), reached directly: no forward needed."""
+    from qemuvm.runtime import networks
+
+    leased = [nic["address"] for nic in networks.addresses(paths) if nic["address"]]
+    return (leased[0], guest_port) if leased else None
 
 
 def _ssh_binary() -> str:
