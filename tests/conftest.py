@@ -1,4 +1,5 @@
-"""Suite-wide fixtures and the check that the suite leaves no QEMU, supervisor or helper (virtiofsd, passt) behind."""
+"""Suite-wide fixtures and the check that the suite leaves no QEMU, supervisor or helper (virtiofsd, passt,
+dnsmasq) behind."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-_OURS = ("qemu-system", "qemuvm.runtime.supervisor", "qemuvm.runtime.segment", "virtiofsd", "passt")
+_OURS = ("qemu-system", "qemuvm.runtime.supervisor", "qemuvm.runtime.segment", "virtiofsd", "passt", "dnsmasq")
 
 
 # Processes inherit this from the session, so the check below ends only this session's processes, never

@@ -45,3 +45,41 @@ def add_tap(namespace: str, name: str, address: str | None = None) -> None:
     if address:
         run(namespace, "ip", "addr", "add", address, "dev", name)
     run(namespace, "ip", "link", "set", name, "up")
+
+
+def add_veth(namespace: str, name: str, address: str, peer_namespace: str, peer: str, peer_address: str) -> None:
+    """A veth pair between two namespaces, both ends addressed and up (a link from one to the other)."""
+    run(namespace, "ip", "link", "add", name, "type", "veth", "peer", "name", peer, "netns", peer_namespace)
+    for space, ifname, cidr in ((namespace, name, address), (peer_namespace, peer, peer_address)):
+        run(space, "ip", "addr", "add", cidr, "dev", ifname)
+        run(space, "ip", "link", "set", ifname, "up")
+
+
+def add_bridge(namespace: str, name: str, address: str | None = None) -> None:
+    run(namespace, "ip", "link", "add", name, "type", "bridge")
+    if address:
+        run(namespace, "ip", "addr", "add", address, "dev", name)
+    run(namespace, "ip", "link", "set", name, "up")
+
+
+@contextlib.contextmanager
+def bridge_acl(namespace: str, bridges: list[str]) -> Iterator[None]:
+    """qemu-bridge-helper's ACL (`allow BR` in /etc/qemu/bridge.conf) for processes in `namespace` only:
+    `ip netns exec` bind-mounts /etc/netns/NAMESPACE/qemu over /etc/qemu, so the host's own file is never
+    written. The mount needs /etc/qemu to exist; Debian does not ship it, so an empty one is made and removed."""
+    made_etc_qemu = not os.path.isdir("/etc/qemu")
+    if made_etc_qemu:
+        os.mkdir("/etc/qemu", 0o755)
+    folder = f"/etc/netns/{namespace}"
+    try:
+        os.makedirs(f"{folder}/qemu", mode=0o755)
+        with open(f"{folder}/qemu/bridge.conf", "w") as conf:
+            conf.writelines(f"allow {bridge}\n" for bridge in bridges)
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir("/etc/netns")  # only when no other namespace has files there
+        if made_etc_qemu:
+            with contextlib.suppress(OSError):
+                os.rmdir("/etc/qemu")

@@ -5,8 +5,9 @@ Each profile is made runnable on this machine first: accel tcg (the host KVM is 
 profile names are replaced by small ones in a short temp dir, fixed host forward ports become 0 (QEMU picks
 a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt, segment ports) are started first, as the
 supervisor does.
-Tap devices are made in a network namespace of the test's own, where QEMU then runs; profiles that need other
-host setup (a bridge, hugepages) are skipped.
+Tap devices and bridges are made in a network namespace of the test's own, where QEMU then runs (with
+qemu-bridge-helper's ACL for those bridges: tests/integration/netns.py); profiles that need other host setup
+(hugepages) are skipped.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ START_DEADLINE = 10.0
 
 
 def _skip_reason(profile: Profile) -> str | None:
-    runnable_here = {"user", "passt", "segment", *(("tap",) if netns.usable() else ())}
+    runnable_here = {"user", "passt", "segment", *(("tap", "bridge") if netns.usable() else ())}
     modes = {nic.mode for nic in profile.network} - runnable_here
     if modes:
-        return f"network mode {'/'.join(sorted(modes))} needs host setup (a bridge, or root for a tap device)"
+        return f"network mode {'/'.join(sorted(modes))} needs root (for a namespace with its taps and bridges)"
     if profile.machine.hugepages:
         return "hugepages need a mounted hugetlbfs with reserved pages"
     if profile.boot.kernel and not (GUEST / "vmlinuz").exists():
@@ -154,10 +155,17 @@ def test_qemu_accepts_golden(path: Path, scratch: Path, monkeypatch: pytest.Monk
     stderr = scratch / "qemu.err"
     with contextlib.ExitStack() as cleanup:
         taps = [nic.ifname for nic in profile.network if nic.mode == "tap" and nic.ifname]
-        if taps:  # the tap devices it names, in a namespace of the test's own, where QEMU runs too
+        bridges = sorted({nic.bridge or "br0" for nic in profile.network if nic.mode == "bridge" and not nic.network})
+        if taps or any(nic.mode == "bridge" for nic in profile.network):
+            # In a namespace of the test's own, where QEMU runs too: the tap devices it names, the bridges
+            # qemu-bridge-helper joins (and its ACL for them); QEMU makes a qemuvm network's taps itself.
             space = cleanup.enter_context(netns.namespace())
             for tap in taps:
                 netns.add_tap(space, tap)
+            for bridge in bridges:
+                netns.add_bridge(space, bridge)
+            if bridges:
+                cleanup.enter_context(netns.bridge_acl(space, bridges))
             argv = ["ip", "netns", "exec", space, *argv]
         _run_golden(argv, stderr, paths, started)
 

@@ -122,3 +122,34 @@ def test_a_user_who_is_not_root_gets_9p_or_one_sentence(short_tmp: Path, other_u
     assert "virtio-9p-pci" in auto.stdout and "vhost-user-fs" not in auto.stdout
     assert virtiofs.returncode == 2 and "Traceback" not in virtiofs.stderr
     assert "shares[0].type: virtiofs for tag src cannot run here: virtiofsd runs as root only" in virtiofs.stderr
+
+
+def test_a_user_who_is_not_root_gets_one_sentence_for_nat_networks(short_tmp: Path,
+                                                                    other_user: pwd.struct_passwd) -> None:
+    """A NAT network's taps and bridge need root: that user's `up` of a VM on one, and `network create`, are one
+    sentence each with the way out (exit 2), before anything is made."""
+    system = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    if system != str(tuple(sys.version_info[:2])):
+        pytest.skip("the system python3 cannot load this environment's packages")
+    os.chmod(short_tmp, 0o777)
+    profile = short_tmp / "nat.yaml"
+    profile.write_text("machine: {accel: tcg}\nnetwork: [{mode: bridge, network: default}]\n")
+    profile.chmod(0o644)
+    packages = ":".join([str(Path(api.__file__).parents[1]), *(p for p in sys.path if "-packages" in p)])
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/nonexistent", "PYTHONPATH": packages,
+           "QEMUVM_HOME": str(short_tmp / "home"), "QEMUVM_NETWORKS": str(short_tmp / "networks")}
+
+    def qemuvm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/usr/bin/python3", "-m", "qemuvm", *args], capture_output=True, text=True,
+                              timeout=60, check=False, cwd="/", user=other_user.pw_uid, group=other_user.pw_gid,
+                              extra_groups=[], env=env)
+
+    up = qemuvm("up", str(profile), "--name", "natvm")
+    assert up.returncode == 2 and up.stderr.count("\n") == 1, up.stderr
+    assert "network[0].network: joining network default needs a tap device, and creating one needs root" in up.stderr
+    assert "allow qvbr-default" in up.stderr
+    assert not (short_tmp / "home" / "natvm").exists()  # nothing half-created
+    create = qemuvm("network", "create", "default")
+    assert create.returncode == 2 and "qemuvm network create needs root" in create.stderr, create.stderr
+    assert not (short_tmp / "networks").exists()

@@ -21,7 +21,9 @@ def paths(short_tmp: Path) -> InstancePaths:
 
 
 def test_round_trip_and_defaults(paths: InstancePaths) -> None:
-    spec = records.LaunchSpec(name="vm", argv=["qemu-system-x86_64", "-S"], restart=records.Restart("always", 3, 2.0))
+    spec = records.LaunchSpec(name="vm", argv=["qemu-system-x86_64", "-S"], restart=records.Restart("always", 3, 2.0),
+                              taps=[records.Tap(index=1, network="t", ifname="qvt0123456789", bridge="qvbr-t",
+                                                mac="52:54:00:00:00:01")])
     records.write_launch_spec(paths, spec)
     assert records.read_launch_spec(paths) == spec
     assert json.loads(paths.supervisor_config.read_text())["schema"] == records.LAUNCH_SPEC_SCHEMA
