@@ -125,6 +125,34 @@ def start(name: str, *, wait: bool | None = None, timeout: float | None = None, 
     return up(name, wait=wait, timeout=timeout, home=home, discard_saved=discard_saved, progress=progress)
 
 
+def define(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
+           home: Path | None = None, progress: Progress = _silent) -> dict[str, Any]:
+    """Create a stopped instance from a profile file (virsh define): validated, disks and seed prepared, no
+    QEMU; `start` boots it. Returns its `ls` row."""
+    from qemuvm.control.status import view
+    from qemuvm.runtime import preflight
+
+    if not Path(source).is_file():
+        raise UsageError(f"profile file {source} does not exist")
+    profile = preflight.load_profile(source, overrides, name, home)
+    paths = InstancePaths.for_name(profile.name, home)
+    host, notice = preflight.check_host(profile, paths)
+    if notice:
+        progress(notice)
+    launch.define_instance(profile, paths, host, home=home, progress=progress)
+    return view(paths, instance.read_state(paths))
+
+
+def dumpprofile(name: str, *, home: Path | None = None) -> str:
+    """The instance's saved profile (profile.yaml: what its next start runs), as text (virsh dumpxml)."""
+    from qemuvm import files
+
+    paths = instance_paths(name, home)
+    if not paths.profile.exists():
+        raise OperationError(f"{name} has no saved profile ({paths.profile} is missing)")
+    return files.read_text(paths.profile, "profile.yaml", 1 << 20)
+
+
 def save(name: str, *, home: Path | None = None) -> dict[str, Any]:
     """Write the VM's whole state (RAM, devices) into its folder and end QEMU (virsh managedsave); `start`
     continues it where it was."""

@@ -186,6 +186,7 @@ def ls(json_: bool = JsonOption) -> None:
     for row in rows:
         uptime = row["uptime_s"]
         shown = f"{row['state']} ({row['problem']})" if row.get("problem") else row["state"]
+        shown += "" if row.get("started", True) else " (defined, never started)"
         table.append([row["name"], shown, "yes" if row["supervised"] else "no", row["qemu_pid"],
                       time.strftime("%H:%M:%S", time.gmtime(uptime)) if uptime is not None else None,
                       row["accel"], ", ".join(_forward_text(f) for f in row["forwards"])])

@@ -1,4 +1,5 @@
-"""Commands that read profiles without running anything: render, validate, schema, doctor."""
+"""Commands that read profiles without running anything: render, validate, schema, doctor; and define (a
+profile made an instance, prepared but not started) and dumpprofile (an instance's saved profile)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,30 @@ def doctor(json_: bool = typer.Option(False, "--json", help="Print the checks as
         )
     if any(check.status == "missing" and check.required for check in checks):
         raise typer.Exit(1)
+
+
+@app.command()
+def define(
+    profile: Path = typer.Argument(..., help="Profile file."),
+    name: str = NameOption,
+    set_: list[str] = SetOption,
+    json_: bool = typer.Option(False, "--json", help="Print the instance's `ls` row as JSON."),
+) -> None:
+    """Create a stopped instance (virsh define): validated, disks created, seed written, no QEMU; boot it with
+    `qemuvm start NAME`, remove it with `qemuvm rm NAME`."""
+    from qemuvm import api
+    from qemuvm.cli.output import info
+
+    row = api.define(profile, name=name, overrides=set_ or (), progress=info)
+    if json_:
+        print_json(row)
+    else:
+        info(f"{row['name']} defined (stopped, in {row['dir']}); start it with: qemuvm start {row['name']}")
+
+
+@app.command()
+def dumpprofile(name: str = typer.Argument(..., help="Instance name.")) -> None:
+    """Print an instance's saved profile: what its next start runs (virsh dumpxml)."""
+    from qemuvm import api
+
+    print(api.dumpprofile(name), end="")

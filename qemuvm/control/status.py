@@ -34,6 +34,7 @@ def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
         "clock_behind_s": seen.get("clock_behind_s"),  # restored from a saved state: the guest clock's lag
         "problem": seen.get("unreadable"),  # state.json could not be read: the state comes from the processes
         "helpers": helper_views(seen),
+        "started": state is not None,  # False: defined (`qemuvm define`), never started
         "dir": str(paths.root),
     }
 

@@ -95,6 +95,28 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
         raise
 
 
+def define_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
+                    progress: Callable[[str], None]) -> None:
+    """`define` (virsh define): everything a start does before the supervisor -- ports planned and recorded, the
+    launch records, disks created, seed and UEFI vars written -- and no QEMU. `start NAME` boots it later; until
+    then it has no state.json (`ls`: stopped, never started). A failed define leaves nothing."""
+    instance.check_home(paths.root.parent)
+    instance.create_dir(paths.root.parent)
+    existed = paths.root.exists()
+    made = False
+    try:
+        with instance.instance_lock(paths, timeout=120):
+            if instance.read_state(paths) is not None or paths.profile.exists():
+                raise UsageError(f"an instance named {profile.name} exists; start it with `qemuvm start "
+                                 f"{profile.name}`, or remove it first: qemuvm rm {profile.name}")
+            made = not existed
+            _plan_and_prepare(profile, paths, host, home, False, None, progress)
+    except BaseException:
+        if made:
+            shutil.rmtree(paths.root, ignore_errors=True)
+        raise
+
+
 def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None,
                       remove_on_down: bool, state: dict[str, Any] | None, progress: Callable[[str], None],
                       clone_of: tuple[Path, records.TemplateRecord] | None = None) -> None:
