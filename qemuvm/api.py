@@ -267,17 +267,25 @@ def resume(name: str, *, home: Path | None = None) -> dict[str, Any]:
     return status(name, home=home)
 
 
-def reboot(name: str, *, home: Path | None = None) -> dict[str, Any]:
-    """A hard reset (QMP system_reset), like pressing the reset button; the guest is not asked.
+def reboot(name: str, *, force: bool = False, home: Path | None = None,
+           progress: Progress = _silent) -> dict[str, Any]:
+    """Ask the guest to reboot (virsh reboot): its guest agent when one answers, else ACPI; returns once its
+    RESET is recorded, with `how` ("agent" or "acpi"). force: a hard reset instead (`reset`)."""
+    from qemuvm.control import reboot as reboots
 
-    Returns once the supervisor recorded the RESET (a new serial_offset: waits start from the new boot)."""
     paths = instance_paths(name, home)
-    from qemuvm.control import wait as waiting
+    state = _running_qemu(paths)
+    if force:
+        reboots.reset(paths, state)
+        return {**status(name, home=home), "how": "reset"}
+    how = reboots.reboot(paths, state, progress)
+    return {**status(name, home=home), "how": how}
 
-    resets = int(_running_qemu(paths).get("resets") or 0)
-    _monitor(paths).execute("system_reset")
-    waiting.await_record(paths, "the reset", lambda s: int(s.get("resets") or 0) > resets)
-    return status(name, home=home)
+
+def reset(name: str, *, home: Path | None = None) -> dict[str, Any]:
+    """A hard reset (QMP system_reset, virsh reset), like pressing the reset button; the guest is not asked.
+    Returns once the supervisor recorded the RESET (a new serial_offset: waits start from the new boot)."""
+    return reboot(name, force=True, home=home)
 
 
 def qmp(name: str, command: str, arguments: dict[str, Any] | None = None, *, home: Path | None = None) -> Any:

@@ -3,6 +3,7 @@ console, qmp, events, wait, supervise). Thin: parse, call qemuvm.api, print."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -239,8 +240,31 @@ def _simple(verb: str, done: str):
 
 app.command(name="pause", help="Pause the VM's CPUs (virsh suspend).")(_simple("pause", "paused"))
 app.command(name="resume", help="Resume a paused VM (virsh resume).")(_simple("resume", "resumed"))
-app.command(name="reboot", help="Reset the VM: a hard reset, like pressing the reset button; the guest is not "
-            "asked (virsh reset).")(_simple("reboot", "reset"))
+app.command(name="reset", help="Reset the VM: a hard reset, like pressing the reset button; the guest is not "
+            "asked (virsh reset).")(_simple("reset", "reset"))
+
+
+@app.command()
+def reboot(
+    name: str = NameArg,
+    force: bool = typer.Option(False, "--force", help="A hard reset instead (as `qemuvm reset`)."),
+    json_: bool = JsonOption,
+) -> None:
+    """Ask the guest to reboot (virsh reboot): through its guest agent, else the ACPI power button (QEMU is kept
+    and reset after the power-off); returns once the new boot began. Fails, forcing nothing, when the guest
+    does not act within shutdown.timeout."""
+    from qemuvm import api
+    from qemuvm.runtime.paths import state_home
+
+    if not force:  # once per state folder: scripts written when `reboot` was a hard reset learn of the change
+        marker = state_home() / ".reboot-notice"
+        if not marker.exists():
+            info("qemuvm: note: `reboot` now asks the guest, as virsh reboot does; `qemuvm reset` (or "
+                 "`reboot --force`) is the hard reset it was before")
+            with contextlib.suppress(OSError):
+                marker.touch(mode=0o600)
+    result = api.reboot(name, force=force, progress=info)
+    print_json(result) if json_ else print(f"{name} rebooted ({result['how']})")
 
 
 @app.command()

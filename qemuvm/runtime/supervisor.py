@@ -175,6 +175,7 @@ class Supervisor:
             # A new boot: `wait --serial` (and anything else reading serial_offset) starts from here, not from
             # the previous boot's output; `reboot` returns once this is recorded.
             self.save(resets=self.state.resets + 1, serial_offset=self._serial_size())
+            self.shutdown_reason = None  # a power-off before it (reboot's ACPI way, -no-shutdown) is over
         elif name == "SHUTDOWN":
             self.shutdown_reason = record["data"].get("reason")
         elif name == "GUEST_PANICKED":

@@ -46,9 +46,9 @@ def test_every_verb_is_recorded_before_it_returns(home: Path, test_guest: Any) -
         api.resume("ryw")
         assert state_json("ryw")["state"] == "running"
         resets = state_json("ryw").get("resets", 0)
-        api.reboot("ryw")
+        api.reset("ryw")
         assert state_json("ryw")["resets"] > resets  # (a guest reset of its own may add one)
-    for verb in ("pause", "resume", "reboot"):  # the CLI is the same API
+    for verb in ("pause", "resume", "reset"):  # the CLI is the same API
         assert cli(verb, "ryw").returncode == 0
         assert state_json("ryw")["state"] == ("paused" if verb == "pause" else "running")
     for _ in range(50):

@@ -106,10 +106,10 @@ def test_guest_iso_boots_from_cdrom(qemuvm_home: Path, short_tmp: Path, test_gue
         assert "order=cd,once=d" in argv(guest)
         assert boots(log)[0] == "DVD/CD"
         assert "QEMUVM_GUEST_FIRMWARE=bios" in guest.serial_log
-        # `qemuvm reboot` (a reset): SeaBIOS tries the blank disk first, fails, and falls back to the cdrom, so
+        # `qemuvm reset`: SeaBIOS tries the blank disk first, fails, and falls back to the cdrom, so
         # the guest comes up a second time.
         attempts, offset = len(boots(log)), guest.paths.serial_log.stat().st_size
-        rebooted = cli("reboot", guest.name)
+        rebooted = cli("reset", guest.name)
         assert rebooted.returncode == 0, rebooted.stderr
         wait.wait_for(guest.paths, [wait.serial_condition(guest.paths, "QEMUVM_GUEST_READY", offset=offset)], 300)
         assert boots(log)[attempts:attempts + 2] == ["Hard Disk", "DVD/CD"]

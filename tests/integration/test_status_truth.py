@@ -24,7 +24,7 @@ def test_a_wait_after_a_reset_starts_from_the_reset(home: Path, test_guest: Any)
     the previous boot's READY line; and status and ls agree that the VM is paused."""
     api.up(guest_profile(home, test_guest, "again"))
     api.pause("again")
-    assert cli("reboot", "again").returncode == 0
+    assert cli("reset", "again").returncode == 0
     assert api.status("again")["state"] == "paused"
     assert {r["name"]: r for r in api.ls()}["again"]["state"] == "paused"
     waited = cli("wait", "again", "--for", "serial:QEMUVM_GUEST_READY", "--timeout", "3s")

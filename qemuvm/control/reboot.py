@@ -1,0 +1,89 @@
+"""`reboot` as virsh means it: ask the guest -- through its agent when one answers, else with the ACPI power
+button while QEMU is told to pause rather than exit at the power-off -- and return once its RESET is recorded.
+`reset` (also `reboot --force`) is the hard reset, the button on the case.
+
+The ACPI way is libvirt's fake reboot: QEMU has no ACPI "reboot" request, so the guest powers off, QEMU stops
+in `shutdown` instead of exiting (`set-action shutdown=pause`), and qemuvm resets and continues it: the same
+QEMU process, its pid, ports and taps kept."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from qemuvm.control.client import Monitor
+from qemuvm.control.wait import await_record
+from qemuvm.errors import OperationError
+from qemuvm.runtime import records
+from qemuvm.runtime.instance import PAUSED, RUNNING
+from qemuvm.runtime.paths import InstancePaths
+
+Progress = Callable[[str], None]
+AGENT_SYNC_TIMEOUT = 2.0
+
+
+def resets_of(state: dict[str, Any]) -> int:
+    return int(state.get("resets") or 0)
+
+
+def reset(paths: InstancePaths, state: dict[str, Any]) -> None:
+    """QMP system_reset; returns once the supervisor recorded the RESET (waits then start from the new boot)."""
+    before = resets_of(state)
+    Monitor(paths.qmp_socket).execute("system_reset")
+    await_record(paths, "the reset", lambda s: resets_of(s) > before)
+
+
+def reboot(paths: InstancePaths, state: dict[str, Any], progress: Progress) -> str:
+    """Ask the guest to reboot; "agent" or "acpi", the way that worked. OperationError when the guest did not
+    act within shutdown.timeout (nothing is forced: `reset` is the way then)."""
+    spec = records.read_launch_spec(paths)
+    timeout = float(spec.shutdown_timeout) if spec else 60.0
+    monitor = Monitor(paths.qmp_socket, timeout=10.0, busy_timeout=5.0)
+    if monitor.execute("query-status").get("status") != "running":
+        raise OperationError(f"{paths.name} is paused: the guest cannot answer a reboot request; resume it "
+                             f"first, or reset it: qemuvm reset {paths.name}")
+    before = resets_of(state)
+    how = "agent" if _agent_reboot(paths) else None
+    if how is None:
+        _acpi_reboot(paths, monitor, timeout, spec.argv if spec else [], progress)
+        how = "acpi"
+    else:
+        progress(f"{paths.name}: reboot asked through the guest agent; waiting up to {timeout:g} s …")
+    await_record(paths, "the reboot", lambda s: resets_of(s) > before and s.get("state") in (RUNNING, PAUSED),
+                 timeout=timeout + 10)
+    return how
+
+
+def _agent_reboot(paths: InstancePaths) -> bool:
+    """guest-shutdown mode=reboot (no reply when it works); False when no agent answers."""
+    if not paths.guest_agent_socket.exists():
+        return False
+    from qemuvm.control import agent
+
+    try:
+        with agent.Agent(paths, sync_timeout=AGENT_SYNC_TIMEOUT) as session:
+            session.execute("guest-shutdown", {"mode": "reboot"}, reply=False)
+    except OperationError:
+        return False
+    return True
+
+
+def _acpi_reboot(paths: InstancePaths, monitor: Monitor, timeout: float, argv: list[str],
+                 progress: Progress) -> None:
+    monitor.execute("set-action", {"shutdown": "pause"})
+    try:
+        progress(f"ACPI power button pressed on {paths.name} (a reboot); waiting up to {timeout:g} s …")
+        monitor.execute("system_powerdown")
+        deadline = time.monotonic() + timeout
+        while monitor.execute("query-status").get("status") != "shutdown":
+            if time.monotonic() > deadline:
+                raise OperationError(f"{paths.name} did not act on the ACPI power button within {timeout:g} s "
+                                     f"(shutdown.timeout); reset it instead: qemuvm reset {paths.name}")
+            time.sleep(0.1)  # a poll of QEMU's run state, bounded by the deadline
+        monitor.execute("system_reset")
+        monitor.execute("cont")
+    finally:  # back to what the profile asked for: QEMU ends when the guest powers off (unless -no-shutdown)
+        with contextlib.suppress(OperationError):
+            monitor.execute("set-action", {"shutdown": "pause" if "-no-shutdown" in argv else "poweroff"})
