@@ -240,7 +240,21 @@ def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str,
             kill(name, home=home)
         helpers.stop_orphans(instance.read_state(paths))
         shutil.rmtree(paths.root)
+    from qemuvm.control import autostart as autostarts
+
+    autostarts.disable(name)  # undefine: its autostart unit goes too
     return {"name": name, "removed": str(paths.root)}
+
+
+def autostart(name: str, *, disable: bool = False, home: Path | None = None) -> dict[str, Any]:
+    """Start the instance at boot through a systemd unit (virsh autostart); disable removes the unit."""
+    from qemuvm.control import autostart as autostarts
+
+    paths = instance_paths(name, home)
+    if disable:
+        return autostarts.disable(name)
+    spec = records.read_launch_spec(paths)
+    return autostarts.enable(paths, spec.shutdown_timeout if spec else 60.0)
 
 
 # -- runtime control ---------------------------------------------------------------------------------

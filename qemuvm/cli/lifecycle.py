@@ -190,8 +190,9 @@ def ls(json_: bool = JsonOption) -> None:
         shown += "" if row.get("started", True) else " (defined, never started)"
         table.append([row["name"], shown, "yes" if row["supervised"] else "no", row["qemu_pid"],
                       time.strftime("%H:%M:%S", time.gmtime(uptime)) if uptime is not None else None,
-                      row["accel"], ", ".join(_forward_text(f) for f in row["forwards"])])
-    print_table(["NAME", "STATE", "SUPERVISED", "PID", "UPTIME", "ACCEL", "FORWARDS"], table)
+                      row["accel"], "yes" if row.get("autostart") else "no",
+                      ", ".join(_forward_text(f) for f in row["forwards"])])
+    print_table(["NAME", "STATE", "SUPERVISED", "PID", "UPTIME", "ACCEL", "AUTOSTART", "FORWARDS"], table)
 
 
 @app.command()
@@ -265,6 +266,25 @@ def reboot(
                 marker.touch(mode=0o600)
     result = api.reboot(name, force=force, progress=info)
     print_json(result) if json_ else print(f"{name} rebooted ({result['how']})")
+
+
+@app.command()
+def autostart(
+    name: str = NameArg,
+    disable: bool = typer.Option(False, "--disable", help="Remove the unit: no start at boot."),
+    json_: bool = JsonOption,
+) -> None:
+    """Start the VM at boot (virsh autostart): a systemd unit running `qemuvm start NAME`, and `qemuvm down NAME`
+    at shutdown; a system unit for root, a user unit otherwise (at boot with `loginctl enable-linger`)."""
+    from qemuvm import api
+
+    result = api.autostart(name, disable=disable)
+    if json_:
+        print_json(result)
+    elif disable:
+        print(f"{name}: autostart off" + ("" if result["removed"] else " (it was not on)"))
+    else:
+        print(f"{name}: autostart on ({result['unit']}, wanted by {Path(result['wanted_by']).parent.name})")
 
 
 @app.command()

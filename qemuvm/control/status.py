@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from qemuvm import files
+from qemuvm.control import autostart
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.runtime import helpers, instance, records
 from qemuvm.runtime.instance import PAUSED, STOPPED
@@ -35,6 +36,7 @@ def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
         "problem": seen.get("unreadable"),  # state.json could not be read: the state comes from the processes
         "helpers": helper_views(seen),
         "started": state is not None,  # False: defined (`qemuvm define`), never started
+        "autostart": autostart.is_enabled(paths.name),  # a systemd unit starts it at boot (`qemuvm autostart`)
         "dir": str(paths.root),
     }
 

@@ -1,0 +1,109 @@
+"""`qemuvm autostart NAME [--disable]` (virsh autostart): a systemd unit per instance that runs `qemuvm start
+NAME` at boot and `qemuvm down NAME` at shutdown. Root gets a system unit (/etc/systemd/system, wanted by
+multi-user.target), anyone else a user unit (~/.config/systemd/user, wanted by default.target; it runs at boot
+only with lingering: `loginctl enable-linger`). Enabling is what `systemctl enable` does -- the unit file and its
+symlink in TARGET.wants/ -- so it works where systemd is not running (a container, a chroot); where it runs,
+systemd is told to reload. `QEMUVM_SYSTEMD_DIR` puts the units elsewhere (tests do)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from qemuvm.runtime.paths import InstancePaths
+
+
+def unit_name(name: str) -> str:
+    return f"qemuvm-{name}.service"  # instance names are [A-Za-z0-9_.-]: valid in a unit name as they are
+
+
+def _system_wide() -> bool:
+    return os.geteuid() == 0
+
+
+def unit_dir() -> Path:
+    if os.environ.get("QEMUVM_SYSTEMD_DIR"):
+        return Path(os.environ["QEMUVM_SYSTEMD_DIR"])
+    if _system_wide():
+        return Path("/etc/systemd/system")
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "systemd" / "user"
+
+
+def _target() -> str:
+    return "multi-user.target" if _system_wide() else "default.target"
+
+
+def quote(word: str) -> str:
+    """One word of a systemd Exec= or Environment= line: double-quoted, with `\\`, `"`, `%` and `$` escaped."""
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
+def unit_text(name: str, python: str, home: Path, shutdown_timeout: float, target: str) -> str:
+    """The unit: pure, from the interpreter qemuvm runs in (so PATH does not matter) and the state folder."""
+    start = " ".join(quote(word) for word in (python, "-m", "qemuvm", "start", name))
+    stop = " ".join(quote(word) for word in (python, "-m", "qemuvm", "down", name))
+    return f"""# Made by `qemuvm autostart {name}`; `qemuvm autostart {name} --disable` removes it.
+[Unit]
+Description=qemuvm VM {name}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+Environment={quote(f"QEMUVM_HOME={home}")}
+ExecStart={start}
+ExecStop={stop}
+TimeoutStartSec=600
+TimeoutStopSec={int(shutdown_timeout) + 60}
+
+[Install]
+WantedBy={target}
+"""
+
+
+def _paths(name: str) -> tuple[Path, Path]:
+    folder = unit_dir()
+    return folder / unit_name(name), folder / f"{_target()}.wants" / unit_name(name)
+
+
+def is_enabled(name: str) -> bool:
+    return _paths(name)[1].is_symlink()
+
+
+def _reload() -> None:
+    """Tell a running systemd about the change (best effort: no systemd, no reload needed)."""
+    if Path("/run/systemd/system").is_dir():
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["systemctl", *(() if _system_wide() else ("--user",)), "daemon-reload"],
+                           capture_output=True, timeout=30, check=False)
+
+
+def enable(paths: InstancePaths, shutdown_timeout: float) -> dict[str, Any]:
+    unit, link = _paths(paths.name)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    text = unit_text(paths.name, sys.executable, paths.root.parent, shutdown_timeout, _target())
+    temporary = unit.with_name(f".{unit.name}.tmp")
+    temporary.write_text(text)
+    temporary.chmod(0o644)
+    os.replace(temporary, unit)
+    if not link.is_symlink():
+        link.symlink_to(unit)
+    _reload()
+    return {"name": paths.name, "autostart": True, "unit": str(unit), "wanted_by": str(link)}
+
+
+def disable(name: str) -> dict[str, Any]:
+    unit, link = _paths(name)
+    found = link.is_symlink() or unit.exists()
+    link.unlink(missing_ok=True)
+    unit.unlink(missing_ok=True)
+    if found:
+        _reload()
+    return {"name": name, "autostart": False, "unit": str(unit), "removed": found}

@@ -1,0 +1,79 @@
+"""`qemuvm autostart` (virsh autostart, issue 17): the generated systemd unit passes `systemd-analyze verify`
+with nothing to say, it is enabled the way `systemctl enable` does it, `ls` shows it, its ExecStart and ExecStop
+(run here as systemd would: words split by its quoting rules, its Environment= set) really start and stop the
+VM, and `--disable` and `rm` remove it. The units go to a folder of the test's own (QEMUVM_SYSTEMD_DIR)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import cli, guest_profile, state_of
+
+from qemuvm.control import autostart
+
+pytestmark = pytest.mark.integration
+
+
+def _directive(text: str, key: str) -> str:
+    [value] = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(f"{key}=")]
+    return value
+
+
+def _run_like_systemd(line: str, environment: str) -> subprocess.CompletedProcess[str]:
+    # Our lines quote every word in double quotes with \\ \" escaped and %% $$ doubled: shlex reads them the
+    # same way once the doubled specifiers are undone.
+    words = [word.replace("%%", "%").replace("$$", "$") for word in shlex.split(line)]
+    key, _, value = shlex.split(environment)[0].partition("=")
+    return subprocess.run(words, capture_output=True, text=True, timeout=300, check=False,
+                          env={"PATH": "/usr/bin:/bin", key: value.replace("%%", "%").replace("$$", "$")})
+
+
+def test_autostart_unit_verifies_and_its_commands_run(home: Path, test_guest: Any, short_tmp: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QEMUVM_SYSTEMD_DIR", str(short_tmp / "units"))
+    assert cli("define", str(guest_profile(home, test_guest, "bootvm"))).returncode == 0
+    enabled = cli("autostart", "bootvm", "--json")
+    assert enabled.returncode == 0, enabled.stderr
+    unit = Path(json.loads(enabled.stdout)["unit"])
+    target = "multi-user.target" if os.geteuid() == 0 else "default.target"
+    link = short_tmp / "units" / f"{target}.wants" / "qemuvm-bootvm.service"
+    assert unit == short_tmp / "units" / "qemuvm-bootvm.service" and link.resolve() == unit
+    text = unit.read_text()
+    assert _directive(text, "WantedBy") == target
+    if shutil.which("systemd-analyze"):
+        verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                                  timeout=60, check=False)
+        assert verified.returncode == 0 and verified.stderr.strip() == "", verified.stderr  # warnings too
+    [row] = [r for r in json.loads(cli("ls", "--json").stdout) if r["name"] == "bootvm"]
+    assert row["autostart"] is True
+
+    started = _run_like_systemd(_directive(text, "ExecStart"), _directive(text, "Environment"))
+    assert started.returncode == 0, started.stderr
+    assert state_of("bootvm")["state"] == "running"
+    stopped = _run_like_systemd(_directive(text, "ExecStop"), _directive(text, "Environment"))
+    assert stopped.returncode == 0, stopped.stderr
+    assert state_of("bootvm")["state"] == "stopped" and state_of("bootvm")["last_exit"]["reason"] == "down"
+
+    off = cli("autostart", "bootvm", "--disable")
+    assert off.returncode == 0 and not unit.exists() and not link.is_symlink(), off.stderr
+    assert [r["autostart"] for r in json.loads(cli("ls", "--json").stdout) if r["name"] == "bootvm"] == [False]
+    assert cli("autostart", "bootvm").returncode == 0 and unit.exists()
+    assert cli("rm", "bootvm").returncode == 0
+    assert not unit.exists() and not link.is_symlink()  # undefine removes the unit too
+    missing = cli("autostart", "nosuchvm")
+    assert missing.returncode == 2 and "no instance named nosuchvm" in missing.stderr
+
+
+def test_unit_words_are_quoted_for_systemd() -> None:
+    assert autostart.quote('/opt/my dir/py"th%n$') == '"/opt/my dir/py\\"th%%n$$"'
+    text = autostart.unit_text("vm", "/usr/bin/python3", Path("/var/lib/q v"), 20, "multi-user.target")
+    assert 'ExecStart="/usr/bin/python3" "-m" "qemuvm" "start" "vm"' in text
+    assert 'ExecStop="/usr/bin/python3" "-m" "qemuvm" "down" "vm"' in text
+    assert 'Environment="QEMUVM_HOME=/var/lib/q v"' in text and "TimeoutStopSec=80" in text
