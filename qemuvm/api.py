@@ -242,7 +242,7 @@ def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str,
         shutil.rmtree(paths.root)
     from qemuvm.control import autostart as autostarts
 
-    autostarts.disable(name)  # undefine: its autostart unit goes too
+    autostarts.disable(name, paths.root.parent, strict=False)  # undefine: its autostart unit goes too
     return {"name": name, "removed": str(paths.root)}
 
 
@@ -252,7 +252,7 @@ def autostart(name: str, *, disable: bool = False, home: Path | None = None) -> 
 
     paths = instance_paths(name, home)
     if disable:
-        return autostarts.disable(name)
+        return autostarts.disable(name, paths.root.parent)
     spec = records.read_launch_spec(paths)
     return autostarts.enable(paths, spec.shutdown_timeout if spec else 60.0)
 

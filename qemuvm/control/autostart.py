@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qemuvm.errors import UsageError
 from qemuvm.runtime.paths import InstancePaths
 
 
@@ -57,7 +58,7 @@ Wants=network-online.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-Environment={quote(f"QEMUVM_HOME={home}")}
+{_owner_line(home)}
 ExecStart={start}
 ExecStop={stop}
 TimeoutStartSec=600
@@ -73,8 +74,23 @@ def _paths(name: str) -> tuple[Path, Path]:
     return folder / unit_name(name), folder / f"{_target()}.wants" / unit_name(name)
 
 
-def is_enabled(name: str) -> bool:
-    return _paths(name)[1].is_symlink()
+def _owner_line(home: Path) -> str:
+    return f"Environment={quote(f'QEMUVM_HOME={home}')}"
+
+
+def _other_home(unit: Path, home: Path) -> bool:
+    """The unit exists and starts the instance of that name in another state folder: not ours to touch."""
+    try:
+        return _owner_line(home) not in unit.read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def is_enabled(name: str, home: Path) -> bool:
+    unit, link = _paths(name)
+    return link.is_symlink() and not _other_home(unit, home)
 
 
 def _reload() -> None:
@@ -87,6 +103,9 @@ def _reload() -> None:
 
 def enable(paths: InstancePaths, shutdown_timeout: float) -> dict[str, Any]:
     unit, link = _paths(paths.name)
+    if _other_home(unit, paths.root.parent):
+        raise UsageError(f"{unit} exists and starts a VM {paths.name} of another state folder; remove it by hand "
+                         "(systemctl disable) or name this instance differently")
     link.parent.mkdir(parents=True, exist_ok=True)
     text = unit_text(paths.name, sys.executable, paths.root.parent, shutdown_timeout, _target())
     temporary = unit.with_name(f".{unit.name}.tmp")
@@ -99,8 +118,13 @@ def enable(paths: InstancePaths, shutdown_timeout: float) -> dict[str, Any]:
     return {"name": paths.name, "autostart": True, "unit": str(unit), "wanted_by": str(link)}
 
 
-def disable(name: str) -> dict[str, Any]:
+def disable(name: str, home: Path, strict: bool = True) -> dict[str, Any]:
+    """Remove the instance's unit; one of another state folder's is refused (strict) or left alone (`rm`)."""
     unit, link = _paths(name)
+    if _other_home(unit, home):
+        if not strict:
+            return {"name": name, "autostart": False, "unit": str(unit), "removed": False}
+        raise UsageError(f"{unit} starts a VM {name} of another state folder, not this one; it is left as it is")
     found = link.is_symlink() or unit.exists()
     link.unlink(missing_ok=True)
     unit.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
         "problem": seen.get("unreadable"),  # state.json could not be read: the state comes from the processes
         "helpers": helper_views(seen),
         "started": state is not None,  # False: defined (`qemuvm define`), never started
-        "autostart": autostart.is_enabled(paths.name),  # a systemd unit starts it at boot (`qemuvm autostart`)
+        "autostart": autostart.is_enabled(paths.name, paths.root.parent),  # a systemd unit starts it at boot
         "dir": str(paths.root),
     }
 

@@ -67,6 +67,16 @@ def test_autostart_unit_verifies_and_its_commands_run(home: Path, test_guest: An
     assert cli("autostart", "bootvm").returncode == 0 and unit.exists()
     assert cli("rm", "bootvm").returncode == 0
     assert not unit.exists() and not link.is_symlink()  # undefine removes the unit too
+    # A unit of the same name for another state folder is never overwritten, listed or removed by this one.
+    assert cli("define", str(guest_profile(home, test_guest, "bootvm"))).returncode == 0
+    foreign = autostart.unit_text("bootvm", "/usr/bin/python3", Path("/elsewhere"), 20, target)
+    unit.write_text(foreign)
+    link.symlink_to(unit)
+    clash = cli("autostart", "bootvm")
+    assert clash.returncode == 2 and "another state folder" in clash.stderr, clash.stderr
+    assert [r["autostart"] for r in json.loads(cli("ls", "--json").stdout) if r["name"] == "bootvm"] == [False]
+    assert cli("rm", "bootvm").returncode == 0
+    assert unit.read_text() == foreign and link.is_symlink()
     missing = cli("autostart", "nosuchvm")
     assert missing.returncode == 2 and "no instance named nosuchvm" in missing.stderr
 
