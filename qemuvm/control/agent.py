@@ -313,3 +313,16 @@ def set_clock(paths: InstancePaths) -> bool:
     except OperationError:
         return False
     return True
+
+
+def request_shutdown(paths: InstancePaths, mode: str) -> bool:
+    """guest-shutdown (mode powerdown or reboot), which answers nothing when it works; False when no agent
+    answers. What the guest then does is for the caller to wait on."""
+    if not paths.guest_agent_socket.exists():
+        return False
+    try:
+        with Agent(paths, sync_timeout=2.0) as session:
+            session.execute("guest-shutdown", {"mode": mode}, reply=False)
+    except OperationError:
+        return False
+    return True

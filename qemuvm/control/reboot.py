@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from qemuvm.control import agent
 from qemuvm.control.client import Monitor
 from qemuvm.control.wait import await_record
 from qemuvm.errors import OperationError
@@ -21,7 +22,6 @@ from qemuvm.runtime.instance import PAUSED, RUNNING
 from qemuvm.runtime.paths import InstancePaths
 
 Progress = Callable[[str], None]
-AGENT_SYNC_TIMEOUT = 2.0
 
 
 def resets_of(state: dict[str, Any]) -> int:
@@ -45,7 +45,7 @@ def reboot(paths: InstancePaths, state: dict[str, Any], progress: Progress) -> s
         raise OperationError(f"{paths.name} is paused: the guest cannot answer a reboot request; resume it "
                              f"first, or reset it: qemuvm reset {paths.name}")
     before = resets_of(state)
-    how = "agent" if _agent_reboot(paths) else None
+    how = "agent" if agent.request_shutdown(paths, "reboot") else None
     if how is None:
         _acpi_reboot(paths, monitor, timeout, spec.argv if spec else [], progress)
         how = "acpi"
@@ -54,20 +54,6 @@ def reboot(paths: InstancePaths, state: dict[str, Any], progress: Progress) -> s
     await_record(paths, "the reboot", lambda s: resets_of(s) > before and s.get("state") in (RUNNING, PAUSED),
                  timeout=timeout + 10)
     return how
-
-
-def _agent_reboot(paths: InstancePaths) -> bool:
-    """guest-shutdown mode=reboot (no reply when it works); False when no agent answers."""
-    if not paths.guest_agent_socket.exists():
-        return False
-    from qemuvm.control import agent
-
-    try:
-        with agent.Agent(paths, sync_timeout=AGENT_SYNC_TIMEOUT) as session:
-            session.execute("guest-shutdown", {"mode": "reboot"}, reply=False)
-    except OperationError:
-        return False
-    return True
 
 
 def _acpi_reboot(paths: InstancePaths, monitor: Monitor, timeout: float, argv: list[str],

@@ -162,10 +162,13 @@ def resolve(name: str, home: Path | None = None) -> SshTarget:
 
 def _leased_address(paths: InstancePaths, guest_port: int) -> tuple[str, int] | None:
     """The guest's address on a qemuvm NAT network (dnsmasq's lease), reached directly: no forward needed."""
-    from qemuvm.runtime import networks
+    from qemuvm.runtime import networks, records
 
-    leased = [nic["address"] for nic in networks.addresses(paths) if nic["address"]]
-    return (leased[0], guest_port) if leased else None
+    with contextlib.suppress(UsageError):
+        spec = records.read_launch_spec(paths)
+        leased = [nic["address"] for nic in networks.addresses(spec.taps if spec else []) if nic["address"]]
+        return (leased[0], guest_port) if leased else None
+    return None
 
 
 def _ssh_binary() -> str:

@@ -87,7 +87,7 @@ def status(paths: InstancePaths) -> dict[str, Any]:
         if spec is not None and spec.taps:
             from qemuvm.runtime import networks
 
-            result["addresses"] = networks.addresses(paths)  # leased on qemuvm networks (dnsmasq)
+            result["addresses"] = networks.addresses(spec.taps)  # leased on qemuvm networks (dnsmasq)
     if paths.saved_state.exists():
         result["saved_state"] = {"file": str(paths.saved_state), "bytes": paths.saved_state.stat().st_size}
     if result.get("vnc") and paths.vnc_password.exists():  # the owner may see it: the file is theirs, 0600

@@ -115,10 +115,7 @@ def _agent_shutdown(name: str, paths: InstancePaths, state: dict[str, Any], prog
     reply when it works). "agent" when QEMU then exits, None when no agent answers or the guest stays up."""
     from qemuvm.control import agent
 
-    try:
-        with agent.Agent(paths, sync_timeout=2.0) as session:
-            session.execute("guest-shutdown", {"mode": "powerdown"}, reply=False)
-    except OperationError:
+    if not agent.request_shutdown(paths, "powerdown"):
         return None
     progress(f"{name}: power-off asked through the guest agent; waiting up to {GRACE_AFTER_QUIT:g} s …")
     return "agent" if wait_gone(state, GRACE_AFTER_QUIT) else None

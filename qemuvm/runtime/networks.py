@@ -26,7 +26,6 @@ from qemuvm.runtime import instance, records
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile
-    from qemuvm.runtime.paths import InstancePaths
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # as an instance name (profile/types.py NAME_PATTERN)
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -86,15 +85,23 @@ def _require(what: str) -> None:
         raise UsageError(f"{' and '.join(missing)} not installed; install with: {INSTALL}")
 
 
-def _all_records() -> list[records.NetworkRecord]:
-    found = []
+def _scan() -> list[tuple[Path, records.NetworkRecord | UsageError]]:
+    """Every network folder with its record, or why the record cannot be read."""
+    found: list[tuple[Path, records.NetworkRecord | UsageError]] = []
     if networks_dir().is_dir():
-        for folder in sorted(networks_dir().iterdir()):
-            with contextlib.suppress(UsageError):
+        for folder in sorted(path for path in networks_dir().iterdir() if path.is_dir()):
+            try:
                 record = records.read_network(folder / "network.json")
-                if record is not None:
-                    found.append(record)
+            except UsageError as exc:
+                found.append((folder, exc))
+                continue
+            if record is not None:
+                found.append((folder, record))
     return found
+
+
+def _all_records() -> list[records.NetworkRecord]:
+    return [record for _folder, record in _scan() if isinstance(record, records.NetworkRecord)]
 
 
 def _lock() -> contextlib.AbstractContextManager[int]:
@@ -271,19 +278,10 @@ def view(record: records.NetworkRecord) -> dict[str, Any]:
 
 def list_all() -> list[dict[str, Any]]:
     """Every network's view; one whose record cannot be read is listed as `unreadable`, with why."""
-    found = []
-    if networks_dir().is_dir():
-        for folder in sorted(path for path in networks_dir().iterdir() if path.is_dir()):
-            try:
-                record = records.read_network(folder / "network.json")
-            except UsageError as exc:
-                found.append({"name": folder.name, "state": "unreadable", "problems": [str(exc)], "bridge": None,
-                              "subnet": None, "gateway": None, "nft_table": None, "dnsmasq_pid": None, "leases": 0,
-                              "attached": [], "dir": str(folder)})
-                continue
-            if record is not None:
-                found.append(view(record))
-    return found
+    return [view(record) if isinstance(record, records.NetworkRecord) else
+            {"name": folder.name, "state": "unreadable", "problems": [str(record)], "bridge": None, "subnet": None,
+             "gateway": None, "nft_table": None, "dnsmasq_pid": None, "leases": 0, "attached": [], "dir": str(folder)}
+            for folder, record in _scan()]
 
 
 def status(name: str) -> dict[str, Any]:
@@ -333,15 +331,15 @@ def taps(profile: Profile) -> list[records.Tap]:
     return found
 
 
-def addresses(paths: InstancePaths) -> list[dict[str, Any]]:
-    """The instance's addresses on qemuvm networks, from their leases (the guest asked dnsmasq for them)."""
-    with contextlib.suppress(UsageError):
-        spec = records.read_launch_spec(paths)
-        found = []
-        for tap in spec.taps if spec else []:
+def addresses(spec_taps: list[records.Tap]) -> list[dict[str, Any]]:
+    """An instance's addresses on qemuvm networks (its LaunchSpec's taps), from their leases (the guest asked
+    dnsmasq for them)."""
+    found = []
+    for tap in spec_taps:
+        record = None
+        with contextlib.suppress(UsageError):  # an unreadable network record: no address known
             record = read(tap.network)
-            lease = natnet.lease_for(tap.mac, current_leases(record), time.time()) if record else None
-            found.append({"nic": tap.index, "network": tap.network, "mac": tap.mac, "tap": tap.ifname,
-                          "address": lease.address if lease else None})
-        return found
-    return []
+        lease = natnet.lease_for(tap.mac, current_leases(record), time.time()) if record else None
+        found.append({"nic": tap.index, "network": tap.network, "mac": tap.mac, "tap": tap.ifname,
+                      "address": lease.address if lease else None})
+    return found
