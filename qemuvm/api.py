@@ -78,31 +78,34 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     from qemuvm.control.status import view
     from qemuvm.runtime import preflight
 
-    with launch.Prestart() as prestart:  # its imports run while this process validates and compiles
-        profile = preflight.load_profile(source, overrides, name, home)
-        paths = InstancePaths.for_name(profile.name, home)
-        host, notice = preflight.check_host(profile, paths)
-        if notice:
-            progress(notice)
-        made_from = None
-        if warm:
-            from qemuvm.control.warm import start_warm
-
-            serial_offset, made_from = start_warm(profile, paths, host, home=home, remove_on_down=remove_on_down,
-                                                  timeout=timeout, progress=progress,
-                                                  source=str(Path(source).resolve()), prestart=prestart)
-            restored = True
-        else:
-            serial_offset, restored = launch.start_instance(profile, paths, host, home=home,
-                                                            remove_on_down=remove_on_down,
-                                                            discard_saved=discard_saved, progress=progress,
-                                                            prestart=prestart)
-    # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
-    result = view(paths, instance.read_state(paths))
+    paths: InstancePaths | None = None
     try:
+        with launch.Prestart() as prestart:  # its imports run while this process validates and compiles
+            profile = preflight.load_profile(source, overrides, name, home)
+            paths = InstancePaths.for_name(profile.name, home)
+            host, notice = preflight.check_host(profile, paths)
+            if notice:
+                progress(notice)
+            made_from = None
+            if warm:
+                from qemuvm.control.warm import start_warm
+
+                serial_offset, made_from = start_warm(profile, paths, host, home=home, remove_on_down=remove_on_down,
+                                                      timeout=timeout, progress=progress,
+                                                      source=str(Path(source).resolve()), prestart=prestart)
+                restored = True
+            else:
+                serial_offset, restored = launch.start_instance(profile, paths, host, home=home,
+                                                                remove_on_down=remove_on_down,
+                                                                discard_saved=discard_saved, progress=progress,
+                                                                prestart=prestart)
+        # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
+        result = view(paths, instance.read_state(paths))
         ready_after = waiting.wait_ready(paths, profile, wait, timeout, serial_offset, progress, restored=restored)
-    except KeyboardInterrupt:  # Ctrl-C ends the wait, not the VM: say so
-        progress(launch.KEEPS_RUNNING.format(name=profile.name))
+    except KeyboardInterrupt:
+        # Ctrl-C ends the wait (or the start), not a VM that already runs: say so, wherever it landed.
+        if paths is not None and instance.is_active(instance.read_state(paths)):
+            progress(launch.KEEPS_RUNNING.format(name=paths.name))
         raise
     if ready_after is not None:
         result.update(ready_after_s=round(ready_after, 2), ready=True)

@@ -78,13 +78,11 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
             progress(f"starting {profile.name} …")
             wait_until_up(paths, start_supervisor(paths, prestart))
             return serial_offset, restoring
-    except BaseException as exc:
+    except BaseException:
         from qemuvm.runtime import helpers
 
         helpers.stop_orphans(instance.read_state(paths))  # a supervisor killed between its helpers and QEMU
         active = instance.is_active(instance.read_state(paths))
-        if isinstance(exc, KeyboardInterrupt) and active:
-            progress(KEEPS_RUNNING.format(name=profile.name))
         # A first start that failed leaves nothing behind (its error already quotes qemu.log) -- unless a
         # process of it still lives (Ctrl-C mid-start, a supervisor killed): never delete a folder under it.
         # An existing instance keeps its folder (disks, overlays, logs) without stale sockets.
