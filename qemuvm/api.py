@@ -312,6 +312,22 @@ def qmp(name: str, command: str, arguments: dict[str, Any] | None = None, *, hom
     return _monitor(paths).execute(command, arguments)
 
 
+def import_libvirt(xml_path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None,
+                   strict: bool = False, progress: Progress = _silent) -> dict[str, Any]:
+    """A libvirt domain XML as a commented qemuvm profile (written to `output`, with a VNC password file
+    beside it); what cannot come over is listed at its top. strict: anything that cannot is an error."""
+    from qemuvm.convert import io
+
+    return io.import_libvirt(xml_path, output, strict, progress)
+
+
+def export_libvirt(source: str, *, security_info: bool = False, home: Path | None = None) -> dict[str, Any]:
+    """A profile file (or an instance's saved profile) as libvirt domain XML, and what it cannot express."""
+    from qemuvm.convert import io
+
+    return io.export_libvirt(source, security_info, home)
+
+
 def render(source: str | os.PathLike[str], *, overrides: tuple[str, ...] | list[str] = (), name: str | None = None,
            home: Path | None = None) -> tuple[str, list[Any]]:
     """The QEMU binary and the compiled options (each with the profile fields behind it) of a profile file,

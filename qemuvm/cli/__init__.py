@@ -45,7 +45,7 @@ def _root(
 
 
 # Registration order is the order of `--help`.
-from qemuvm.cli import profile_cmds, lifecycle, images, workflow, agent_cmds, monitor, network_cmds  # noqa: E402, F401, I001
+from qemuvm.cli import profile_cmds, lifecycle, images, workflow, agent_cmds, monitor, network_cmds, convert_cmds  # noqa: E402, F401, I001
 
 
 def _click_exceptions():  # -> module

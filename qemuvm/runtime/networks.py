@@ -100,6 +100,11 @@ def _scan() -> list[tuple[Path, records.NetworkRecord | UsageError]]:
     return found
 
 
+def names() -> frozenset[str]:
+    """The networks that exist (readable records), for `import libvirt`: <interface type='network'> joins one."""
+    return frozenset(record.name for record in _all_records())
+
+
 def _all_records() -> list[records.NetworkRecord]:
     return [record for _folder, record in _scan() if isinstance(record, records.NetworkRecord)]
 

@@ -106,3 +106,14 @@ def test_api_imports_nothing_from_above_it() -> None:
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not [m for m in imported if m.startswith(("qemuvm.workflow", "qemuvm.testing", "qemuvm.top",
                                                      "qemuvm.cli"))], imported
+
+
+def test_the_libvirt_converters_are_pure() -> None:
+    """convert/libvirt_* (not convert/io.py, their file side) import nothing that touches the system."""
+    probe = ("import json, sys, pathlib\n"
+             "import qemuvm.convert.libvirt_import as i, qemuvm.convert.libvirt_export as e\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('qemuvm') or m == 'subprocess')))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                       check=True).stdout)
+    allowed = ("qemuvm.profile", "qemuvm.convert.libvirt", "qemuvm.convert.xmlwalk", "qemuvm.errors")
+    assert [m for m in loaded if m not in ("qemuvm", "qemuvm.convert") and not m.startswith(allowed)] == []
