@@ -1,0 +1,176 @@
+"""Start a profile's argv in the real QEMU, paused (-S), ask QMP for the status, quit: what
+test_golden_qemu.py does for every golden and test_libvirt_qemu.py for every imported libvirt domain.
+
+The profile is made runnable on this machine first: accel tcg (the host KVM is software-only), files the
+profile names are replaced by small ones in a short temp dir, fixed host forward ports become 0 (QEMU picks
+a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt, segment ports) are started first,
+as the supervisor does. Tap devices and bridges are made in a network namespace of the test's own, where QEMU
+then runs (with qemu-bridge-helper's ACL for those bridges: netns.py); profiles that need other host setup
+(hugepages) are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netns
+import pytest
+from qemu.qmp import QMPClient
+
+from qemuvm.profile.model import Profile
+from qemuvm.qemu import passt, segment, shares
+from qemuvm.qemu.compile import PortPlan, compile_argv
+from qemuvm.qemu.facts import HostFacts
+from qemuvm.qemu.probe import probe
+from qemuvm.runtime import helpers, launch, records
+from qemuvm.runtime.paths import InstancePaths
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST = Path(os.environ.get("QEMUVM_TEST_GUEST_DIR") or REPO / "build" / "guest")
+START_DEADLINE = 10.0
+
+
+def skip_reason(profile: Profile) -> str | None:
+    runnable_here = {"user", "passt", "segment", *(("tap", "bridge") if netns.usable() else ())}
+    modes = {nic.mode for nic in profile.network} - runnable_here
+    if modes:
+        return f"network mode {'/'.join(sorted(modes))} needs root (for a namespace with its taps and bridges)"
+    if profile.machine.hugepages:
+        return "hugepages need a mounted hugetlbfs with reserved pages"
+    if profile.boot.kernel and not (GUEST / "vmlinuz").exists():
+        return "direct kernel boot needs the test guest (scripts/build-test-guest)"
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
+        return "QEMU is not installed"
+    return None
+
+
+def _img(*args: str) -> None:
+    subprocess.run(["qemu-img", "create", "-q", *args], check=True, capture_output=True)
+
+
+def runnable(profile: Profile, scratch: Path, paths: InstancePaths) -> Profile:
+    """A copy of `profile` whose files exist in `scratch` and that runs under TCG here."""
+    machine = profile.machine.model_copy(update={
+        "accel": "tcg", "cpu": None if profile.machine.cpu == "host" else profile.machine.cpu})
+    disks = []
+    for index, disk in enumerate(profile.disks):
+        image = scratch / f"d{index}.{disk.image_format}"
+        _img("-f", disk.image_format, str(image), "1M")
+        if disk.ephemeral:  # what prepare does: an overlay naming the image as its backing file
+            _img("-f", "qcow2", "-b", str(image), "-F", disk.image_format, str(paths.overlay(index)))
+        disks.append(disk.model_copy(update={"file": str(image)}))
+    boot = profile.boot
+    if boot.kernel:
+        boot = boot.model_copy(update={
+            "kernel": str(GUEST / "vmlinuz"), "initrd": str(GUEST / "initrd.gz") if boot.initrd else None})
+    shares = []
+    for index, share in enumerate(profile.shares):
+        folder = scratch / f"s{index}"
+        folder.mkdir()
+        shares.append(share.model_copy(update={"source": str(folder)}))
+    network = [nic.model_copy(update={"forwards": [f.model_copy(update={"host": 0}) for f in nic.forwards]})
+               for nic in profile.network]
+    if profile.cloud_init is not None:
+        _img("-f", "raw", str(paths.seed_iso), "1M")  # compile only names the seed; any readable file does
+    if profile.machine.firmware == "uefi":
+        shutil.copyfile(probe().ovmf_vars or "/usr/share/OVMF/OVMF_VARS_4M.fd", paths.uefi_vars)
+    display = profile.display
+    qemu = profile.qemu.model_copy(update={"binary": "qemu-system-x86_64"})
+    return profile.model_copy(update={"machine": machine, "disks": disks, "boot": boot, "shares": shares,
+                                      "network": network, "display": display, "qemu": qemu})
+
+
+def _vnc_searches(argv: list[str]) -> list[str]:
+    """A fixed TCP VNC display may be taken by another VM: let QEMU itself take the first free display from
+    it on (`to=`, up to 99 further and never past port 65535), rather than choosing a port here that another
+    process could take before QEMU binds it."""
+    out = list(argv)
+    for index, arg in enumerate(out[:-1]):
+        if arg == "-vnc" and not out[index + 1].startswith("unix:") and ",to=" not in out[index + 1]:
+            display = int(out[index + 1].split(",")[0].rsplit(":", 1)[1])
+            out[index + 1] += f",to={min(display + 99, 65535 - 5900)}"
+    return out
+
+
+async def _status(qmp_socket: Path) -> str:
+    qmp = QMPClient("golden")
+    await asyncio.wait_for(qmp.connect(str(qmp_socket)), 5)
+    try:
+        status = await asyncio.wait_for(qmp.execute("query-status"), 5)
+        await asyncio.wait_for(qmp.execute("quit"), 5)
+    finally:
+        with contextlib.suppress(EOFError):  # normal after quit (QEMU-FACTS)
+            await asyncio.wait_for(qmp.disconnect(), 5)
+    return status["status"]
+
+
+def _wait_for_socket(proc: subprocess.Popen[bytes], qmp_socket: Path, stderr: Path) -> None:
+    deadline = time.monotonic() + START_DEADLINE
+    while not qmp_socket.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"QEMU rejected the argv (exit {proc.returncode}):\n{stderr.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"QEMU did not create its QMP socket in {START_DEADLINE}s:\n{stderr.read_text()}")
+        time.sleep(0.05)
+
+
+def start_paused(profile: Profile, host: HostFacts, ports: PortPlan | None, scratch: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test unless QEMU starts `profile` (made runnable here) paused and quits cleanly."""
+    reason = skip_reason(profile)
+    if reason:
+        pytest.skip(reason)
+    paths = InstancePaths(scratch / "i")
+    paths.root.mkdir(mode=0o700)
+    ready = runnable(profile, scratch, paths)
+    argv = _vnc_searches(compile_argv(ready, paths, host, ports, start_paused=True))
+    # Helpers (virtiofsd, passt): QEMU connects to each at start, so they run first, as the supervisor does it.
+    plan = ports or PortPlan()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(launch.module_path()))  # a segment port runs `python -S`
+    started = [helpers.as_entry(helpers.start(records.Helper(**helper))) for helper in (
+        *shares.helpers(ready, paths, host),
+        *passt.helpers(ready, paths, host, plan.forwards, plan.ssh_host_port),
+        *segment.helpers(ready, paths, sys.executable))]
+    stderr = scratch / "qemu.err"
+    with contextlib.ExitStack() as cleanup:
+        taps = [nic.ifname for nic in profile.network if nic.mode == "tap" and nic.ifname]
+        bridges = sorted({nic.bridge or "br0" for nic in profile.network if nic.mode == "bridge" and not nic.network})
+        if taps or any(nic.mode == "bridge" for nic in profile.network):
+            # In a namespace of the test's own, where QEMU runs too: the tap devices it names, the bridges
+            # qemu-bridge-helper joins (and its ACL for them); QEMU makes a qemuvm network's taps itself.
+            space = cleanup.enter_context(netns.namespace())
+            for tap in taps:
+                netns.add_tap(space, tap)
+            for bridge in bridges:
+                netns.add_bridge(space, bridge)
+            if bridges:
+                cleanup.enter_context(netns.bridge_acl(space, bridges))
+            argv = ["ip", "netns", "exec", space, *argv]
+        _run_paused(argv, stderr, paths, started)
+
+
+def _run_paused(argv: list[str], stderr: Path, paths: InstancePaths, started: list[dict]) -> None:
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
+    try:
+        _wait_for_socket(proc, paths.qmp_socket, stderr)
+        try:
+            status = asyncio.run(_status(paths.qmp_socket))
+        except Exception as exc:  # QEMU may fail after creating its sockets: show why
+            proc.wait(timeout=START_DEADLINE)
+            pytest.fail(f"QMP failed ({exc!r}); QEMU exit {proc.returncode}:\n{stderr.read_text()}")
+        assert status == "prelaunch"
+        assert proc.wait(timeout=START_DEADLINE) == 0, stderr.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        helpers.stop(started, grace=2)
+    assert "error" not in stderr.read_text().lower(), stderr.read_text()
