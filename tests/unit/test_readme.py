@@ -22,3 +22,20 @@ def test_scripts_are_executable() -> None:
     for script in ("setup", "test", "build-test-guest", "build-debian-image"):
         path = REPO / "scripts" / script
         assert path.exists() and path.stat().st_mode & 0o111, f"scripts/{script} is not executable"
+
+
+def test_the_libvirt_walkthrough_runs_every_command_of_the_readme_table() -> None:
+    """README "Coming from libvirt": each qemuvm command of its table is a `run ...` line of
+    scripts/libvirt-walkthrough (which tests/integration/test_libvirt_walkthrough.py runs)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Coming from libvirt", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `") or line.startswith("| virsh")]
+    commands = [command for row in rows for command in re.findall(r"`qemuvm ([^`]+)`", row.split("|")[2])]
+    script = (REPO / "scripts" / "libvirt-walkthrough").read_text()
+    run = {line.split("#")[0].strip()[len("run "):] for line in script.splitlines() if line.startswith("run ")}
+    assert len(commands) >= 17
+    missing = [command for command in commands if command not in run
+               and command not in ("top", "network create default")]  # shown as alternatives
+    assert not missing, f"README commands the walkthrough does not run: {missing}"
