@@ -328,6 +328,19 @@ def export_libvirt(source: str, *, security_info: bool = False, home: Path | Non
     return io.export_libvirt(source, security_info, home)
 
 
+def export(target: str, source: str, *, overrides: tuple[str, ...] | list[str] = (), lossy: bool = False,
+           image: str | None = None, pvc: str | None = None, configmap: bool = False,
+           images_pvc: str = "qemuvm-images", artifacts_pvc: str | None = None,
+           home: Path | None = None) -> dict[str, Any]:
+    """A profile (or an instance's saved profile) for a scheduler: target kubevirt (a VirtualMachine),
+    k8s-job (a Job running `qemuvm smoke`) or nomad (a job for the qemu driver). A field the target cannot
+    express is a UsageError unless lossy, which lists it under "dropped"."""
+    from qemuvm.convert import io
+
+    return io.export_target(target, source, overrides=overrides, lossy=lossy, image=image, pvc=pvc,
+                            configmap=configmap, images_pvc=images_pvc, artifacts_pvc=artifacts_pvc, home=home)
+
+
 def render(source: str | os.PathLike[str], *, overrides: tuple[str, ...] | list[str] = (), name: str | None = None,
            home: Path | None = None) -> tuple[str, list[Any]]:
     """The QEMU binary and the compiled options (each with the profile fields behind it) of a profile file,

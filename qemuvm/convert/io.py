@@ -3,6 +3,7 @@ valid profile, write the outputs. The converters themselves (libvirt_import, lib
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,25 @@ def import_libvirt(xml_path: str | os.PathLike[str], output: str | os.PathLike[s
 def export_libvirt(source: str, security_info: bool, home: Path | None) -> dict[str, Any]:
     """`qemuvm export libvirt PROFILE|NAME`: a profile file, else the saved profile of the instance NAME."""
     from qemuvm.convert import libvirt_export
+    from qemuvm.runtime.preflight import read_vnc_password
+
+    profile = _profile(source, (), home)
+    vnc = profile.display.vnc if profile.display else None
+    password = read_vnc_password(vnc.password_file) if security_info and vnc and vnc.password_file else None
+    exported = libvirt_export.export_domain(profile, password)
+    return {"xml": exported.xml, "not_expressed": exported.not_expressed}
+
+
+def _is_name(text: str) -> bool:
+    from qemuvm.convert.libvirt_import import NAME
+
+    return bool(NAME.match(text))
+
+
+def _profile(source: str, overrides: tuple[str, ...] | list[str], home: Path | None) -> Any:
+    """A profile file, else the saved profile of the instance `source`; validated, with --set applied."""
     from qemuvm.profile.validate import load_and_validate
     from qemuvm.runtime.paths import InstancePaths
-    from qemuvm.runtime.preflight import read_vnc_password
 
     path = Path(source)
     if not path.is_file():
@@ -72,14 +89,67 @@ def export_libvirt(source: str, security_info: bool, home: Path | None) -> dict[
         if paths is None or not paths.profile.is_file():
             raise UsageError(f"{source} is neither a profile file nor an instance (see `qemuvm ls`)")
         path = paths.profile
-    profile = load_and_validate(str(path))
-    vnc = profile.display.vnc if profile.display else None
-    password = read_vnc_password(vnc.password_file) if security_info and vnc and vnc.password_file else None
-    exported = libvirt_export.export_domain(profile, password)
-    return {"xml": exported.xml, "not_expressed": exported.not_expressed, "profile": str(path)}
+    return load_and_validate(str(path), overrides)
 
 
-def _is_name(text: str) -> bool:
-    from qemuvm.convert.libvirt_import import NAME
+def _read_document(path: str) -> str:
+    from qemuvm import files
 
-    return bool(NAME.match(text))
+    return files.read_text(path, "cloud_init", 1 << 20)
+
+
+def export_target(target: str, source: str, *, overrides: tuple[str, ...] | list[str] = (), lossy: bool = False,
+                  image: str | None = None, pvc: str | None = None, configmap: bool = False,
+                  images_pvc: str = "qemuvm-images", artifacts_pvc: str | None = None,
+                  home: Path | None = None) -> dict[str, Any]:
+    """`qemuvm export kubevirt|k8s-job|nomad`: the documents (Kubernetes) or the job text (Nomad), what was
+    dropped (only with lossy; otherwise a drop is a UsageError) and what was changed."""
+    import yaml
+
+    profile = _profile(source, overrides, home)
+    if target == "kubevirt":
+        from qemuvm.convert import kubevirt
+
+        if image and pvc:
+            raise UsageError("--image and --pvc both name the boot disk's volume; give one")
+        manifest, mapping = kubevirt.export(profile, image=image, pvc=pvc, read=_read_document, lossy=lossy)
+        documents = [manifest]
+    elif target == "k8s-job":
+        from qemuvm.convert import k8s_job
+
+        if not image:
+            raise UsageError("export k8s-job needs --image REF: the container image that runs qemuvm (see the "
+                             "Containerfile)")
+        documents, mapping = k8s_job.export(profile, image=image, images_pvc=images_pvc,
+                                            artifacts_pvc=artifacts_pvc, configmap=configmap, lossy=lossy)
+    else:
+        from qemuvm.convert import nomad
+        from qemuvm.qemu.compile import compile_options
+        from qemuvm.qemu.facts import HostFacts
+        from qemuvm.runtime.paths import InstancePaths
+
+        def options(runs: Any) -> Any:
+            # For a host of no particular facts (the machine type is the Nomad client's business); what the
+            # driver manages is left out of args anyway.
+            facts = HostFacts()
+            facts = dataclasses.replace(facts, machines=(*facts.machines, runs.machine.type))
+            return compile_options(runs, InstancePaths(Path("/nonexistent") / runs.name), facts)
+
+        text, mapping = nomad.export(profile, options, lossy=lossy)
+        return {"text": text, "dropped": mapping.dropped, "notes": mapping.notes, "documents": None}
+    text = yaml.dump_all(documents, Dumper=_literal_dumper(), sort_keys=False)
+    return {"text": text, "documents": documents, "dropped": mapping.dropped, "notes": mapping.notes}
+
+
+def _literal_dumper() -> Any:
+    import yaml
+
+    class LiteralDumper(yaml.SafeDumper):
+        """Multi-line strings (a ConfigMap's profile, cloud-init user data) as readable `|` blocks."""
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value and not any(line != line.rstrip() for line in value.splitlines()) else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    LiteralDumper.add_representer(str, text)
+    return LiteralDumper
