@@ -153,16 +153,18 @@ def start_paused(profile: Profile, host: HostFacts, ports: PortPlan | None, scra
             if bridges:
                 cleanup.enter_context(netns.bridge_acl(space, bridges))
             argv = ["ip", "netns", "exec", space, *argv]
-        _run_paused(argv, stderr, paths, started)
+        run_paused(argv, stderr, paths.qmp_socket, started)
 
 
-def _run_paused(argv: list[str], stderr: Path, paths: InstancePaths, started: list[dict]) -> None:
+def run_paused(argv: list[str], stderr: Path, qmp_socket: Path, started: list[dict] | None = None) -> None:
+    """Run argv (which starts QEMU paused with a QMP socket at qmp_socket): its status must be prelaunch, and
+    it must quit cleanly when told; then stop the helpers `started`."""
     with stderr.open("wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
     try:
-        _wait_for_socket(proc, paths.qmp_socket, stderr)
+        _wait_for_socket(proc, qmp_socket, stderr)
         try:
-            status = asyncio.run(_status(paths.qmp_socket))
+            status = asyncio.run(_status(qmp_socket))
         except Exception as exc:  # QEMU may fail after creating its sockets: show why
             proc.wait(timeout=START_DEADLINE)
             pytest.fail(f"QMP failed ({exc!r}); QEMU exit {proc.returncode}:\n{stderr.read_text()}")
@@ -172,5 +174,5 @@ def _run_paused(argv: list[str], stderr: Path, paths: InstancePaths, started: li
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        helpers.stop(started, grace=2)
+        helpers.stop(started or [], grace=2)
     assert "error" not in stderr.read_text().lower(), stderr.read_text()
