@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from qemuvm.convert.xmlwalk import Node
+from qemuvm.convert.xmlwalk import Node, tag_name
 
 if TYPE_CHECKING:
     from qemuvm.convert.libvirt_import import Imported
@@ -34,7 +34,7 @@ _UNSUPPORTED = {
 def convert(devices: Node, out: Imported, networks: frozenset[str]) -> None:
     profile = out.profile
     for node in devices.children():
-        tag = node.path.rsplit("/", 1)[-1].split("[")[0]
+        tag = tag_name(node.element)
         if tag == "emulator":
             _emulator(node, profile)
         elif tag == "disk":
@@ -261,9 +261,8 @@ def _share(node: Node) -> dict[str, Any] | None:
         cache = binary.child("cache")
         if cache is not None and cache.attr("mode") in ("always", "none", "auto"):
             share["cache"] = cache.attr("mode")
-    for tag_name in ("address", "alias"):
-        for child in node.children(tag_name):
-            child.implied("qemuvm places its devices itself")
+    for child in node.children("address") + node.children("alias"):
+        child.implied("qemuvm places its devices itself")
     for boot in node.children("boot"):
         boot.unsupported("qemuvm boots from disks, cdroms and the network only")
     return share

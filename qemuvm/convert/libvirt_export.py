@@ -91,8 +91,9 @@ def export_domain(profile: Profile, vnc_password: str | None = None) -> Exported
         channel = SubElement(devices, "channel", {"type": "unix"})
         SubElement(channel, "target", {"type": "virtio", "name": "org.qemu.guest_agent.0"})
     _display(devices, profile, vnc_password, lost)
-    tablet = _take(extra, "-usb", 0) is not None and _take(extra, "-device", 1, "usb-tablet") is not None
+    tablet = "-usb" in extra and _take(extra, "-device", 1, "usb-tablet") is not None
     if tablet:
+        _take(extra, "-usb", 0)
         devices.find("controller[@type='usb']").set("model", "qemu-xhci")  # type: ignore[union-attr]
         SubElement(devices, "input", {"type": "tablet", "bus": "usb"})
     balloon = _take(extra, "-device", 1, "virtio-balloon-pci") is not None

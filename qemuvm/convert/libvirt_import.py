@@ -15,7 +15,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from qemuvm.convert import libvirt_devices as devices
-from qemuvm.convert.xmlwalk import Node, Note
+from qemuvm.convert.xmlwalk import Node, Note, tag_name
 from qemuvm.errors import UsageError
 
 MAX_XML = 4 << 20  # a domain definition is a few KiB; anything this big is not one
@@ -200,7 +200,7 @@ def _memory(root: Node, machine: dict[str, Any]) -> None:
     backing = root.child("memoryBacking")
     if backing is not None:
         for node in backing.children():
-            tag = node.path.rsplit("/", 1)[-1]
+            tag = tag_name(node.element)
             if tag == "hugepages":
                 machine["hugepages"] = True
                 for page in node.children("page"):
@@ -365,7 +365,7 @@ def _lifecycle(root: Node, out: Imported) -> None:
 
 def _features(node: Node) -> None:
     for feature in node.children():
-        tag = feature.path.rsplit("/", 1)[-1]
+        tag = tag_name(feature.element)
         if tag in ("acpi", "apic", "pae"):
             feature.implied("on in every pc and q35 machine")
         else:
