@@ -5,10 +5,7 @@ every example profile whose files exist on this machine (under TCG, as everythin
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import hcl2
@@ -21,12 +18,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "profiles").glob("*.yaml"))
 
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qn", dir="/tmp"))  # short: socket paths max 107 bytes
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -64,7 +55,7 @@ def _unmeta(value: object) -> object:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_the_nomad_command_line_starts(path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_nomad_command_line_starts(path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(path.parent)
     # accel tcg: this machine's /dev/kvm is software-backed, where `-cpu host` (which the driver adds under
     # kvm) aborts QEMU (QEMU-FACTS); the rest of the command line is the same under either.
@@ -79,6 +70,6 @@ def test_the_nomad_command_line_starts(path: Path, scratch: Path, monkeypatch: p
     missing = [f for f in files if not Path(f).exists()]
     if not config["image_path"] or missing:
         pytest.skip(f"{path.name}: needs {missing or 'a disk'} (scripts/build-test-guest, build-debian-image)")
-    qmp = scratch / "qmp.sock"
-    argv = [*driver_argv(config, resources["memory"], scratch), "-S", "-qmp", f"unix:{qmp},server=on,wait=off"]
-    run_paused(argv, scratch / "qemu.err", qmp)
+    qmp = short_tmp / "qmp.sock"
+    argv = [*driver_argv(config, resources["memory"], short_tmp), "-S", "-qmp", f"unix:{qmp},server=on,wait=off"]
+    run_paused(argv, short_tmp / "qemu.err", qmp)

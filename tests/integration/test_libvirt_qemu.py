@@ -4,10 +4,7 @@ images and folders the domain names (paused.py). What import could not carry ove
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +17,14 @@ from qemuvm.qemu.compile import PortPlan
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ql", dir="/tmp"))  # short: socket paths max 107 bytes
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
 
 @pytest.mark.parametrize("path", DOMAINS, ids=[p.stem for p in DOMAINS])
-def test_imported_domain_starts_in_qemu(path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imported_domain_starts_in_qemu(path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     profile = imported_profile(path)
     # passt binds the host ports itself and takes no 0 (the supervisor plans them): give it free ones.
     plan = PortPlan(forwards={(nic_index, index): free_port() for nic_index, nic in enumerate(profile.network)
                               if nic.mode == "passt" for index in range(len(nic.forwards))})
-    start_paused(profile, HARDWARE_KVM, plan, scratch, monkeypatch)
+    start_paused(profile, HARDWARE_KVM, plan, short_tmp, monkeypatch)
 
 
 def free_port() -> int:
