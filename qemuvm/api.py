@@ -104,8 +104,9 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
         ready_after = waiting.wait_ready(paths, profile, wait, timeout, serial_offset, progress, restored=restored)
     except KeyboardInterrupt:
         # Ctrl-C ends the wait (or the start), not a VM that already runs: say so, wherever it landed.
-        if paths is not None and instance.is_active(instance.read_state(paths)):
-            progress(launch.KEEPS_RUNNING.format(name=paths.name))
+        with contextlib.suppress(Exception):  # a record unreadable now must not hide the Ctrl-C
+            if paths is not None and instance.is_active(instance.read_state(paths)):
+                progress(launch.KEEPS_RUNNING.format(name=paths.name))
         raise
     if ready_after is not None:
         result.update(ready_after_s=round(ready_after, 2), ready=True)
