@@ -73,9 +73,11 @@ def export_libvirt(source: str, security_info: bool, home: Path | None) -> dict[
 
 
 def _is_name(text: str) -> bool:
-    from qemuvm.convert.libvirt_import import NAME
+    import re
 
-    return bool(NAME.match(text))
+    from qemuvm.profile.types import NAME_PATTERN
+
+    return re.match(NAME_PATTERN, text) is not None
 
 
 def _profile(source: str, overrides: tuple[str, ...] | list[str], home: Path | None) -> Any:

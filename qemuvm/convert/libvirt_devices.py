@@ -4,6 +4,7 @@ is reported."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -269,8 +270,6 @@ def _share(node: Node) -> dict[str, Any] | None:
 
 
 def _graphics(node: Node, out: Imported) -> None:
-    from qemuvm.convert.libvirt_import import loopback
-
     kind = node.attr("type")
     display = out.profile.setdefault("display", {})
     if kind != "vnc" or "vnc" in display:
@@ -414,3 +413,11 @@ def boot_order(out: Imported) -> None:
             node.implied(f"boot.order {order}")
         else:
             node.unsupported(f"boot.order {order}: qemuvm orders kinds of device, not each device")
+
+
+def loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+

@@ -8,7 +8,6 @@ balloon, a USB tablet) are kept through qemu.extra_args, as the matching <qemu:c
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +16,10 @@ from xml.etree.ElementTree import Element
 from qemuvm.convert import libvirt_devices as devices
 from qemuvm.convert.xmlwalk import Node, Note, tag_name
 from qemuvm.errors import UsageError
+from qemuvm.profile.types import NAME_PATTERN
 
 MAX_XML = 4 << 20  # a domain definition is a few KiB; anything this big is not one
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME = re.compile(NAME_PATTERN)
 _UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000**2, "m": 1 << 20, "mib": 1 << 20,
           "gb": 1000**3, "g": 1 << 30, "gib": 1 << 30, "tb": 1000**4, "t": 1 << 40, "tib": 1 << 40}
 _ARCHES = {"x86_64": "x86_64", "i686": "i386", "aarch64": "aarch64", "ppc64le": "ppc64", "s390x": "s390x",
@@ -378,13 +378,6 @@ def _clock(clock: Node) -> None:
         clock.unsupported("the guest's RTC runs in UTC", "offset")
     for timer in clock.children("timer"):
         timer.unsupported("QEMU's default timers apply")
-
-
-def loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 _SECTIONS = (("unsupported", "Not carried over, or only approximately"),

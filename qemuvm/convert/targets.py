@@ -13,10 +13,6 @@ from pydantic import BaseModel
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Profile
 
-# Fields that say how qemuvm itself behaves around the VM, not what the VM is: no target needs them, so they
-# are never a loss (the README's mapping table lists them as "qemuvm only").
-QEMUVM_ONLY = ("ssh", "smoke", "serial", "description", "qemu.allow_unsafe_args", "ready.timeout")
-
 
 def is_set(model: BaseModel, dotted: str) -> bool:
     """Whether the user set `dotted` (e.g. "display.vnc.port") rather than leaving the default."""
