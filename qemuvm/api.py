@@ -12,12 +12,15 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.runtime import helpers, instance, launch, records
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
+
+if TYPE_CHECKING:
+    import threading
 
 Progress = Callable[[str], None]
 
@@ -66,13 +69,14 @@ def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
        wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
        remove_on_down: bool = False, discard_saved: bool = False, warm: bool = False,
-       progress: Progress = _silent) -> dict[str, Any]:
+       progress: Progress = _silent, cancel: threading.Event | None = None) -> dict[str, Any]:
     """Start a VM from a profile file (or restart a stopped instance by name) and return its status.
 
     wait None: wait for `ready` when the profile has one. timeout overrides ready.timeout.
     remove_on_down: `down` also removes the instance (its folder and ephemeral overlays), as `up --rm`.
     warm: start a new instance as a clone of the profile's template (made by this call when there is none):
-    ready in a fraction of a boot (control/warm.py).
+    ready in a fraction of a boot (control/warm.py). cancel: set by another thread, ends the ready-wait as
+    Ctrl-C does (up_many).
     """
     from qemuvm.control import wait as waiting
     from qemuvm.control.status import view
@@ -101,7 +105,8 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
                                                                 prestart=prestart)
         # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
         result = view(paths, instance.read_state(paths))
-        ready_after = waiting.wait_ready(paths, profile, wait, timeout, serial_offset, progress, restored=restored)
+        ready_after = waiting.wait_ready(paths, profile, wait, timeout, serial_offset, progress, restored=restored,
+                                         cancel=cancel)
     except KeyboardInterrupt:
         # Ctrl-C ends the wait (or the start), not a VM that already runs: say so, wherever it landed.
         with contextlib.suppress(Exception):  # a record unreadable now must not hide the Ctrl-C
@@ -119,6 +124,53 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     if made_from is not None:
         result["template"] = made_from
     return result
+
+
+def up_many(sources: Sequence[str | os.PathLike[str]], *, count: int = 1, name: str | None = None,
+            overrides: tuple[str, ...] | list[str] = (), wait: bool | None = None, timeout: float | None = None,
+            home: Path | None = None, remove_on_down: bool = False, warm: bool = False,
+            progress: Progress = _silent) -> list[dict[str, Any]]:
+    """Start several VMs at once (`up a.yaml b.yaml`, `up --count N`: NAME-1 .. NAME-N), one Python process for
+    all: every profile is validated first (an invalid one starts nothing), then each VM starts and waits in a
+    thread of its own. One result per VM, in order: `up`'s, or {"name", "error", "exit_code"} for one that
+    failed (the others run on). Ctrl-C ends the waits; the VMs that started keep running."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qemuvm.errors import QemuvmError
+    from qemuvm.runtime import preflight
+
+    if name is not None and len(sources) > 1:
+        raise UsageError("--name names the VMs of one profile; give one profile with --name, or none")
+    planned = []
+    for source in sources:
+        profile = preflight.load_profile(source, overrides, name, home)
+        preflight.check_host(profile, InstancePaths.for_name(profile.name, home))  # one that cannot run: none starts
+        planned += [(source, instance_name) for instance_name in preflight.series(profile.name, count)]
+    names = [instance_name for _, instance_name in planned]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"two of these profiles would both start an instance named {twice[0]}; give them "
+                         "different names")
+    cancel = threading.Event()
+
+    def one(source: str | os.PathLike[str], instance_name: str) -> dict[str, Any]:
+        try:
+            return up(source, name=instance_name, overrides=overrides, wait=wait, timeout=timeout, home=home,
+                      remove_on_down=remove_on_down, warm=warm, progress=progress, cancel=cancel)
+        except QemuvmError as exc:
+            return {"name": instance_name, "error": str(exc), "exit_code": exc.exit_code}
+
+    with ThreadPoolExecutor(max_workers=len(planned), thread_name_prefix="up") as pool:
+        futures = [pool.submit(one, source, instance_name) for source, instance_name in planned]
+        try:
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:
+            cancel.set()  # every wait ends; each start under way finishes (bounded) and says it keeps running
+            for future in futures:
+                with contextlib.suppress(BaseException):
+                    future.result()
+            raise
 
 
 def start(name: str, *, wait: bool | None = None, timeout: float | None = None, home: Path | None = None,

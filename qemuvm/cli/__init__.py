@@ -1,51 +1,41 @@
 """The command line: a thin typer layer over the Python API.
 
-Each area registers its commands from its own module; heavy imports happen inside the commands so
-that `qemuvm --help` stays fast.
+Each area registers its commands on `cli.app.app` from its own module, and `main` imports only the module of
+the command it runs (`COMMANDS`): `qemuvm up` never builds the other thirty commands. Heavy imports happen
+inside the commands, so that `qemuvm --help` stays fast too.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
-# typer's rich help costs ~200 ms of imports on every call; plain help keeps `qemuvm --help` fast.
-os.environ.setdefault("TYPER_USE_RICH", "0")
-# The CLI uses no pydantic plugins; looking them up scans every installed package's entry points.
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
-
-import typer
-
-from qemuvm import __version__
 from qemuvm.errors import QemuvmError
 
-app = typer.Typer(
-    name="qemuvm",
-    help="Run QEMU/KVM virtual machines from YAML profiles, without libvirt.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# The command modules, in the order of `--help`.
+MODULES = ("profile_cmds", "lifecycle", "images", "workflow", "agent_cmds", "monitor", "network_cmds", "convert_cmds")
+# Which module registers each top-level command (tests/unit/test_cli_lazy.py derives it from the modules).
+COMMANDS = {
+    **dict.fromkeys(("render", "validate", "schema", "doctor", "define", "dumpprofile"), "profile_cmds"),
+    **dict.fromkeys(("up", "start", "save", "edit", "down", "ls", "status", "pause", "resume", "reset", "reboot",
+                     "autostart", "kill", "rm", "logs", "events", "console", "qmp", "wait", "supervise"), "lifecycle"),
+    **dict.fromkeys(("screenshot", "image", "snapshot", "template"), "images"),
+    **dict.fromkeys(("ssh", "smoke"), "workflow"),
+    **dict.fromkeys(("exec", "cp", "send", "sendkey"), "agent_cmds"),
+    "top": "monitor", "network": "network_cmds", "import": "convert_cmds", "export": "convert_cmds",
+}
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"qemuvm {__version__}")
-        raise typer.Exit()
+def load_commands(argv: list[str] | None = None):  # -> typer.Typer
+    """The application with the commands `argv` needs registered: the one its first word names, or all of
+    them (no command, `--help`, a misspelt one: click then lists or suggests the real ones)."""
+    from qemuvm.cli.app import app
 
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.", envvar="QEMUVM_DEBUG"),
-) -> None:
-    if debug:
-        os.environ["QEMUVM_DEBUG"] = "1"
-
-
-# Registration order is the order of `--help`.
-from qemuvm.cli import profile_cmds, lifecycle, images, workflow, agent_cmds, monitor, network_cmds, convert_cmds  # noqa: E402, F401, I001
+    word = next((arg for arg in argv or () if not arg.startswith("-")), None)
+    for module in [COMMANDS[word]] if word in COMMANDS else MODULES:
+        importlib.import_module(f"qemuvm.cli.{module}")
+    return app
 
 
 def _click_exceptions():  # -> module
@@ -65,6 +55,7 @@ def main() -> None:
         print("qemuvm: an argument contains a NUL byte, which no file name or value can hold", file=sys.stderr)
         sys.exit(2)
     try:
+        app = load_commands(sys.argv[1:])
         result = app(standalone_mode=False)
         if isinstance(result, int):
             sys.exit(result)
@@ -76,11 +67,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("qemuvm: interrupted", file=sys.stderr)
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
     except Exception as exc:
+        import typer
+
+        if isinstance(exc, typer.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, typer.Abort):
+            sys.exit(1)
         errors = _click_exceptions()
         if isinstance(exc, errors.ClickException):
             exc.show()

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from qemuvm.cli import app
+from qemuvm.cli.app import app
 from qemuvm.cli.output import NameArg, print_json
 from qemuvm.errors import UsageError
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from qemuvm.cli import app
+from qemuvm.cli.app import app
 from qemuvm.cli.output import JsonOption, info, print_json
 
 import_app = typer.Typer(name="import", no_args_is_help=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from qemuvm.cli import app
+from qemuvm.cli.app import app
 from qemuvm.cli.output import JsonOption, NameArg, info, print_json, print_table
 
 image_app = typer.Typer(name="image", help="Create and inspect disk images (qemu-img).", no_args_is_help=True)
@@ -166,7 +166,8 @@ def snapshot_list(
 
 @template_app.command("ls")
 def template_ls(json_: bool = JsonOption) -> None:
-    """List the templates: fingerprint, profile file, size, the cold boot they save, and their clones."""
+    """List the templates: fingerprint, profile file, size, the cold boot they save, how many clones they
+    served (hits), and the clones that exist now."""
     import datetime
 
     from qemuvm import api
@@ -178,9 +179,10 @@ def template_ls(json_: bool = JsonOption) -> None:
     rows = [[t["fingerprint"], t["source"] or "-", t["made_from"] or "(incomplete)",
              datetime.datetime.fromtimestamp(t["created_at"]).isoformat(sep=" ", timespec="seconds")
              if t["created_at"] else "-", _human(t["bytes"]),
-             f"{t['ready_after_s']:g} s" if t["ready_after_s"] is not None else "-", ", ".join(t["clones"]) or "-"]
+             f"{t['ready_after_s']:g} s" if t["ready_after_s"] is not None else "-", str(t["hits"]),
+             ", ".join(t["clones"]) or "-"]
             for t in found]
-    print_table(["fingerprint", "profile", "made from", "created", "size", "cold boot", "clones"], rows)
+    print_table(["fingerprint", "profile", "made from", "created", "size", "cold boot", "hits", "clones"], rows)
 
 
 @template_app.command("rm")

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from qemuvm.cli import app
+from qemuvm.cli.app import app
 from qemuvm.cli.output import JsonOption, NameArg, ReadyTimeoutOption, WaitOption, info, print_json, print_table
 from qemuvm.errors import UsageError
 
@@ -63,8 +63,10 @@ def _print_started(result: dict[str, Any]) -> None:
 
 @app.command()
 def up(
-    profile: str = typer.Argument(..., help="Profile file, or the name of a stopped instance to start again."),
+    profiles: list[str] = typer.Argument(..., help="Profile file, or the name of a stopped instance to start "
+                                         "again; several start at once.", metavar="PROFILE..."),
     name: str = typer.Option(None, "--name", help="Instance name (default: the profile's name, else its file stem)."),
+    count: int = typer.Option(1, "--count", help="Start this many VMs of the profile at once: NAME-1 .. NAME-N."),
     set_: list[str] = SetOption,
     foreground: bool = typer.Option(False, "--foreground", help="Stay attached, showing the serial console; "
                                     "Ctrl-C stops the VM (down)."),
@@ -75,11 +77,16 @@ def up(
     warm: bool = typer.Option(False, "--warm", help="Start a new clone of the profile's template (a saved, ready "
                               "VM), made by this run when there is none: see `qemuvm template ls`."),
     json_: bool = JsonOption,
-) -> None:
-    """Start a VM from a profile under its supervisor; wait until it runs (and is ready)."""
+) -> int:
+    """Start a VM from a profile under its supervisor; wait until it runs (and is ready). Several profiles, or
+    --count, start several VMs at once, each with its own result; the exit code is the worst of them."""
     from qemuvm import api
 
-    result = api.up(profile, name=name, overrides=set_ or (), wait=wait, timeout=_seconds(timeout, "--timeout"),
+    if len(profiles) > 1 or count != 1:
+        if foreground:
+            raise UsageError("--foreground follows one VM; start one profile without --count")
+        return _up_many(profiles, name, count, set_, wait, timeout, remove, warm, json_)
+    result = api.up(profiles[0], name=name, overrides=set_ or (), wait=wait, timeout=_seconds(timeout, "--timeout"),
                     remove_on_down=remove, warm=warm, progress=info)
     if json_:
         print_json(result)
@@ -87,6 +94,23 @@ def up(
         _print_started(result)
     if foreground:
         _foreground(result["name"])
+    return 0
+
+
+def _up_many(profiles: list[str], name: str | None, count: int, set_: list[str] | None, wait: bool | None,
+             timeout: str | None, remove: bool, warm: bool, json_: bool) -> int:
+    from qemuvm import api
+
+    results = api.up_many(profiles, count=count, name=name, overrides=set_ or (), wait=wait,
+                          timeout=_seconds(timeout, "--timeout"), remove_on_down=remove, warm=warm, progress=info)
+    if json_:
+        print_json(results)
+    for result in results:
+        if "error" in result:
+            print(f"qemuvm: {result['error']}", file=sys.stderr)
+        elif not json_:
+            _print_started(result)
+    return max((result.get("exit_code", 0) for result in results), default=0)
 
 
 def _foreground(name: str) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from qemuvm.cli import app
+from qemuvm.cli.app import app
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from qemuvm.cli import app
+from qemuvm.cli.app import app
 from qemuvm.cli.output import JsonOption, info, print_json, print_table
 
 network_app = typer.Typer(name="network", no_args_is_help=True,

@@ -1,11 +1,14 @@
 """Waiting for a VM: a serial regex, a guest TCP port through a forward, a QMP event, SSH, or shutdown.
 
-Conditions are polled (every 100 ms at most) from the files the supervisor keeps -- serial.log,
-events.jsonl, state.json -- so a wait needs no monitor connection. A wait fails at once, with the
+Conditions are read from the files the supervisor and QEMU keep -- serial.log, events.jsonl, state.json --
+so a wait needs no monitor connection; an inotify watch on the instance folder (runtime/watch.py) wakes the
+wait at each write, so a serial line or an event ends it as it arrives, not at the next poll. Probes that no
+file reports (a guest port, SSH, the guest agent) are retried every 100 ms. A wait fails at once, with the
 last serial lines and how QEMU ended, when QEMU exits for good or the supervisor gives up.
 
-Adding a condition: a `Condition(description, check)` whose `check()` is cheap and returns True once
-satisfied. `ssh` is one: it calls `qemuvm.control.ssh.ssh_ready(name, home)`.
+Adding a condition: a `Condition(description, check)` whose `check()` returns True once satisfied; cheap
+(reads a file the folder watch reports) unless it is marked `probe=True`. `ssh` is a probe: it calls
+`qemuvm.control.ssh.ssh_ready(name, home)`.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from typing import TYPE_CHECKING, Any
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.runtime import instance, ports
 from qemuvm.runtime.paths import InstancePaths
+from qemuvm.runtime.watch import FolderWatch
 
 if TYPE_CHECKING:
+    import threading
+
     from qemuvm.profile.model import Profile
 
-POLL = 0.1
+POLL = 0.1  # how often a probe is retried, and how often a wait looks whether QEMU is gone
+LOOKBACK = 64 << 10  # a serial match may begin this far before the newest output (and end in it)
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Condition:
     description: str  # "serial /login:/" -- shown while waiting and in a timeout
     check: Callable[[], bool]
     until_exit: bool = False  # satisfied by QEMU exiting: an exit is not a failure
+    probe: bool = False  # check() reaches into the guest (a connection): retried every POLL, not at each write
 
 
 class WaitFailed(OperationError):
@@ -86,7 +94,19 @@ def serial_condition(paths: InstancePaths, pattern: str, *, offset: int | None =
     except re.error as exc:
         raise UsageError(f"{pattern!r} is not a valid regular expression ({exc})") from None
     tail = Tail(paths.serial_log, _size(paths.serial_log) if offset is None else offset)
-    return Condition(f"serial /{pattern}/", lambda: regex.search(tail.read()) is not None)
+    seen = {"text": "", "searched": False}
+
+    def check() -> bool:
+        # Only new output can complete a match: search it with what came just before it (LOOKBACK), never
+        # the whole boot again at every write.
+        new = tail.new()
+        if not new and seen["searched"]:
+            return False
+        text = seen["text"] + new
+        seen["text"], seen["searched"] = text[-LOOKBACK:], True
+        return regex.search(text) is not None
+
+    return Condition(f"serial /{pattern}/", check)
 
 
 def event_condition(paths: InstancePaths, event: str, *, offset: int | None = None) -> Condition:
@@ -116,21 +136,22 @@ def port_condition(paths: InstancePaths, guest_port: int) -> Condition:
     if found is None:
         raise UsageError(f"{paths.name} has no TCP forward to guest port {guest_port}")
     address, port = found
-    return Condition(f"guest port {guest_port} (host {address}:{port})", lambda: _probe_port(address, port))
+    return Condition(f"guest port {guest_port} (host {address}:{port})", lambda: _probe_port(address, port),
+                     probe=True)
 
 
 def ssh_condition(paths: InstancePaths) -> Condition:
     """An SSH command succeeds in the guest (the hook into qemuvm.control.ssh)."""
     from qemuvm.control import ssh
 
-    return Condition("ssh", lambda: ssh.ssh_ready(paths.name, paths.root.parent))
+    return Condition("ssh", lambda: ssh.ssh_ready(paths.name, paths.root.parent), probe=True)
 
 
 def agent_condition(paths: InstancePaths) -> Condition:
     """The guest agent answers a guest-sync (qemu-ga runs in the guest)."""
     from qemuvm.control import agent
 
-    return Condition("the guest agent", lambda: agent.available(paths, timeout=1.0))
+    return Condition("the guest agent", lambda: agent.available(paths, timeout=1.0), probe=True)
 
 
 def shutdown_condition(paths: InstancePaths) -> Condition:
@@ -185,24 +206,35 @@ def _serial_tail(paths: InstancePaths) -> str:
 
 
 def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
-             progress: Callable[[str], None] | None = None) -> float:
-    """Wait until every condition holds, in order; returns the seconds it took."""
+             progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> float:
+    """Wait until every condition holds, in order; returns the seconds it took. `cancel` set (by another
+    thread: `up` of several VMs on Ctrl-C) ends the wait as a KeyboardInterrupt would."""
     started = time.monotonic()
     deadline = started + timeout
-    for condition in conditions:
-        if progress:
-            progress(f"waiting for {condition.description} (up to {max(0.0, deadline - time.monotonic()):.0f} s) …")
-        while not condition.check():
-            ended = None if condition.until_exit else _ended(paths)
-            if ended is not None:
-                if condition.check():  # the match may have been written just before the exit
-                    break
-                raise WaitFailed(f"{paths.name} stopped ({ended}) before {condition.description}",
-                                 _serial_tail(paths))
-            if time.monotonic() >= deadline:
-                raise WaitFailed(f"timed out after {timeout:g} s waiting for {paths.name}: {condition.description}",
-                                 _serial_tail(paths))
-            time.sleep(POLL)
+    with FolderWatch(paths.root) as watch:  # made before the first check: no write between them is missed
+        for condition in conditions:
+            if progress:
+                progress(f"waiting for {condition.description} (up to {max(0.0, deadline - time.monotonic()):.0f} s) …")
+            looked = 0.0
+            while not condition.check():
+                now = time.monotonic()
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
+                if now - looked >= POLL:  # QEMU gone for good? (state.json and the processes: not at every write)
+                    looked = now
+                    ended = None if condition.until_exit else _ended(paths)
+                    if ended is not None:
+                        if condition.check():  # the match may have been written just before the exit
+                            break
+                        raise WaitFailed(f"{paths.name} stopped ({ended}) before {condition.description}",
+                                         _serial_tail(paths))
+                if now >= deadline:
+                    raise WaitFailed(f"timed out after {timeout:g} s waiting for {paths.name}: "
+                                     f"{condition.description}", _serial_tail(paths))
+                if condition.probe:
+                    time.sleep(min(POLL, max(deadline - now, 0.0)))
+                else:
+                    watch.wait(min(POLL, max(deadline - now, 0.0)))
     return time.monotonic() - started
 
 
@@ -258,7 +290,7 @@ def await_record(paths: InstancePaths, what: str, holds: Callable[[dict[str, Any
 
 def wait_ready(paths: InstancePaths, profile: Profile, wait: bool | None, timeout: float | None,
                serial_offset: int, progress: Callable[[str], None] | None = None, *,
-               restored: bool = False) -> float | None:
+               restored: bool = False, cancel: threading.Event | None = None) -> float | None:
     """`up`'s wait for the profile's `ready` (wait None: when it has one); the seconds it took, or None when
     there was nothing to wait for. timeout overrides ready.timeout."""
     ready = profile.ready
@@ -266,4 +298,4 @@ def wait_ready(paths: InstancePaths, profile: Profile, wait: bool | None, timeou
         return None
     limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)
     conditions = ready_conditions(paths, profile, serial_offset=serial_offset, restored=restored)
-    return wait_for(paths, conditions, limit, progress=progress)
+    return wait_for(paths, conditions, limit, progress=progress, cancel=cancel)

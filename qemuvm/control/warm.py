@@ -48,7 +48,8 @@ def start_warm(profile: Profile, paths: InstancePaths, host: HostFacts, *, home:
         serial_offset, _ = launch.start_instance(
             template.clone_profile(profile, record), paths, host, home=home, remove_on_down=remove_on_down,
             progress=progress, template=found, prestart=prestart)
-    return serial_offset, {"fingerprint": key, "folder": str(folder), "built": built,
+        hits = template.count_hit(folder)
+    return serial_offset, {"fingerprint": key, "folder": str(folder), "built": built, "hits": hits,
                            "cold_ready_after_s": record.ready_after_s}
 
 

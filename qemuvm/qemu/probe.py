@@ -80,7 +80,7 @@ def probe_binary(binary: str = "qemu-system-x86_64") -> QemuBinary | None:
                        parse_accelerators(_run([path, "-accel", "help"])))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp = cache.with_suffix(f".{os.getpid()}.{os.urandom(6).hex()}.tmp")  # unique: threads of one `up` too
         tmp.write_text(json.dumps(asdict(found)))
         tmp.replace(cache)
     except OSError:

@@ -15,9 +15,10 @@ from typing import Any
 
 def write_private_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
     """Write a private file so that readers see the old file or the new one, never half of one
-    (tmp + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    (tmp + fsync + rename). The temporary name is unique and made exclusively (never a file or link that is
+    there already): two threads or processes writing one record never share it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)

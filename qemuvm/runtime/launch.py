@@ -172,13 +172,23 @@ def _supervisor_process(args: list[str], **stdio: Any) -> subprocess.Popen[bytes
     alone misses a qemuvm installed through an import hook (setuptools' default `pip install -e .`, whose
     finder a .pth file registers), so the folder that holds this very qemuvm package goes first.
     """
+    import threading
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(module_path()))
     proc = subprocess.Popen([sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", *args], **stdio,
                             start_new_session=True, close_fds=True, cwd="/", env=env)
-    # Kept for this process's life: the supervisor outlives us by design, and a Popen freed while its child
-    # runs executes __del__, where a Ctrl-C arriving at that moment is swallowed ("Exception ignored in").
+    # Kept while it runs: a Popen freed while its child runs executes __del__, where a Ctrl-C arriving at that
+    # moment is swallowed ("Exception ignored in"). A daemon thread reaps it when it exits, so a long-lived
+    # caller (a pytest session, a server) collects no zombie per VM; a CLI process simply exits first.
     _SUPERVISORS.append(proc)
+    threading.Thread(target=_reap, args=(proc,), name=f"reap-{proc.pid}", daemon=True).start()
     return proc
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    proc.wait()
+    with contextlib.suppress(ValueError):
+        _SUPERVISORS.remove(proc)
 
 
 class Prestart:
@@ -254,7 +264,16 @@ def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:
 
 def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
                   timeout: float = START_TIMEOUT) -> dict[str, Any]:
-    """Poll state.json until the supervisor `proc` reports QEMU running (or paused); fail fast otherwise."""
+    """Wait until the supervisor `proc` records QEMU running (or paused) in state.json; fail fast otherwise.
+    The folder watch wakes this at the supervisor's write, so `up` returns as soon as QEMU runs."""
+    from qemuvm.runtime.watch import FolderWatch
+
+    with FolderWatch(paths.root) as watch:
+        return _wait_until_up(paths, proc, timeout, watch)
+
+
+def _wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes], timeout: float,
+                   watch: Any) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         state = instance.read_state(paths)
@@ -285,7 +304,7 @@ def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
         if time.monotonic() > deadline:
             raise OperationError(f"{paths.name} did not reach running within {timeout:g} s; "
                                  f"see {paths.qemu_log} and {paths.supervisor_log}")
-        time.sleep(0.01)  # a stat and a small read: cheap, and `up` returns as soon as QEMU runs
+        watch.wait(0.05)  # woken by the supervisor's write; the timeout only notices a supervisor that died
 
 
 def _pidfile_proof(paths: InstancePaths, timeout: float = 10.0) -> dict[str, Any] | None:

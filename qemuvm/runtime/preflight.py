@@ -38,6 +38,24 @@ def load_profile(source: str | os.PathLike[str], overrides: tuple[str, ...] | li
     raise UsageError(f"profile file {text} does not exist")
 
 
+MAX_COUNT = 100  # `up --count`: a typo of 1000 must not start a thousand QEMUs
+
+
+def series(base: str, count: int) -> list[str]:
+    """The instance names `up --count COUNT` starts: the name itself for one, else NAME-1 .. NAME-COUNT."""
+    import re
+
+    from qemuvm.profile.types import NAME_PATTERN
+
+    if not 1 <= count <= MAX_COUNT:
+        raise UsageError(f"--count: {count} VMs; allowed is 1 to {MAX_COUNT}")
+    names = [base] if count == 1 else [f"{base}-{index}" for index in range(1, count + 1)]
+    if not re.fullmatch(NAME_PATTERN, names[-1]):
+        raise UsageError(f"--count: {names[-1]} is not a valid instance name (at most 63 letters, digits, _ . -); "
+                         "give a shorter --name")
+    return names
+
+
 def read_vnc_password(password_file: str | os.PathLike[str]) -> str:
     """The first line of the file (a trailing newline is not part of the password)."""
     text = files.read_text(password_file, "display.vnc.password_file", 4096)

@@ -4,12 +4,18 @@ backing files; every later start of the same profile is a clone that restores th
 A template is the folder HOME/.templates/FINGERPRINT/: saved.state, the frozen overlays (diskN.qcow2, backed
 by the profile's own images, which are never written), copies of the files the guest was booted with (the
 cloud-init seed, UEFI variables, the instance key and known_hosts, the boot's serial.log) and template.json,
-written last; the folder is built under a temporary name and renamed when complete. Everything in it is 0400.
+written last; the folder is built under a temporary name and renamed when complete. Everything in it is 0400
+but `hits`, the count of clones it served (0600: `up --warm` adds one under the template's lock).
 
-The fingerprint covers what a restore needs to be the same machine: the QEMU command line compiled for a
-placeholder instance (devices, memory, CPU, machine type, the accelerator as this host resolves it), the
-profile without its name, and the identity (size, mtime, inode) of every file the guest started from: base
-images, kernel, initrd, firmware, the QEMU binary. A change there gives a new template, never a wrong restore.
+The fingerprint covers only what the guest can observe, so that a restore is the same machine: the QEMU
+command line compiled from the profile's guest view (`guest_view`: devices, memory, CPU, machine type,
+firmware, the accelerator as this host resolves it), that view itself, and the identity (size, mtime, inode) of
+every file the guest started from: base images, kernel, initrd, firmware, cloud-init files, the QEMU binary. A
+change there gives a new template, never a wrong restore. What only the host side owns -- the instance name,
+forward host ports and addresses, the VNC server and its password, serial logging, socket and log paths, the
+SSH settings, timeouts, the restart and shutdown policies, the smoke checks -- is left out: each clone's own
+command line carries it (user-mode forwards are host-side sockets that no saved state holds, so the restoring
+QEMU's own `hostfwd` options apply), and parallel CI jobs with a port each share one template.
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ if TYPE_CHECKING:
 TEMPLATES = ".templates"  # hidden: never taken for an instance folder
 _PLACEHOLDER = "template"
 _PASSTHROUGH = ("vfio", "usb-host", "pci-assign")  # host devices: their state is in the hardware
-_HOST_SIDE = {"description": True, "restart": True, "shutdown": True, "smoke": True, "ready": {"timeout"}}
+# Left out of the dumped guest view: what only the host side uses (how long to wait, when to restart, the checks).
+_HOST_SIDE = {"description": True, "restart": True, "shutdown": True, "smoke": True, "ready": {"timeout"},
+              "ssh": True, "serial": True}
+HITS = "hits"  # beside template.json: how many clones the template has served (`template ls`)
 # Files a clone gets a copy of; serial.log so that a clone's console history starts with its boot.
 CLONED_FILES = ("seed.iso", "OVMF_VARS.fd", "id_ed25519", "id_ed25519.pub", "known_hosts", "serial.log")
 
@@ -69,8 +78,26 @@ def warm_problem(profile: Profile) -> str | None:
     return None
 
 
+def guest_view(profile: Profile) -> Profile:
+    """`profile` as its guest can tell it: a placeholder name, no forwards (host-side listeners), no VNC server
+    (the display device it implies stays), default serial logging and SSH settings. Two profiles with the same
+    guest view restore each other's saved state."""
+    from qemuvm.profile.model import Serial, Ssh
+
+    display = profile.display
+    if display is not None and display.vnc is not None:
+        # VNC needs a console: compile adds a standard VGA for `vga: none` with VNC, and so does the view.
+        display = display.model_copy(update={"vnc": None, "vga": "std" if display.vga == "none" else display.vga})
+    return profile.model_copy(update={
+        "name": _PLACEHOLDER, "display": display, "serial": Serial(), "ssh": Ssh(),
+        "network": [nic.model_copy(update={"forwards": []}) for nic in profile.network]})
+
+
 def _input_files(profile: Profile, host: HostFacts) -> list[str]:
     files = [profile.boot.kernel, profile.boot.initrd, *(disk.file for disk in profile.disks)]
+    spec = profile.cloud_init  # what the guest applied at its first boot, saved into the template
+    if spec is not None:
+        files += [value for value in (spec.user_data, spec.meta_data, spec.network_config) if isinstance(value, str)]
     if profile.machine.firmware == "uefi":
         files += [host.ovmf_code, host.ovmf_vars]
     files.append(shutil.which(profile.qemu.binary) or profile.qemu.binary)
@@ -81,11 +108,10 @@ def fingerprint(profile: Profile, host: HostFacts) -> tuple[str, list[records.Di
     """The template key of `profile` on this host, and the prints of the files it starts from."""
     from qemuvm.qemu.compile import compile_argv
 
-    placeholder = profile.model_copy(update={"name": _PLACEHOLDER})
+    placeholder = guest_view(profile)
     argv = compile_argv(placeholder, InstancePaths(Path("/qemuvm") / _PLACEHOLDER), host)
     files = _input_files(profile, host)
     inputs = [found for found in map(disk_print, files) if found is not None]
-    # What only the host side uses (how long to wait, when to restart, the smoke checks) is not the machine.
     machine = placeholder.model_dump(mode="json", exclude=_HOST_SIDE)
     blob = json.dumps({"argv": argv, "profile": machine, "files": files,
                        "prints": [dataclasses.asdict(p) for p in inputs]}, sort_keys=True)
@@ -166,6 +192,20 @@ def clone_profile(profile: Profile, record: records.TemplateRecord) -> Profile:
     return profile.model_copy(update={"network": nics})
 
 
+def count_hit(folder: Path) -> int:
+    """One more clone served by the template in `folder` (call it under build_lock); returns the new count."""
+    hits = hits_of(folder) + 1
+    instance.write_private_atomic(folder / HITS, f"{hits}\n".encode())
+    return hits
+
+
+def hits_of(folder: Path) -> int:
+    try:
+        return int((folder / HITS).read_text(errors="replace").strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def clones_of(home_dir: Path, key: str) -> list[str]:
     """Instances whose disks back onto template `key` (they need it for every later start)."""
     names = []
@@ -194,7 +234,7 @@ def list_templates(home_dir: Path) -> list[dict[str, object]]:
         found.append({"fingerprint": entry.name, "made_from": record.profile_name if record else None,
                       "source": record.source if record else None,
                       "created_at": record.created_at if record else None, "bytes": size,
-                      "ready_after_s": record.ready_after_s if record else None,
+                      "ready_after_s": record.ready_after_s if record else None, "hits": hits_of(entry),
                       "clones": clones_of(home_dir, entry.name), "complete": record is not None})
     return sorted(found, key=lambda t: t["created_at"] or 0)
 

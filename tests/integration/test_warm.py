@@ -44,7 +44,7 @@ def test_clones_are_pristine_and_never_write_the_template_or_the_base(home: Path
     assert made["built"] is True and first["ready"] is True and made["cold_ready_after_s"] > 0
     folder = Path(made["folder"])
     frozen = {name: _sha256(folder / name) for name in ("disk0.qcow2", "saved.state")}
-    assert all(f.stat().st_mode & 0o777 == 0o400 for f in folder.iterdir())
+    assert all(f.stat().st_mode & 0o777 == (0o600 if f.name == template.HITS else 0o400) for f in folder.iterdir())
     _in_guest("warm-a", "echo a > /mnt/data/a.txt && echo a > /tmp/a.txt && sync")
 
     second = _up_warm("warm-b", test_guest)
@@ -161,3 +161,46 @@ def test_a_damaged_template_is_one_sentence_and_no_clone_is_left(home: Path, tes
     assert f"while loading the state of template {made['fingerprint']}" in done.stderr
     assert not (home / "dmg-c").exists()
     assert cli("template", "rm", made["fingerprint"], "--force").returncode == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ssh_on(port: int, key: Path, command: str) -> str:
+    """SSH to 127.0.0.1:PORT itself (not through qemuvm's lookup): proves which guest that port reaches."""
+    import subprocess
+
+    done = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
+                           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
+                           "LogLevel=ERROR", "root@127.0.0.1", command], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_clones_with_their_own_forward_ports_share_one_template(home: Path, test_guest: Any) -> None:
+    """A forward's host port is the host's: three clones, a port each (as parallel CI jobs have), one template,
+    and each port reaches its own clone."""
+    clones = {name: _free_port() for name in ("fw-a", "fw-b", "fw-c")}
+    keys = set()
+    for name, port in clones.items():
+        started = _up_warm(name, test_guest, network=[{"mode": "user", "forwards": [f"tcp:127.0.0.1:{port}-:22"]}])
+        keys.add(started["template"]["fingerprint"])
+        assert started["template"]["built"] is (name == "fw-a"), started["template"]
+        assert [f["host_port"] for f in started["forwards"]] == [port]
+    assert len(keys) == 1
+    for name, port in clones.items():  # pristine clones: each port's guest has only its own file
+        assert _ssh_on(port, test_guest.key, f"ls /tmp; echo {name} > /tmp/who").split() == []
+    for name, port in clones.items():
+        assert _ssh_on(port, test_guest.key, "cat /tmp/who").strip() == name
+    listed = api.templates()
+    assert [t["hits"] for t in listed] == [3] and set(listed[0]["clones"]) == set(clones)
+    shown = cli("template", "ls")
+    assert shown.returncode == 0 and "hits" in shown.stdout
+    for name in clones:
+        api.down(name, force=True)
+        api.rm(name)

@@ -146,9 +146,9 @@ def _commands() -> dict[str, list[str]]:
     """Every command path (`up`, `image create`, ...) and its option names, read from the CLI itself."""
     import typer
 
-    from qemuvm.cli import app
+    from qemuvm.cli import load_commands
 
-    root = typer.main.get_command(app)
+    root = typer.main.get_command(load_commands())
     found: dict[str, list[str]] = {}
 
     def walk(command, prefix: list[str]) -> None:

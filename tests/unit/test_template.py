@@ -57,6 +57,50 @@ def test_the_fingerprint_follows_the_machine_not_the_name(profile_file: Path) ->
     assert _fingerprint(profile_file) != key
 
 
+@pytest.mark.parametrize("host_side", [
+    "network=[{mode: user, forwards: ['tcp:127.0.0.1:2222-:22']}]",  # a port per parallel CI job
+    "network=[{mode: user, forwards: [{host: 8080, guest: 80, address: 127.0.0.2}]}]",
+    "display={vga: std, vnc: {port: 5907}}",
+    "display={vga: std, vnc: {port: unix}}",
+    "serial.log=false",
+    "serial.log_max=1M",
+    "ssh={user: admin, port: 2200, identity: /nonexistent/key}",
+    "restart={policy: always, max_retries: 9}",
+])
+def test_what_only_the_host_side_owns_shares_one_template(profile_file: Path, host_side: str) -> None:
+    """Forward ports, VNC, serial logging, SSH and policies are the host's: each clone's own argv carries them."""
+    key = _fingerprint(profile_file, "network=[{mode: user, forwards: ['tcp:127.0.0.1:3333-:22']}]",
+                       "display={vga: std}")
+    assert _fingerprint(profile_file, host_side, *(["display={vga: std}"] if "display" not in host_side else []),
+                        *(["network=[{mode: user}]"] if "network" not in host_side else [])) == key
+
+
+@pytest.mark.parametrize("guest_side", [
+    "network=[{mode: user, model: e1000}]",  # another NIC
+    "network=[]",  # no NIC at all
+    "display={vga: virtio}",  # another display device
+    "guest_agent=true",  # another channel
+    "machine.cpus=2",
+])
+def test_what_the_guest_sees_gives_a_new_template(profile_file: Path, guest_side: str) -> None:
+    assert _fingerprint(profile_file, guest_side) != _fingerprint(profile_file)
+
+
+def test_a_vnc_server_on_no_display_device_keeps_the_device_it_implies(profile_file: Path) -> None:
+    # vga: none with VNC compiles to a standard VGA: the same guest as vga: std without VNC, not as no display.
+    with_vnc = _fingerprint(profile_file, "display={vga: none, vnc: {port: unix}}")
+    assert with_vnc == _fingerprint(profile_file, "display={vga: std}")
+    assert with_vnc != _fingerprint(profile_file, "display={vga: none}")
+
+
+def test_the_cloud_init_files_the_guest_applied_are_part_of_it(profile_file: Path) -> None:
+    user_data = profile_file.parent / "user-data"
+    user_data.write_text("#cloud-config\nhostname: one\n")
+    key = _fingerprint(profile_file, f"cloud_init.user_data={user_data}")
+    user_data.write_text("#cloud-config\nhostname: two, a longer name\n")
+    assert _fingerprint(profile_file, f"cloud_init.user_data={user_data}") != key
+
+
 def test_the_fingerprint_follows_how_this_host_runs_it(profile_file: Path) -> None:
     profile = load_and_validate(str(profile_file), ["machine.accel=auto"])
     with_kvm = template.fingerprint(profile, HostFacts(kvm_usable=True))[0]

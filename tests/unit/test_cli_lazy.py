@@ -1,0 +1,37 @@
+"""`qemuvm CMD` imports only the module that registers CMD: the map in qemuvm/cli/__init__.py is checked against
+what the modules really register, and a command's run is checked not to load the others."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import typer
+
+from qemuvm import cli
+
+
+def test_the_command_map_is_what_the_modules_register() -> None:
+    root = typer.main.get_command(cli.load_commands())
+    registered = {}
+    for name, command in root.commands.items():
+        callback = command.callback if not hasattr(command, "commands") else \
+            next(iter(command.commands.values())).callback  # a group: its first subcommand
+        registered[name] = callback.__module__.rsplit(".", 1)[1]
+    assert registered == cli.COMMANDS
+    assert list(dict.fromkeys(registered.values())) == list(cli.MODULES)  # --help keeps its order
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    probe = ("import json, sys\nfrom qemuvm import cli\ncli.load_commands(['--debug', 'up', 'x.yaml'])\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('qemuvm.cli.'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == ["qemuvm.cli.app", "qemuvm.cli.lifecycle", "qemuvm.cli.output"]
+
+
+def test_help_and_an_unknown_command_see_every_command() -> None:
+    shown = subprocess.run([sys.executable, "-m", "qemuvm", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and all(name in shown.stdout for name in ("up", "network", "export", "top"))
+    wrong = subprocess.run([sys.executable, "-m", "qemuvm", "tmeplate"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "No such command" in wrong.stderr
