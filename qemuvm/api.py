@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import helpers, instance, launch, records
+from qemuvm.runtime import instance, launch, records
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -65,6 +65,20 @@ def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 
 
 # -- up / start ------------------------------------------------------------------------------------
 
+_early: list[launch.Prestart] = []  # one supervisor started before the CLI parsed its arguments (prestart)
+
+
+def prestart() -> None:
+    """Start a supervisor now, before this process knows which instance it will supervise: the CLI calls this
+    first thing for `up` and `start`, so the supervisor's own start (a second interpreter, its imports) overlaps
+    with the CLI's imports and parsing instead of following them. The next `up` takes it; unused, it exits."""
+    if not _early:
+        _early.append(launch.Prestart())
+
+
+def _prestarted() -> launch.Prestart:
+    return _early.pop() if _early else launch.Prestart()
+
 
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
        wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
@@ -80,32 +94,38 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     """
     from qemuvm.control import wait as waiting
     from qemuvm.control.status import view
-    from qemuvm.runtime import preflight
+    from qemuvm.runtime import preflight, reuse
 
     paths: InstancePaths | None = None
     try:
-        with launch.Prestart() as prestart:  # its imports run while this process validates and compiles
-            profile = preflight.load_profile(source, overrides, name, home)
-            paths = InstancePaths.for_name(profile.name, home)
-            host, notice = preflight.check_host(profile, paths)
-            if notice:
-                progress(notice)
-            made_from = None
-            if warm:
-                from qemuvm.control.warm import start_warm
+        with _prestarted() as prestart:  # its imports run while this process validates and compiles
+            made_from, restored, serial_offset = None, False, None
+            reused = None if warm or discard_saved else reuse.find(source, overrides, name, home)
+            if reused is not None:  # a repeat start: the last start's records, no profile (runtime/reuse.py)
+                paths, ready = reused.paths, reused.ready
+                serial_offset = launch.start_reused(reused, home=home, remove_on_down=remove_on_down,
+                                                    progress=progress, prestart=prestart)
+            if serial_offset is None:
+                profile = preflight.load_profile(source, overrides, name, home)
+                paths, ready = InstancePaths.for_name(profile.name, home), profile.ready
+                host, notice = preflight.check_host(profile, paths)
+                if notice:
+                    progress(notice)
+                if warm:
+                    from qemuvm.control.warm import start_warm
 
-                serial_offset, made_from = start_warm(profile, paths, host, home=home, remove_on_down=remove_on_down,
-                                                      timeout=timeout, progress=progress,
-                                                      source=str(Path(source).resolve()), prestart=prestart)
-                restored = True
-            else:
-                serial_offset, restored = launch.start_instance(profile, paths, host, home=home,
-                                                                remove_on_down=remove_on_down,
-                                                                discard_saved=discard_saved, progress=progress,
-                                                                prestart=prestart)
+                    serial_offset, made_from = start_warm(profile, paths, host, home=home,
+                                                          remove_on_down=remove_on_down, timeout=timeout,
+                                                          progress=progress, source=str(Path(source).resolve()),
+                                                          prestart=prestart)
+                    restored = True
+                else:
+                    serial_offset, restored = launch.start_instance(
+                        profile, paths, host, home=home, remove_on_down=remove_on_down, discard_saved=discard_saved,
+                        progress=progress, prestart=prestart, invocation=(source, tuple(overrides), name))
         # state.json, just written by the supervisor, already says running: no QMP round trip needed here.
         result = view(paths, instance.read_state(paths))
-        ready_after = waiting.wait_ready(paths, profile, wait, timeout, serial_offset, progress, restored=restored,
+        ready_after = waiting.wait_ready(paths, ready, wait, timeout, serial_offset, progress, restored=restored,
                                          cancel=cancel)
     except KeyboardInterrupt:
         # Ctrl-C ends the wait (or the start), not a VM that already runs: say so, wherever it landed.
@@ -115,7 +135,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
         raise
     if ready_after is not None:
         result.update(ready_after_s=round(ready_after, 2), ready=True)
-    if restored and profile.guest_agent:  # its clock stands where it was saved
+    if restored and profile.guest_agent:  # its clock stands where it was saved (never on the reuse path)
         from qemuvm.control import agent
 
         result["clock_set"] = agent.set_clock(paths)
@@ -294,6 +314,8 @@ def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str,
             if not force:
                 raise OperationError(f"{name} is running; stop it with `qemuvm down {name}` or use rm --force")
             kill(name, home=home)
+        from qemuvm.runtime import helpers
+
         helpers.stop_orphans(instance.read_state(paths))
         shutil.rmtree(paths.root)
     from qemuvm.control import autostart as autostarts

@@ -27,12 +27,17 @@ COMMANDS = {
 }
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command word: the first argument that is not an option (the root options take no values)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def load_commands(argv: list[str] | None = None):  # -> typer.Typer
     """The application with the commands `argv` needs registered: the one its first word names, or all of
     them (no command, `--help`, a misspelt one: click then lists or suggests the real ones)."""
     from qemuvm.cli.app import app
 
-    word = next((arg for arg in argv or () if not arg.startswith("-")), None)
+    word = _command(argv or [])
     for module in [COMMANDS[word]] if word in COMMANDS else MODULES:
         importlib.import_module(f"qemuvm.cli.{module}")
     return app
@@ -55,6 +60,10 @@ def main() -> None:
         print("qemuvm: an argument contains a NUL byte, which no file name or value can hold", file=sys.stderr)
         sys.exit(2)
     try:
+        if _command(sys.argv[1:]) in ("up", "start") and not any(a in ("-h", "--help") for a in sys.argv[1:]):
+            from qemuvm import api
+
+            api.prestart()  # the supervisor starts while typer loads and parses (api.prestart says why)
         app = load_commands(sys.argv[1:])
         result = app(standalone_mode=False)
         if isinstance(result, int):

@@ -28,7 +28,7 @@ from qemuvm.runtime.watch import FolderWatch
 if TYPE_CHECKING:
     import threading
 
-    from qemuvm.profile.model import Profile
+    from qemuvm.profile.model import Ready
 
 POLL = 0.1  # how often a probe is retried, and how often a wait looks whether QEMU is gone
 LOOKBACK = 64 << 10  # a serial match may begin this far before the newest output (and end in it)
@@ -162,11 +162,11 @@ def shutdown_condition(paths: InstancePaths) -> Condition:
     return Condition("shutdown", check, until_exit=True)
 
 
-def ready_conditions(paths: InstancePaths, profile: Profile, *, serial_offset: int = 0,
+def ready_conditions(paths: InstancePaths, ready: Ready | None, *, serial_offset: int = 0,
                      restored: bool = False) -> list[Condition]:
-    """What the profile's `ready` block asks for (nothing: running is ready). A guest restored from a saved
-    state printed its boot messages before the save and will not again: only its port and ssh are checked."""
-    ready = profile.ready
+    """What the profile's `ready` block asks for (None: running is ready); `ready` is the section itself or the
+    same fields as attributes (runtime/reuse.py records it). A guest restored from a saved state printed its
+    boot messages before the save and will not again: only its port and ssh are checked."""
     if ready is None:
         return []
     conditions = []
@@ -268,7 +268,8 @@ def conditions_for(paths: InstancePaths, *, serial: str | None = None, port: int
     if ready or not conditions:
         from qemuvm.profile.validate import load_and_validate
 
-        conditions += ready_conditions(paths, load_and_validate(str(paths.profile)), serial_offset=serial_at or 0)
+        conditions += ready_conditions(paths, load_and_validate(str(paths.profile)).ready,
+                                       serial_offset=serial_at or 0)
     return conditions
 
 
@@ -288,14 +289,13 @@ def await_record(paths: InstancePaths, what: str, holds: Callable[[dict[str, Any
         time.sleep(0.005)
 
 
-def wait_ready(paths: InstancePaths, profile: Profile, wait: bool | None, timeout: float | None,
+def wait_ready(paths: InstancePaths, ready: Ready | None, wait: bool | None, timeout: float | None,
                serial_offset: int, progress: Callable[[str], None] | None = None, *,
                restored: bool = False, cancel: threading.Event | None = None) -> float | None:
     """`up`'s wait for the profile's `ready` (wait None: when it has one); the seconds it took, or None when
     there was nothing to wait for. timeout overrides ready.timeout."""
-    ready = profile.ready
     if not (ready is not None if wait is None else wait):
         return None
     limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)
-    conditions = ready_conditions(paths, profile, serial_offset=serial_offset, restored=restored)
+    conditions = ready_conditions(paths, ready, serial_offset=serial_offset, restored=restored)
     return wait_for(paths, conditions, limit, progress=progress, cancel=cancel)

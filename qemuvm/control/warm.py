@@ -64,7 +64,7 @@ def _build(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path |
     serial_offset, _ = launch.start_instance(profile, paths, host, home=home, remove_on_down=False,
                                              progress=progress, prestart=prestart)
     try:
-        ready_after = wait_ready(paths, profile, True, ready_timeout, serial_offset, progress)
+        ready_after = wait_ready(paths, profile.ready, True, ready_timeout, serial_offset, progress)
         progress(f"{profile.name} was ready after {ready_after or 0:.1f} s: saving it as template {key} …")
         state = instance.read_state(paths)
         if instance.proven_qemu(state) is None:

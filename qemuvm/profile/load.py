@@ -51,6 +51,7 @@ class LoadedProfile:
     data: dict[str, Any]
     source: Path
     locations: dict[FieldPath, Location] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()  # every file read: the profile, then its extends chain (resolved)
 
     def locate(self, path: FieldPath) -> Location:
         """The location of `path`, or of its closest written ancestor."""
@@ -213,8 +214,11 @@ def _merge(
     return merged
 
 
-def _load_chain(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[FieldPath, Location]]:
+def _load_chain(path: Path, chain: tuple[Path, ...], read: list[Path] | None = None
+                ) -> tuple[dict[str, Any], dict[FieldPath, Location]]:
     path = path.resolve()
+    if read is not None:
+        read.append(path)
     if path in chain:
         cycle = " -> ".join(_display_name(p) for p in (*chain, path))
         raise ProfileError([f"{_display_name(chain[-1])}: extends: cycle {cycle}"])
@@ -231,7 +235,7 @@ def _load_chain(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], di
     parent_path = path.parent / os.path.expanduser(parent_ref)
     if not parent_path.is_file():
         raise ProfileError([f"{extends_loc}: extends: {parent_ref!r} not found"])
-    base, base_locs = _load_chain(parent_path, (*chain, path))
+    base, base_locs = _load_chain(parent_path, (*chain, path), read)
     base.pop("name", None)  # a name belongs to the file that sets it, not to its children
     base_locs.pop(("name",), None)
     return _merge(base, base_locs, data, locations), base_locs
@@ -338,7 +342,8 @@ def load_profile(
 ) -> LoadedProfile:
     """Read a profile and its `extends:` chain, apply `--set` overrides and `--name`."""
     path = Path(file)
-    data, locations = _load_chain(path, ())
+    read: list[Path] = []
+    data, locations = _load_chain(path, (), read)
     for text in overrides:
         apply_override(data, locations, text)
     if name is not None:
@@ -346,7 +351,7 @@ def load_profile(
         locations[("name",)] = Location("--name")
     elif "name" not in data:
         data["name"] = path.stem
-    return LoadedProfile(data=data, source=path, locations=locations)
+    return LoadedProfile(data=data, source=path, locations=locations, files=tuple(read))
 
 
 def load_text(text: str, file: str = "<profile>") -> LoadedProfile:

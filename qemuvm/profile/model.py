@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from qemuvm.profile.types import NAME_PATTERN, Duration, MemoryMiB, Regex, SafeStr, SizeBytes
 
@@ -387,6 +387,15 @@ class Profile(Section):
     ssh: Ssh = Field(default_factory=Ssh)
     smoke: Smoke = Field(default_factory=Smoke)
     qemu: Qemu = Field(default_factory=Qemu)
+    # The files it was read from (the profile, then its extends chain): not a field. A repeat start of the same
+    # files, unchanged, reuses the last start's records (runtime/reuse.py).
+    _sources: tuple[str, ...] = PrivateAttr(default=())
+
+    def __eq__(self, other: object) -> bool:
+        """Equal fields make equal profiles, wherever each was read from."""
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = Section.__hash__
 
 
 def json_schema() -> dict[str, Any]:

@@ -235,6 +235,7 @@ def validate(loaded: LoadedProfile) -> Profile:
     if problems:
         raise ProfileError(_format(loaded, problems))
     assert profile is not None
+    profile._sources = tuple(str(path) for path in loaded.files)
     return profile
 
 

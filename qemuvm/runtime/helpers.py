@@ -6,7 +6,6 @@ Imported by the supervisor: stdlib and psutil only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -226,6 +225,8 @@ class Watch:
     def _watch(self, pid: int) -> None:
         """Record a helper's end when it comes. Before QEMU ends it is news (`status` names the share that is
         gone, and how); virtiofsd also ends by itself when QEMU does, which is not."""
+        import asyncio  # the supervisor's loop; `status` and `rm` import this module without one
+
         loop = asyncio.get_running_loop()
         try:
             pidfd: int | None = os.pidfd_open(pid)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import decisions, instance, intent, ports, records
+from qemuvm.runtime import decisions, instance, intent, ports, records, reuse
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -39,12 +39,13 @@ def module_path() -> list[str]:
 def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
                    remove_on_down: bool, progress: Callable[[str], None],
                    discard_saved: bool = False, template: tuple[Path, records.TemplateRecord] | None = None,
-                   prestart: Prestart | None = None) -> tuple[int, bool]:
+                   prestart: Prestart | None = None, invocation: tuple[Any, ...] | None = None) -> tuple[int, bool]:
     """plan ports → compile → write the launch records → prepare → start the supervisor → wait until QEMU
     runs; or, for a saved instance, restore its saved state with the launch records it was saved with; or,
     given a template (folder, record), start a new clone of it: new overlays, the template's state restored.
     Returns where this boot's output starts in serial.log, and whether it restored a saved state. A first
-    start that fails leaves nothing."""
+    start that fails leaves nothing. `invocation` (source, --set, --name) lets a repeat `up` of the same one
+    reuse this start's records (runtime/reuse.py)."""
     instance.check_home(paths.root.parent)
     instance.create_dir(paths.root.parent)
     fresh = False
@@ -71,26 +72,61 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
                 records.write_launch_spec(paths, restore.launch_spec(paths, profile, remove_on_down))
                 progress(f"restoring {profile.name} from {paths.saved_state} …")
             else:
-                _plan_and_prepare(profile, paths, host, home, remove_on_down, state, progress)
-            instance.unlink_stale_sockets(paths)
-            intent.clear(paths)
-            serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
-            progress(f"starting {profile.name} …")
-            wait_until_up(paths, start_supervisor(paths, prestart))
-            return serial_offset, restoring
+                _plan_and_prepare(profile, paths, host, home, remove_on_down, state, progress, invocation=invocation)
+            return _launch(paths, prestart, progress), restoring
     except BaseException:
-        from qemuvm.runtime import helpers
-
-        helpers.stop_orphans(instance.read_state(paths))  # a supervisor killed between its helpers and QEMU
-        active = instance.is_active(instance.read_state(paths))
-        # A first start that failed leaves nothing behind (its error already quotes qemu.log) -- unless a
-        # process of it still lives (Ctrl-C mid-start, a supervisor killed): never delete a folder under it.
-        # An existing instance keeps its folder (disks, overlays, logs) without stale sockets.
-        if fresh and not active and instance.scan_for_qemu(paths) is None:
-            shutil.rmtree(paths.root, ignore_errors=True)
-        elif not active:
-            instance.unlink_stale_sockets(paths)
+        _after_failure(paths, fresh)
         raise
+
+
+def start_reused(reusable: reuse.Reusable, *, home: Path | None, remove_on_down: bool,
+                 progress: Callable[[str], None], prestart: Prestart | None = None) -> int | None:
+    """Start a stopped instance again from its last start's records, as they are (runtime/reuse.py): no profile,
+    no compile, no prepare. Returns where this boot's output starts in serial.log; None when, under the locks,
+    the records no longer fit (it started meanwhile, a saved state, a port taken): then the full path runs."""
+    paths, spec = reusable.paths, reusable.spec
+    try:
+        with instance.instance_lock(paths, timeout=120):
+            state = instance.read_state(paths)
+            if instance.is_active(state):
+                pid = (state or {}).get("qemu_pid") or (state or {}).get("supervisor_pid")
+                raise OperationError(f"{paths.name} is already running (pid {pid})")
+            if paths.saved_state.exists() or state is None:
+                return None
+            with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
+                if not reuse.ports_free(spec, home):
+                    return None
+                # Written anew (not only for --rm): a fresh supervisor.json reserves its ports for parallel ups.
+                records.write_launch_spec(paths, dataclasses.replace(spec, remove_on_down=remove_on_down))
+            return _launch(paths, prestart, progress)
+    except BaseException:
+        _after_failure(paths, fresh=False)
+        raise
+
+
+def _launch(paths: InstancePaths, prestart: Prestart | None, progress: Callable[[str], None]) -> int:
+    """The records are written: clear what a last run left, start the supervisor and wait until QEMU runs.
+    Returns where this boot's output starts in serial.log."""
+    instance.unlink_stale_sockets(paths)
+    intent.clear(paths)
+    serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0
+    progress(f"starting {paths.name} …")
+    wait_until_up(paths, start_supervisor(paths, prestart))
+    return serial_offset
+
+
+def _after_failure(paths: InstancePaths, fresh: bool) -> None:
+    from qemuvm.runtime import helpers
+
+    helpers.stop_orphans(instance.read_state(paths))  # a supervisor killed between its helpers and QEMU
+    active = instance.is_active(instance.read_state(paths))
+    # A first start that failed leaves nothing behind (its error already quotes qemu.log) -- unless a
+    # process of it still lives (Ctrl-C mid-start, a supervisor killed): never delete a folder under it.
+    # An existing instance keeps its folder (disks, overlays, logs) without stale sockets.
+    if fresh and not active and instance.scan_for_qemu(paths) is None:
+        shutil.rmtree(paths.root, ignore_errors=True)
+    elif not active:
+        instance.unlink_stale_sockets(paths)
 
 
 def define_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
@@ -117,7 +153,8 @@ def define_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, 
 
 def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None,
                       remove_on_down: bool, state: dict[str, Any] | None, progress: Callable[[str], None],
-                      clone_of: tuple[Path, records.TemplateRecord] | None = None) -> None:
+                      clone_of: tuple[Path, records.TemplateRecord] | None = None,
+                      invocation: tuple[Any, ...] | None = None) -> None:
     """Ports (under one home-wide lock, recorded in supervisor.json before it is let go: a parallel `up` sees
     them as reserved and never picks the same one), the argv, the launch records, then disks and seed; for a
     clone, its overlays on the template and a LaunchSpec that restores the template's state."""
@@ -159,9 +196,12 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
                 spec, restore_from=str(folder / "saved.state"), restore_saved_at=record.saved_at,
                 restore_keep=True, template=record.fingerprint))
     if clone_of is not None:
+        reuse.forget(paths)  # this start restores the template: its records are no restart's
         prepare_clone(profile, paths, clone_of[0], clone_of[1].disks, template.CLONED_FILES)
     else:
         prepare(profile, paths, host)
+        source, overrides, name = invocation or (None, (), None)
+        reuse.remember(paths, profile, source, overrides, name, first_boot)
 
 
 def _supervisor_process(args: list[str], **stdio: Any) -> subprocess.Popen[bytes]:

@@ -220,6 +220,45 @@ class DiskPrint:
     inode: int
 
 
+REUSE_SCHEMA = 1
+
+
+@dataclass
+class ReuseRecord:
+    """reuse.json: what the last full start's records were made from, so that a repeat `up` of the same profile
+    on the same host starts from them without loading the profile (runtime/reuse.py)."""
+
+    # invocation key (the qemuvm version, the profile source, --set, --name) -> the files that invocation reads,
+    # as they were: the profile file and its extends chain; and `up NAME`'s, the instance's own profile.yaml
+    invocations: dict[str, list[DiskPrint]]
+    host: str  # key of the host facts and the QEMU binary's identity
+    needs: list[str]  # files the command line names that must still exist (disks, overlays, kernel, seed, ...)
+    ready: dict[str, Any] | None  # the profile's ready section as plain data
+    memory_mib: int
+    schema: int = REUSE_SCHEMA
+
+
+def write_reuse(paths: InstancePaths, record: ReuseRecord) -> None:
+    write_json_atomic(paths.root / "reuse.json", dataclasses.asdict(record))
+
+
+def read_reuse(paths: InstancePaths) -> ReuseRecord | None:
+    """The instance's ReuseRecord, or None when it has none or it cannot be used as it is (never an error: the
+    start that finds none simply takes the full path and writes it anew)."""
+    data = read_json(paths.root / "reuse.json")
+    if data is None or data.get("schema") != REUSE_SCHEMA:
+        return None
+    try:
+        invocations = {key: [DiskPrint(**f) for f in files] for key, files in (data.get("invocations") or {}).items()}
+        record = ReuseRecord(**{**data, "invocations": invocations})
+    except (TypeError, AttributeError):
+        return None
+    ok = (isinstance(record.host, str) and isinstance(record.needs, list)
+          and all(isinstance(n, str) for n in record.needs) and isinstance(record.memory_mib, int)
+          and (record.ready is None or isinstance(record.ready, dict)))
+    return record if ok else None
+
+
 @dataclass(frozen=True)
 class SavedState:
     """saved.json: a `save`'s record, written once QEMU has exited and before saved.state gets its name."""

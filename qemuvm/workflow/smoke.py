@@ -301,7 +301,7 @@ class _Runner:
 
         self.current = "ready"
         start = time.monotonic()
-        conditions = wait.ready_conditions(self.paths, self.profile, serial_offset=0)
+        conditions = wait.ready_conditions(self.paths, self.profile.ready, serial_offset=0)
         if self.profile.ready is None and any(check.ssh is not None for check in self.profile.smoke.checks):
             conditions = [wait.ssh_condition(self.paths)]
         described = ", ".join(c.description for c in conditions) or "running"

@@ -91,3 +91,21 @@ def test_saved_state_round_trip_and_refusals(paths: InstancePaths) -> None:
     paths.saved_info.write_text(json.dumps({"saved_at": 1}))
     with pytest.raises(UsageError, match=r"incomplete .*--discard-saved"):
         records.read_saved_state(paths)
+
+
+def test_a_reuse_record_round_trips_and_an_odd_one_is_no_record(tmp_path) -> None:
+    """reuse.json is never an error: whatever is wrong with it, the start takes the full path and writes it anew."""
+    from qemuvm.runtime import records
+    from qemuvm.runtime.paths import InstancePaths
+
+    paths = InstancePaths(tmp_path)
+    record = records.ReuseRecord(invocations={"k": [records.DiskPrint("/p.yaml", 1, 2, 3)]}, host="h",
+                                 needs=["/disk"], ready={"serial": "READY", "timeout": 60.0}, memory_mib=256)
+    records.write_reuse(paths, record)
+    assert records.read_reuse(paths) == record
+    for odd in ('{"schema": 2}', '{"schema": 1, "host": "h"}', '[1]', 'not json',
+                '{"schema": 1, "invocations": {"k": [{"path": 1}]}, "host": "h", "needs": [], "ready": null, '
+                '"memory_mib": 1}',
+                '{"schema": 1, "invocations": {}, "host": "h", "needs": "x", "ready": null, "memory_mib": 1}'):
+        (tmp_path / "reuse.json").write_text(odd)
+        assert records.read_reuse(paths) is None, odd
