@@ -39,3 +39,13 @@ def test_the_libvirt_walkthrough_runs_every_command_of_the_readme_table() -> Non
     missing = [command for command in commands if command not in run
                and command not in ("top", "network create default")]  # shown as alternatives
     assert not missing, f"README commands the walkthrough does not run: {missing}"
+
+
+def test_the_performance_table_is_the_bench_s_own() -> None:
+    """scripts/bench --readme writes its table between the markers, with the command that made it."""
+    text = (REPO / "README.md").read_text()
+    start, end = text.index("<!-- bench:start -->"), text.index("<!-- bench:end -->")
+    block = text[start:end]
+    assert "`scripts/bench" in block and "| measurement | qemuvm | raw QEMU | ratio |" in block
+    bench = (REPO / "scripts" / "bench").read_text()
+    assert "<!-- bench:start -->" in bench and "<!-- bench:end -->" in bench
