@@ -170,13 +170,23 @@ class VM:
     def serial_tail(self, lines: int = SERIAL_TAIL) -> str:
         return "\n".join(self.serial_log.splitlines()[-lines:])
 
-    def _destroy(self) -> None:
+    def _destroy(self) -> str | None:
+        """Stop and remove the VM; what went wrong, when its folder is still there afterwards (else None: a VM
+        whose start failed left nothing, and nothing is wrong with its teardown)."""
         from qemuvm import api
+        from qemuvm.runtime.paths import InstancePaths
 
-        for action in (lambda: api.down(self.name, force=True, home=self.home),
-                       lambda: api.rm(self.name, home=self.home)):
-            with contextlib.suppress(Exception):
+        problems = []
+        for step, action in (("down", lambda: api.down(self.name, force=True, home=self.home)),
+                             ("rm", lambda: api.rm(self.name, home=self.home))):
+            try:
                 action()
+            except Exception as exc:
+                problems.append(f"{step}: {exc}")
+        if not problems or not InstancePaths.for_name(self.name, self.home).root.exists():
+            return None
+        return (f"the test VM {self.name} could not be torn down ({'; '.join(problems)}); it may still run "
+                "(qemuvm ls)")
 
 
 @contextlib.contextmanager
@@ -193,16 +203,22 @@ def vm(profile: str | Path, *, name: str | None = None, set: Sequence[str] = (),
     name = name or _unique_name(profile, sets)
     where = Path(home) if home is not None else None
     guest = VM(name, profile, where)
-    failed = True
     try:
         api.up(str(profile), overrides=sets, name=name, wait=None if wait else False, home=where, warm=warm)
         yield guest
-        failed = False
-    finally:
-        tail = guest.serial_tail() if failed else ""
+    except BaseException:
+        tail = guest.serial_tail()
         if tail:
             print(f"--- qemuvm {name}: last serial lines ---\n{tail}", file=sys.stderr)
-        guest._destroy()
+        problem = guest._destroy()
+        if problem:  # said, but the error of the test itself is the one raised
+            print(f"qemuvm: {problem}", file=sys.stderr)
+        raise
+    problem = guest._destroy()
+    if problem:  # a VM that cannot be stopped is a leak in the user's suite: pytest reports a teardown error
+        from qemuvm.errors import OperationError
+
+        raise OperationError(problem)
 
 
 # -- the pytest plugin ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from qemuvm.cli.app import app
 from qemuvm.cli.output import NameArg, print_json
 from qemuvm.errors import UsageError
 
+TRUNCATED_EXIT = 3  # `exec` succeeded in the guest, but qemu-ga cut its output at 16 MiB
+
 
 @app.command("exec")
 def exec_(
@@ -22,7 +24,8 @@ def exec_(
     json_: bool = typer.Option(False, "--json", help="Print exit code, stdout, stderr and duration as JSON."),
 ) -> int:
     """Run a command in the guest through its guest agent: its stdout and stderr, its exit code (a signal N:
-    128+N). stdin is passed on when it is not a terminal. Needs `guest_agent: true` and qemu-ga in the guest."""
+    128+N; 3 when it succeeded but qemu-ga cut its output at 16 MiB). stdin is passed on when it is not a
+    terminal. Needs `guest_agent: true` and qemu-ga in the guest."""
     from qemuvm import api
 
     words = list(command)
@@ -38,9 +41,12 @@ def exec_(
         variables[key] = value
     stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     result = api.exec_(name, words, env=variables, stdin=stdin, timeout=timeout)
+    # Output cut at the agent's cap is not the command's output: a script's `exec ... > out` must not take a
+    # truncated file for success. Its own failure code stays; a success becomes TRUNCATED_EXIT.
+    code = TRUNCATED_EXIT if result.truncated and result.exit_code == 0 else result.exit_code
     if json_:
         print_json(result.as_json())
-        return result.exit_code
+        return code
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
@@ -48,7 +54,7 @@ def exec_(
         print(f"qemuvm: {stream} was cut by the guest agent at 16 MiB (qemu-ga keeps no more); redirect it to a "
               "file in the guest and `qemuvm cp` that", file=sys.stderr)
     sys.stderr.flush()
-    return result.exit_code
+    return code
 
 
 @app.command()
@@ -56,12 +62,25 @@ def cp(
     source: str = typer.Argument(..., help="A host file, or NAME:/guest/path."),
     target: str = typer.Argument(..., help="A host path, or NAME:/guest/path."),
     json_: bool = typer.Option(False, "--json", help="Print what was copied as JSON."),
+    max_size: str = typer.Option(None, "--max-size", help="From the guest: refuse a file larger than this "
+                                 "(e.g. 512M)."),
 ) -> None:
     """Copy one file between the host and a guest through its guest agent (either direction; the mode
-    follows)."""
+    follows, without setuid, setgid or sticky bits from a guest; from the guest, regular files only)."""
+    import signal
+
     from qemuvm import api
 
-    result = api.cp(source, target)
+    limit = None
+    if max_size is not None:
+        from qemuvm.profile.types import parse_size
+
+        try:
+            limit = parse_size(max_size)
+        except Exception:
+            raise UsageError(f"--max-size: {max_size!r} is not a size such as 512M or 2G") from None
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed copy removes its partial file too
+    result = api.cp(source, target, max_size=limit)
     if json_:
         print_json(result)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import random
@@ -28,6 +29,10 @@ COMMAND_TIMEOUT = 30.0
 STATUS_TIMEOUT = 5.0  # guest-exec-status answers at once: silence means the agent is gone
 OUTPUT_CAP = 16 << 20  # qemu-ga keeps at most this much of a command's stdout (and of its stderr)
 CHUNK = 1 << 20  # bytes per guest-file-read / guest-file-write
+# The longest reply line read from a guest: guest-exec-status with both streams at OUTPUT_CAP, base64 (4/3),
+# and room for the JSON around them. Past it without a newline, the guest is not speaking the protocol: a
+# hostile or broken agent must not make the host buffer without end.
+MAX_LINE = 48 << 20
 
 
 class AgentError(OperationError):
@@ -46,7 +51,7 @@ class Agent:
         self.name = paths.name
         self.sync_timeout = sync_timeout
         self.sock: socket.socket | None = None
-        self.buffer = b""
+        self.buffer = bytearray()
 
     def __enter__(self) -> Agent:
         self.connect()
@@ -68,7 +73,7 @@ class Agent:
             sock.close()
             raise OperationError(f"cannot reach the guest agent channel of {self.name} ({exc.strerror}): is it "
                                  "running?") from None
-        self.sock, self.buffer = sock, b""
+        self.sock, self.buffer = sock, bytearray()
         self._sync()
 
     def close(self) -> None:
@@ -83,7 +88,8 @@ class Agent:
 
     def _line(self, deadline: float, what: str) -> bytes:
         assert self.sock is not None
-        while b"\n" not in self.buffer:
+        end = self.buffer.find(b"\n")
+        while end < 0:  # each piece is searched once: a long reply costs no rescans
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
@@ -98,8 +104,17 @@ class Agent:
             if not data:
                 raise OperationError(f"the guest agent channel of {self.name} closed during {what} (QEMU exiting, "
                                      "or the guest's agent stopped)")
+            found = data.find(b"\n")
+            if found >= 0:
+                end = len(self.buffer) + found
             self.buffer += data
-        line, _, self.buffer = self.buffer.partition(b"\n")
+            if end < 0 and len(self.buffer) > MAX_LINE:
+                self.close()
+                raise OperationError(f"the guest agent of {self.name} sent more than {MAX_LINE >> 20} MiB without "
+                                     f"ending a line during {what}; it is not answering as qemu-ga does, so the "
+                                     "session was closed")
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end + 1]
         return line
 
     def _sync(self) -> None:
@@ -212,12 +227,20 @@ def exec_command(agent: Agent, argv: list[str], *, env: dict[str, str] | None = 
 # -- files -----------------------------------------------------------------------------------------
 
 
-def _guest_mode(agent: Agent, path: str) -> int | None:
+def _guest_file(agent: Agent, path: str) -> tuple[int, int]:
+    """(size, permission bits) of a regular file in the guest; UsageError for anything else -- a device such as
+    /dev/zero never ends, a FIFO may never end, a folder is not one file."""
+    kind, size, mode = "", -1, 0
     with contextlib.suppress(OperationError, ValueError):
-        result = exec_command(agent, ["stat", "-c", "%a", path], timeout=30)
+        result = exec_command(agent, ["stat", "-L", "-c", "%F|%s|%a", path], timeout=30)
         if result.exit_code == 0:
-            return int(result.stdout.decode().strip(), 8)
-    return None
+            kind, size_text, mode_text = result.stdout.decode(errors="replace").strip().split("|")
+            size, mode = int(size_text), int(mode_text, 8)
+    if not kind:
+        raise UsageError(f"cp: {path} cannot be read in the guest (no such file, or stat failed there)")
+    if kind not in ("regular file", "regular empty file"):
+        raise UsageError(f"cp: {path} is a {kind} in the guest, not a regular file; cp copies regular files only")
+    return size, mode
 
 
 def copy_to_guest(agent: Agent, source: Path, target: str) -> int:
@@ -241,24 +264,37 @@ def copy_to_guest(agent: Agent, source: Path, target: str) -> int:
     return copied
 
 
-def copy_from_guest(agent: Agent, source: str, target: Path) -> int:
-    """Guest path -> host file (written under a temporary name, then renamed); the mode follows."""
+def copy_from_guest(agent: Agent, source: str, target: Path, max_size: int | None = None) -> int:
+    """Guest path -> host file: a regular file only, at most `max_size` bytes, written to a private (0600) file
+    made exclusively beside the target and renamed into place; any error or interruption removes it. Its mode
+    follows without setuid, setgid or sticky bits (a guest never makes a privileged file on the host)."""
+    size, mode = _guest_file(agent, source)
+    if max_size is not None and size > max_size:
+        raise UsageError(f"cp: {source} has {size} bytes in the guest, more than --max-size {max_size}")
     handle = agent.execute("guest-file-open", {"path": source, "mode": "r"})
-    partial = target.with_name(f".{target.name}.partial")
+    partial = target.with_name(f".{target.name}.{os.urandom(6).hex()}.partial")
     copied = 0
     try:
-        with partial.open("wb") as out:
-            while True:
-                piece = agent.execute("guest-file-read", {"handle": handle, "count": CHUNK})
-                data = _b64(piece.get("buf-b64"))
-                out.write(data)
-                copied += len(data)
-                if piece.get("eof") or not data:
-                    break
-        mode = _guest_mode(agent, source)
-        if mode is not None:
-            os.chmod(partial, mode)
-        os.replace(partial, target)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    piece = agent.execute("guest-file-read", {"handle": handle, "count": CHUNK})
+                    data = _b64(piece.get("buf-b64"))
+                    out.write(data)
+                    copied += len(data)
+                    if max_size is not None and copied > max_size:
+                        raise UsageError(f"cp: {source} grew past --max-size {max_size} while it was copied; "
+                                         f"nothing was written to {target}")
+                    if piece.get("eof") or not data:
+                        break
+            os.chmod(partial, mode & 0o777)
+            os.replace(partial, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OperationError(f"cp: the host disk filled up after {copied} bytes of {source}; nothing was "
+                                     f"written to {target}") from None
+            raise
     finally:
         partial.unlink(missing_ok=True)
         with contextlib.suppress(OperationError):
@@ -275,15 +311,18 @@ def split_cp(source: str, target: str) -> tuple[str, str, bool]:
     return name, path, guest[0] == target
 
 
-def cp(paths: InstancePaths, local: str, guest_path: str, to_guest: bool) -> dict[str, Any]:
-    """Copy `local` to the guest's `guest_path`, or the reverse (into a folder: under the guest file's name)."""
+def cp(paths: InstancePaths, local: str, guest_path: str, to_guest: bool,
+       max_size: int | None = None) -> dict[str, Any]:
+    """Copy `local` to the guest's `guest_path`, or the reverse (into a folder: under the guest file's name;
+    at most `max_size` bytes)."""
     host = Path(local)
     if to_guest and not host.is_file():
         raise UsageError(f"cp: {local} is not a file")
     if not to_guest and host.is_dir():
         host = host / Path(guest_path).name
     with Agent(paths) as session:
-        copied = copy_to_guest(session, host, guest_path) if to_guest else copy_from_guest(session, guest_path, host)
+        copied = copy_to_guest(session, host, guest_path) if to_guest else \
+            copy_from_guest(session, guest_path, host, max_size)
     where = f"{paths.name}:{guest_path}"
     return {"name": paths.name, "source": str(host) if to_guest else where,
             "target": where if to_guest else str(host), "bytes": copied}

@@ -28,7 +28,7 @@ def follow(path: Path, *, lines: int | None = None, keep_going: bool = False,
     """The last `lines` lines of `path` (all when None), then, with keep_going, new text as it arrives."""
     offset = 0
     if lines is not None:
-        text = instance.tail(path, lines)
+        text = instance.tail(path, lines, raw=True)
         if text:
             yield text + "\n"
         offset = path.stat().st_size if path.exists() else 0

@@ -13,9 +13,10 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTPE]?)(?:i?B)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}  # as QEMU
+MIN_MEMORY_MIB = 16  # below this no firmware QEMU ships (SeaBIOS, OVMF) nor any guest kernel boots
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -48,6 +49,9 @@ def _memory_mib(value: Any) -> int:
     size = parse_size(value, bare_unit=1 << 20)
     if size % (1 << 20):
         raise _fail("size", "{value!r} is not a whole number of MiB", value=value)
+    if size >> 20 < MIN_MEMORY_MIB:
+        raise _fail("size", "{value!r} is too little to boot anything; at least {least}M", value=value,
+                    least=MIN_MEMORY_MIB)
     return size >> 20
 
 
@@ -87,18 +91,19 @@ def _regex(value: str) -> str:
     return value
 
 
-_SIZE_SCHEMA = {"type": ["string", "integer"], "pattern": r"^\d+(\.\d+)?[KMGTkmgt]?$",
+_SIZE_SCHEMA = {"type": ["string", "integer"], "pattern": r"^\d+(\.\d+)?[KMGTPEkmgtpe]?$",
                 "examples": ["512M", "2G"]}
 
 MemoryMiB = Annotated[
     int,
     BeforeValidator(_memory_mib),
-    WithJsonSchema({**_SIZE_SCHEMA, "description": "Size with a K/M/G/T suffix; a bare integer is MiB"}),
+    WithJsonSchema({**_SIZE_SCHEMA,
+                    "description": "Size with a K/M/G/T/P/E suffix; a bare integer is MiB; at least 16M"}),
 ]
 SizeBytes = Annotated[
     int,
     BeforeValidator(parse_size),
-    WithJsonSchema({**_SIZE_SCHEMA, "description": "Size with a K/M/G/T suffix; a bare integer is bytes"}),
+    WithJsonSchema({**_SIZE_SCHEMA, "description": "Size with a K/M/G/T/P/E suffix; a bare integer is bytes"}),
 ]
 Duration = Annotated[
     float,

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,8 +281,18 @@ def unlink_stale_sockets(paths: InstancePaths) -> None:
             sock.unlink()
 
 
-def tail(path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a text file ('' when it is missing), reading at most 64 KiB."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (but newline and tab) shown as \\xNN: what a guest, a log or QEMU wrote
+    is quoted in a message, and an escape sequence in it must not reach the terminal."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+def tail(path: Path, lines: int = 20, raw: bool = False) -> str:
+    """The last `lines` lines of a text file ('' when it is missing), reading at most 64 KiB; control characters
+    are shown as \\xNN (`printable`) unless raw (`qemuvm logs` prints a log as it is, as cat would)."""
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -290,4 +301,5 @@ def tail(path: Path, lines: int = 20) -> str:
             data = handle.read()
     except OSError:
         return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+    text = "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+    return text if raw else printable(text)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ def bind_check(address: str, port: int, protocol: str = "tcp") -> bool:
     return True
 
 
-def free_port(address: str, protocol: str = "tcp", reserved: frozenset[int] = frozenset()) -> int:
+def free_port(address: str, protocol: str = "tcp", reserved: Container[int] = frozenset()) -> int:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     while True:
@@ -51,11 +51,11 @@ def free_port(address: str, protocol: str = "tcp", reserved: frozenset[int] = fr
 _RESERVATION_S = 120.0
 
 
-def reserved_ports(home: Path | None, excluding: str) -> frozenset[int]:
-    """Host ports other instances hold or are about to bind: those of every active instance, and of every
-    start still under way (its supervisor.json is fresh). Lets parallel `up`s plan ports without waiting for
-    each other's QEMU to bind them."""
-    ports: set[int] = set()
+def reserved_ports(home: Path | None, excluding: str) -> dict[int, str]:
+    """Host ports other instances hold or are about to bind, each with the instance's name: those of every
+    active instance, and of every start still under way (its supervisor.json is fresh). Lets parallel `up`s
+    plan ports without waiting for each other's QEMU to bind them."""
+    ports: dict[int, str] = {}
     now = time.time()
     for other in instance.list_instances(home):
         if other.name == excluding:
@@ -72,13 +72,22 @@ def reserved_ports(home: Path | None, excluding: str) -> frozenset[int]:
             continue  # its own commands say what is wrong with it; it holds no port we can know of
         if spec is None:
             continue
-        ports.update(int(f["host_port"]) for f in spec.forwards if f.get("host_port"))
+        ports.update((int(f["host_port"]), other.name) for f in spec.forwards if f.get("host_port"))
         if (spec.vnc or {}).get("port"):
-            ports.add(int(spec.vnc["port"]))
-    return frozenset(ports)
+            ports[int(spec.vnc["port"])] = other.name
+    return ports
 
 
-def plan_ports(profile: Profile, reserved: frozenset[int] = frozenset()
+def _held(port: int, reserved: Mapping[int, str] | frozenset[int]) -> str:
+    """Why a fixed port cannot be had: the instance holding it (and the fix), or that something else binds it."""
+    holder = reserved.get(port) if isinstance(reserved, Mapping) else None
+    if holder is None:
+        return "is already in use"
+    return (f"is held by instance {holder} (running, or started in the last {_RESERVATION_S:g} s); stop or "
+            f"`qemuvm rm {holder}`, or choose another port")
+
+
+def plan_ports(profile: Profile, reserved: Mapping[int, str] | frozenset[int] = frozenset()
                ) -> tuple[PortPlan, list[dict[str, Any]], dict[str, Any] | None]:
     """Host ports for this start: free ones for `host: 0` and VNC auto, an SSH forward when none targets
     ssh.port; fixed ports must be free. Returns the PortPlan, the forwards and VNC as state.json shows them."""
@@ -94,7 +103,8 @@ def plan_ports(profile: Profile, reserved: frozenset[int] = frozenset()
             if port == 0:
                 port = planned[(nic_index, number)] = free_port(fwd.address, fwd.protocol, reserved)
             elif port in reserved or not bind_check(fwd.address, port, fwd.protocol):
-                raise OperationError(f"host port {port} (network[{nic_index}].forwards[{number}]) is already in use")
+                raise OperationError(f"host port {port} (network[{nic_index}].forwards[{number}]) "
+                                     f"{_held(port, reserved)}")
             is_ssh = fwd.protocol == "tcp" and fwd.guest == profile.ssh.port
             ssh_covered = ssh_covered or is_ssh
             forwards.append({"nic": nic_index, "protocol": fwd.protocol, "host_address": fwd.address or "0.0.0.0",
@@ -117,7 +127,8 @@ def plan_ports(profile: Profile, reserved: frozenset[int] = frozenset()
             vnc = {"listen": spec.listen, "port": vnc_port, "display": vnc_port - VNC_BASE}
         else:
             if int(spec.port) in reserved or not bind_check(spec.listen, int(spec.port)):
-                raise OperationError(f"VNC port {spec.port} (display.vnc.port) is already in use")
+                raise OperationError(f"VNC port {spec.port} (display.vnc.port) "
+                                     f"{_held(int(spec.port), reserved)}")
             vnc = {"listen": spec.listen, "port": int(spec.port), "display": int(spec.port) - VNC_BASE}
     return PortPlan(vnc_port=vnc_port, forwards=planned, ssh_host_port=ssh_port), forwards, vnc
 

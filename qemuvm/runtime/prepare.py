@@ -101,21 +101,17 @@ def vnc_password_file(profile: Profile, paths: InstancePaths) -> str | None:
     return vnc.password_file or str(paths.vnc_password)
 
 
-def _temp_path(target: Path) -> Path:
-    """A free name next to `target` (same file system, so the final rename is atomic)."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    os.unlink(name)  # qemu-img refuses nothing, but img.create refuses an existing file
-    return Path(name)
-
-
 def _create_atomically(target: Path, create) -> None:
-    partial = _temp_path(target)
+    """`create(path)` makes the file at a path in a private folder made beside `target` (mkdtemp: 0700, a new
+    name, the same file system), then it is renamed into place. No name is ever freed and reused: next to a
+    disk in a shared folder such as /tmp, nobody else can put a file or a link where the new one is written."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
+        partial = folder / target.name
         create(partial)
         os.replace(partial, target)
     finally:
-        partial.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _prepare_disk(index: int, disk: Disk, paths: InstancePaths) -> None:

@@ -141,6 +141,8 @@ def find(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str],
         return None
     if spec is None or spec.name != instance_name or spec.restore_from or spec.taps or not spec.argv:
         return None
+    if spec.vnc_password_file and not os.path.isfile(spec.vnc_password_file):
+        return None  # the full path says what is wrong with it
     if paths.too_long_socket() is not None or record.host != host_key(spec.argv[0]):
         return None
     import psutil

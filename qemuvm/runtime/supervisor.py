@@ -296,7 +296,15 @@ class Supervisor:
                 reason, failure = decisions.classify(decisions.Exit(reached_running=False, restarted=self.restarted))
                 return {"time": time.time(), "exit_code": None, "signal": None, "shutdown_reason": None,
                         "reason": reason, "failure": failure, "helper": failed}
-            self.spawn()
+            try:
+                self.spawn()
+            except OSError as exc:  # no binary any more, no memory, no pids: every helper goes, the record says
+                self.helpers.stop_all()
+                log(f"cannot start QEMU: {exc!r}")
+                reason, failure = decisions.classify(decisions.Exit(reached_running=False, restarted=self.restarted))
+                return {"time": time.time(), "exit_code": None, "signal": None, "shutdown_reason": None,
+                        "reason": reason, "failure": failure,
+                        "helper": f"QEMU could not be started ({self.spec.argv[0]}: {exc.strerror or exc})"}
         exited = self.exit_future()
         attach_failure: str | None = None
         self.qmp = await self.connect(exited, time.monotonic() + CONNECT_TIMEOUT)
@@ -330,8 +338,16 @@ class Supervisor:
                 attach_failure = str(exc)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.qemu_pid, signal.SIGKILL)
-            except Exception as exc:  # QEMU died under us: the exit below tells why
+            except Exception as exc:
                 log(f"QMP setup failed: {exc!r}")
+                if not exited.done() and not self.reached_running:
+                    # QEMU lives, paused before its guest ever ran (a QMP timeout, a password that cannot be
+                    # set): it would wait for a `cont` forever and the state would say starting. It goes, and
+                    # the exit record says why, so that `up` says it. (A QEMU that died says why itself.)
+                    attach_failure = (f"its supervisor could not set QEMU up ({type(exc).__name__}: "
+                                      f"{instance.printable(str(exc))}), so QEMU was stopped")
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.qemu_pid, signal.SIGKILL)
         elif not exited.done():
             log("could not connect to the supervisor monitor; killing QEMU")
             with contextlib.suppress(ProcessLookupError):

@@ -80,10 +80,17 @@ def build(suite: str, cases: Iterable[Case], *, timestamp: datetime | None = Non
 
 
 def write(path: str | Path, suite: str, cases: Iterable[Case], **kwargs) -> Path:
-    """Write the report (UTF-8, with an XML declaration), creating the parent folder."""
+    """Write the report (UTF-8, with an XML declaration), creating the parent folder. 0600 and atomic, as every
+    file smoke writes: it carries the checks' output (a CI reader runs as the same user)."""
+    import io
+
+    from qemuvm.runtime.atomic import write_private_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tree = ET.ElementTree(build(suite, cases, **kwargs))
     ET.indent(tree)
-    tree.write(path, encoding="utf-8", xml_declaration=True)
+    data = io.BytesIO()
+    tree.write(data, encoding="utf-8", xml_declaration=True)
+    write_private_atomic(path, data.getvalue())
     return path

@@ -45,6 +45,7 @@ def test_exec_cp_and_status_through_the_agent(home: Path, test_guest: Any, tmp_p
     # 20 MiB of output: qemu-ga keeps 16 MiB, and that is said, not silently cut.
     big = cli("exec", "ga", "--", "head", "-c", str(20 << 20), "/dev/zero", timeout=300)
     assert len(big.stdout) == 16 << 20 and "stdout was cut by the guest agent at 16 MiB" in big.stderr
+    assert big.returncode == 3  # not 0: the output is not all there
 
     # cp both ways: byte-exact, with the mode.
     blob = tmp_path / "blob.bin"
@@ -59,6 +60,18 @@ def test_exec_cp_and_status_through_the_agent(home: Path, test_guest: Any, tmp_p
     assert hashlib.sha256(back.read_bytes()).hexdigest() == \
         api.exec_("ga", ["sha256sum", "/tmp/out.bin"]).stdout.split()[0].decode()
     assert back.stat().st_mode & 0o777 == 0o640
+    # What a hostile guest offers: a setuid file comes over without the bit; a device, a folder and a file past
+    # --max-size are one sentence each, and nothing half-copied is left behind.
+    api.exec_("ga", ["sh", "-c", "echo x > /tmp/suid && chmod 6755 /tmp/suid"])
+    assert cli("cp", "ga:/tmp/suid", str(tmp_path / "suid")).returncode == 0
+    assert (tmp_path / "suid").stat().st_mode & 0o7777 == 0o755
+    for source, args, expected in (("/dev/zero", [], "is a character special file in the guest"),
+                                   ("/tmp", [], "is a directory in the guest"),
+                                   ("/tmp/out.bin", ["--max-size", "1000"], "more than --max-size 1000")):
+        refused = cli("cp", f"ga:{source}", str(tmp_path / "refused"), *args, timeout=120)
+        assert refused.returncode == 2 and expected in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin", "out.bin", "suid"]
 
     # The guest's own view, in status: hostname and addresses (user networking: 10.0.2.15).
     status = json.loads(cli("status", "ga", "--json").stdout)

@@ -175,3 +175,73 @@ def test_edit_refuses_invalid_profile_and_rm(home: Path, short_tmp: Path) -> Non
     assert cli("rm", "edited", "--force").returncode == 0
     assert not InstancePaths.for_name("edited").root.exists()
     assert _our_processes(home) == []
+
+
+def test_a_setup_step_that_fails_after_qemu_started_stops_it_and_says_why(home: Path, test_guest: Any,
+                                                                          tmp_path: Path) -> None:
+    """The supervisor's bring-up (here: setting the VNC password, whose file went away after `up` checked it)
+    fails while QEMU waits paused: QEMU is stopped and the record says why -- never `starting` for ever."""
+    from helpers import guest_profile
+
+    from qemuvm.runtime import instance, launch
+
+    secret = tmp_path / "vnc-secret"
+    secret.write_text("hunter2\n")
+    profile = guest_profile(tmp_path, test_guest, "vncfail",
+                            display={"vga": "std", "vnc": {"port": "auto", "password_file": str(secret)}})
+    api.up(str(profile), wait=False)
+    api.down("vncfail", force=True)
+    secret.unlink()
+    paths = InstancePaths.for_name("vncfail")
+    supervisor = subprocess.run([sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", str(paths.root)],
+                                env=dict(os.environ, PYTHONPATH=os.pathsep.join(launch.module_path())),
+                                capture_output=True, text=True, timeout=120)
+    state = instance.read_state(paths)
+    assert state is not None and state["state"] in ("stopped", "crashed"), (state, supervisor.stdout[-2000:])
+    assert "could not set QEMU up" in state["last_exit"]["helper"] and "vnc-secret" in state["last_exit"]["helper"]
+    assert instance.proven_qemu(state) is None and instance.scan_for_qemu(paths) is None
+    assert "could not set QEMU up" in launch.failure_message(paths, state)
+
+
+def test_a_qemu_that_cannot_be_started_is_recorded_not_a_crashed_supervisor(home: Path, test_guest: Any,
+                                                                           tmp_path: Path) -> None:
+    """Popen itself fails (the binary gone since `up`, no memory, no pids) -- at a first start or a policy
+    restart, the same step: the supervisor records why, stops the helpers it started, and ends cleanly."""
+    import json
+
+    from helpers import guest_profile
+
+    from qemuvm.runtime import instance, launch
+
+    profile = guest_profile(tmp_path, test_guest, "nobinary")
+    api.up(str(profile), wait=False)
+    api.down("nobinary", force=True)
+    paths = InstancePaths.for_name("nobinary")
+    spec = json.loads(paths.supervisor_config.read_text())
+    spec["argv"][0] = str(tmp_path / "qemu-system-gone")
+    paths.supervisor_config.write_text(json.dumps(spec))
+    supervisor = subprocess.run([sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", str(paths.root)],
+                                env=dict(os.environ, PYTHONPATH=os.pathsep.join(launch.module_path())),
+                                capture_output=True, text=True, timeout=120)
+    assert supervisor.returncode == 0 and "Traceback" not in paths.supervisor_log.read_text()
+    state = instance.read_state(paths)
+    assert state is not None and state["state"] in ("stopped", "crashed")
+    assert "QEMU could not be started" in state["last_exit"]["helper"] and "qemu-system-gone" in \
+        state["last_exit"]["helper"]
+
+
+def test_a_port_another_instance_holds_is_named_with_that_instance(home: Path, test_guest: Any,
+                                                                   tmp_path: Path) -> None:
+    from helpers import guest_profile
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    forward = [{"mode": "user", "forwards": [f"tcp:127.0.0.1:{port}-:22"]}]
+    first = guest_profile(tmp_path, test_guest, "holder", network=forward)
+    second = guest_profile(tmp_path, test_guest, "wanter", network=forward)
+    api.up(str(first), wait=False)
+    api.down("holder", force=True)  # stopped moments ago: its start still reserves the port
+    done = cli("up", str(second), "--no-wait")
+    assert done.returncode == 1 and f"host port {port}" in done.stderr and "held by instance holder" in done.stderr
+    assert "qemuvm rm holder" in done.stderr and "Traceback" not in done.stderr

@@ -41,6 +41,32 @@ def test_vm_is_torn_down_when_the_test_body_raises(test_guest, qemuvm_home):
     assert not guest.paths.root.exists()
 
 
+def test_a_vm_that_cannot_be_torn_down_is_an_error_not_a_silent_leak(test_guest, qemuvm_home, monkeypatch,
+                                                                      capsys):
+    """Teardown failing (here `rm` made to fail) raises -- pytest shows a teardown error -- unless the test body
+    raised already: then its own error goes on, and the teardown problem is said on stderr."""
+    from qemuvm import api
+    from qemuvm.errors import OperationError
+
+    real_rm = api.rm
+
+    def failing_rm(name, **kwargs):
+        raise OperationError(f"cannot remove {name} (made to fail)")
+
+    monkeypatch.setattr(api, "rm", failing_rm)
+    with pytest.raises(OperationError, match=r"could not be torn down .*made to fail"), \
+            vm(CI_SMOKE, wait=False, **guest_overrides(test_guest)) as guest:
+        pass
+    with pytest.raises(RuntimeError, match="the test's own"), \
+            vm(CI_SMOKE, wait=False, **guest_overrides(test_guest)) as other:
+        raise RuntimeError("the test's own error")
+    assert "could not be torn down" in capsys.readouterr().err
+    monkeypatch.setattr(api, "rm", real_rm)
+    for left in (guest, other):
+        assert left.paths.root.exists()  # what the error said: it is still there
+        api.rm(left.name)
+
+
 def test_the_fixture_from_the_entry_point(pytester, test_guest, qemuvm_home):
     """A test suite that only installed qemuvm: the fixture comes from the pytest11 entry point.
 

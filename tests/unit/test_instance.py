@@ -163,3 +163,16 @@ def test_events_jsonl_is_capped(short_tmp: Path) -> None:
     watcher.on_event({"event": "RTC_CHANGE", "data": {"offset": 1}, "timestamp": {"seconds": 1, "microseconds": 0}})
     assert paths.events.with_name("events.jsonl.1").stat().st_size > supervisor.EVENTS_MAX
     assert '"RTC_CHANGE"' in paths.events.read_text() and paths.events.stat().st_size < 200
+
+
+def test_log_lines_quoted_in_a_message_carry_no_control_characters(tmp_path) -> None:
+    """A guest (or a corrupt file) writes escape sequences into serial.log and qemu.log; the lines that errors
+    quote show them as \\xNN, while `qemuvm logs` (raw) prints the log as it is."""
+    from qemuvm.runtime import instance
+
+    log = tmp_path / "qemu.log"
+    log.write_bytes(b"boot\n\x1b]0;owned\x07\x1b[2J qemu: error\there\n\x00\x9b\n")
+    quoted = instance.tail(log, 5)
+    assert quoted == "boot\n\\x1b]0;owned\\x07\\x1b[2J qemu: error\there\n\\x00\ufffd"  # a stray byte: U+FFFD
+    assert not any(ord(c) < 32 and c not in "\n\t" for c in quoted)
+    assert "\x1b" in instance.tail(log, 5, raw=True)

@@ -52,3 +52,17 @@ def test_long_output_is_cut_from_the_front():
     text = "x" * 10 + "y" * junit.MAX_OUTPUT
     cut = junit.xml_text(text)
     assert cut.endswith("y" * 100) and "10 characters cut" in cut and "x" not in cut.split("\n", 1)[1]
+
+
+def test_the_report_is_private_wherever_it_is_written(tmp_path):
+    """It carries the checks' output: 0600, also where a world-readable file of that name was before."""
+    import os
+
+    fresh = junit.write(tmp_path / "fresh.xml", "s", _cases())
+    old = tmp_path / "old.xml"
+    old.write_text("stale")
+    os.chmod(old, 0o644)
+    junit.write(old, "s", _cases())
+    assert fresh.stat().st_mode & 0o777 == 0o600 and old.stat().st_mode & 0o777 == 0o600
+    assert ET.parse(old).getroot().tag == "testsuite"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.xml", "old.xml"]  # no temporary left

@@ -274,3 +274,19 @@ def test_write_iso_is_atomic(short_tmp: Path) -> None:
         write_iso({"user-data": "not bytes"}, target)  # type: ignore[dict-item]
     assert target.read_bytes() == b"old"
     assert [p.name for p in short_tmp.iterdir()] == ["seed.iso"]
+
+
+def test_a_created_disk_goes_through_a_private_folder_and_leaves_nothing(tmp_path) -> None:
+    from qemuvm.runtime import prepare
+
+    seen = []
+
+    def create(path):
+        seen.append((path, path.parent.stat().st_mode & 0o777))
+        path.write_bytes(b"disk")
+
+    target = tmp_path / "disk.raw"
+    prepare._create_atomically(target, create)
+    (made, mode), = seen
+    assert target.read_bytes() == b"disk" and mode == 0o700 and made.parent.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]

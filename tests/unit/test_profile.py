@@ -219,3 +219,14 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     assert "missing.yaml: profile not found" in result.stderr
     assert "Traceback" not in result.stderr
     assert _cli("render", str(bad), cwd=tmp_path).returncode == 2
+
+
+def test_memory_too_small_to_boot_is_refused_and_sizes_take_every_qemu_suffix() -> None:
+    from qemuvm.profile.load import load_text
+    from qemuvm.profile.validate import validate
+
+    for tiny in ("1", "15M", "8192K"):
+        with pytest.raises(ProfileError, match=r"machine.memory: .* too little to boot anything; at least 16M"):
+            validate(load_text(f"name: x\nmachine: {{memory: {tiny}}}\n"))
+    assert validate(load_text("name: x\nmachine: {memory: 16M}\n")).machine.memory == 16
+    assert parse_size("2P") == 2 << 50 and parse_size("1E") == 1 << 60 and parse_size("3t") == 3 << 40

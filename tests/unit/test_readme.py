@@ -49,3 +49,23 @@ def test_the_performance_table_is_the_bench_s_own() -> None:
     assert "`scripts/bench" in block and "| measurement | qemuvm | raw QEMU | ratio |" in block
     bench = (REPO / "scripts" / "bench").read_text()
     assert "<!-- bench:start -->" in bench and "<!-- bench:end -->" in bench
+
+
+def test_the_scripts_say_to_run_setup_under_a_bare_python(tmp_path) -> None:
+    """Under the distribution's python3 without scripts/setup's .venv: one sentence naming setup, exit 1."""
+    import shutil
+    import subprocess
+
+    bare = "/usr/bin/python3"
+    probe = subprocess.run([bare, "-c", "import pycdlib, psutil"], capture_output=True)
+    if probe.returncode == 0:
+        import pytest
+
+        pytest.skip(f"{bare} has pycdlib and psutil itself")
+    (tmp_path / "scripts").mkdir()
+    for script in ("build-test-guest", "bench"):
+        copy = tmp_path / "scripts" / script  # beside no .venv
+        shutil.copy(REPO / "scripts" / script, copy)
+        done = subprocess.run([bare, str(copy), "--help"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "run `bash scripts/setup` first" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -109,3 +109,25 @@ def test_a_reuse_record_round_trips_and_an_odd_one_is_no_record(tmp_path) -> Non
                 '{"schema": 1, "invocations": {}, "host": "h", "needs": "x", "ready": null, "memory_mib": 1}'):
         (tmp_path / "reuse.json").write_text(odd)
         assert records.read_reuse(paths) is None, odd
+
+
+def test_records_are_written_through_names_nobody_can_plant(tmp_path) -> None:
+    """The temporary file of an atomic write has a name of its own, made exclusively: a link planted at the
+    name an earlier qemuvm used (NAME.PID.tmp) is never followed, and nothing is left behind."""
+    import os
+    import threading
+
+    from qemuvm.runtime.atomic import write_private_atomic
+
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    target = tmp_path / "state.json"
+    os.symlink(victim, tmp_path / f".state.json.{os.getpid()}.tmp")
+    threads = [threading.Thread(target=write_private_atomic, args=(target, f"{n}\n")) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert victim.read_text() == "untouched" and target.read_text().strip().isdigit()
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".state.json.{os.getpid()}.tmp", "state.json", "victim"]
