@@ -39,9 +39,13 @@ def _target() -> str:
     return "multi-user.target" if _system_wide() else "default.target"
 
 
-def quote(word: str) -> str:
-    """One word of a systemd Exec= or Environment= line: double-quoted, with `\\`, `"`, `%` and `$` escaped."""
-    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+def quote(word: str, exec_line: bool = True) -> str:
+    """One word of a systemd Exec= line (or, exec_line False, an Environment= assignment): double-quoted, with
+    `\\`, `"` and `%` escaped, and `$` as `$$` on Exec= lines only -- systemd expands variables there and not
+    in Environment=, where `$$` would stay two dollars."""
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if exec_line:
+        escaped = escaped.replace("$", "$$")
     return f'"{escaped}"'
 
 
@@ -75,7 +79,7 @@ def _paths(name: str) -> tuple[Path, Path]:
 
 
 def _owner_line(home: Path) -> str:
-    return f"Environment={quote(f'QEMUVM_HOME={home}')}"
+    return f"Environment={quote(f'QEMUVM_HOME={home}', exec_line=False)}"
 
 
 def _other_home(unit: Path, home: Path) -> bool:

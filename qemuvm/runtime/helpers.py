@@ -218,6 +218,10 @@ class Watch:
                 self._log(f"adopting {entry['name']} pid {entry['pid']}")
                 self._watch(entry["pid"])
 
+    def pids(self) -> list[int]:
+        """The helpers of this run that have not ended (their sockets are proven with QEMU's)."""
+        return [entry["pid"] for entry in self.entries if entry.get("pid") and entry.get("exited") is None]
+
     def stop_all(self) -> None:
         if any(entry.get("exited") is None for entry in self.entries):
             self._set(stop(self.entries))

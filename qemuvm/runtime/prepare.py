@@ -49,7 +49,19 @@ def write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], 
         shutdown_timeout=profile.shutdown.timeout, forwards=forwards, vnc=vnc,
         vnc_password_file=vnc_password_file(profile, paths), ssh={"user": profile.ssh.user, "port": profile.ssh.port},
         remove_on_down=remove_on_down, serial_log_max=profile.serial.log_max, template=template,
-        helpers=helpers or [], taps=taps or []))
+        helpers=helpers or [], taps=taps or [], listeners_allowed=listeners_allowed(profile, forwards, vnc)))
+
+
+def listeners_allowed(profile: Profile, forwards: list[dict[str, Any]],
+                      vnc: dict[str, Any] | None) -> list[list[Any]] | None:
+    """What this start may listen on beyond loopback: the forwards and the VNC server as planned (their
+    addresses are the profile's own words), or anything with qemu.allow_unsafe_args."""
+    if profile.qemu.allow_unsafe_args:
+        return None
+    allowed = [[f["host_address"], int(f["host_port"])] for f in forwards if f.get("host_port")]
+    if vnc and vnc.get("port"):
+        allowed.append([vnc.get("listen") or "127.0.0.1", int(vnc["port"])])
+    return allowed
 
 
 def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:

@@ -85,6 +85,9 @@ class LaunchSpec:
     template: str | None = None  # this instance is a clone of that template (its disks back onto it)
     helpers: list[Helper] = field(default_factory=list)  # started before QEMU, in this order
     taps: list[Tap] = field(default_factory=list)  # put on their bridges before `cont`
+    # (address, port) the profile asks to listen on beyond loopback (its forwards, VNC); None: any
+    # (qemu.allow_unsafe_args). The supervisor refuses any other such socket before `cont` (runtime/listeners.py).
+    listeners_allowed: list[list[Any]] | None = field(default_factory=list)
     schema: int = LAUNCH_SPEC_SCHEMA
 
 

@@ -41,7 +41,7 @@ from qemu.qmp import EventListener, Message, QMPClient
 from qemu.qmp.protocol import Runstate
 
 from qemuvm.errors import UsageError
-from qemuvm.runtime import decisions, helpers, instance, intent, preflight, records, taps
+from qemuvm.runtime import decisions, helpers, instance, intent, listeners, preflight, records, taps
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STARTING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -52,7 +52,8 @@ EVENTS_MAX = 4 << 20  # events.jsonl: past this it becomes events.jsonl.1 (an RT
 
 
 class TapAttachFailed(Exception):
-    """A tap QEMU opened could not join its network's bridge (runtime/taps.py)."""
+    """A step before the guest runs refused it: a tap QEMU opened could not join its network's bridge
+    (runtime/taps.py), or QEMU listens where the profile does not say (runtime/listeners.py)."""
 
 
 def checkpoint(step: str) -> None:
@@ -326,6 +327,10 @@ class Supervisor:
                     tap_failure = taps.attach(self.spec.taps)
                     if tap_failure is not None:
                         raise TapAttachFailed(tap_failure)
+                    # Everything QEMU and its helpers will listen on is bound by now (netdevs, VNC, chardevs).
+                    refused = listeners.refusal([self.qemu_pid, *self.helpers.pids()], self.spec.listeners_allowed)
+                    if refused is not None:
+                        raise TapAttachFailed(refused)
                     await self.set_vnc_password()
                     await self.execute("cont")
                     status = "running"

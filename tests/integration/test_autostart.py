@@ -87,3 +87,10 @@ def test_unit_words_are_quoted_for_systemd() -> None:
     assert 'ExecStart="/usr/bin/python3" "-m" "qemuvm" "start" "vm"' in text
     assert 'ExecStop="/usr/bin/python3" "-m" "qemuvm" "down" "vm"' in text
     assert 'Environment="QEMUVM_HOME=/var/lib/q v"' in text and "TimeoutStopSec=80" in text
+
+
+def test_a_dollar_in_the_state_folder_stays_one_dollar_in_environment() -> None:
+    """systemd expands `$` on Exec= lines (so `$$` there) but not in Environment=, where `$$` would stay two."""
+    text = autostart.unit_text("vm", "/opt/py$/python3", Path("/srv/q$home"), 20, "multi-user.target")
+    assert 'Environment="QEMUVM_HOME=/srv/q$home"' in text and "$$home" not in text
+    assert 'ExecStart="/opt/py$$/python3"' in text

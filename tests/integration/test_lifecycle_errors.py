@@ -245,3 +245,25 @@ def test_a_port_another_instance_holds_is_named_with_that_instance(home: Path, t
     done = cli("up", str(second), "--no-wait")
     assert done.returncode == 1 and f"host port {port}" in done.stderr and "held by instance holder" in done.stderr
     assert "qemuvm rm holder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_listener_beyond_loopback_through_extra_args_is_proven_and_stopped(home: Path, test_guest: Any,
+                                                                           tmp_path: Path) -> None:
+    """`hostfwd=::PORT-:22` (empty host: every address) slips past any list of spellings; the sockets QEMU
+    really bound do not: the start stops before the guest runs, naming the address, and leaves nothing."""
+    from helpers import guest_profile
+
+    from qemuvm.runtime import instance
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sneaky = ["-netdev", f"user,id=x,hostfwd=::{port}-:22", "-device", "e1000,netdev=x"]
+    profile = guest_profile(tmp_path, test_guest, "listener", qemu={"extra_args": sneaky})
+    done = cli("up", str(profile), "--no-wait")
+    assert done.returncode == 1 and f"0.0.0.0:{port}/tcp" in done.stderr, done.stderr
+    assert "beyond loopback" in done.stderr and "Traceback" not in done.stderr
+    assert not (home / "listener").exists() and instance.scan_for_qemu(InstancePaths.for_name("listener")) is None
+    allowed = guest_profile(tmp_path, test_guest, "listener", qemu={"extra_args": sneaky, "allow_unsafe_args": True})
+    assert cli("up", str(allowed), "--no-wait").returncode == 0  # the profile said so
+    api.down("listener", force=True)
