@@ -238,9 +238,9 @@ class _Compiler:
             self.seed()
 
     def _blockdev(self, node: str, filename: str, fmt: str, fields: tuple[str, ...],
-                  common: dict[str, str | int | bool | None]) -> None:
+                  common: dict[str, str | int | bool | None], protocol: str = "file") -> None:
         self.add(fields, "-blockdev", keyvals(None, {
-            "driver": "file", "node-name": f"{node}-file", "filename": filename, **common}))
+            "driver": protocol, "node-name": f"{node}-file", "filename": filename, **common}))
         self.add(fields, "-blockdev", keyvals(None, {
             "driver": fmt, "node-name": node, "file": f"{node}-file", **common}))
 
@@ -257,7 +257,10 @@ class _Compiler:
             # The per-instance overlay (made by prepare) names the image as its backing file.
             self._blockdev(node, str(self.paths.overlay(index)), "qcow2", (*fields, f"{at}.ephemeral"), common)
         else:
-            self._blockdev(node, disk.file, disk.image_format, tuple(fields), common)
+            # QEMU's `file` driver refuses a device node: a block device (a path under /dev, as libvirt's
+            # <disk type='block'>) is opened with host_device, an optical drive with host_cdrom.
+            protocol = ("host_cdrom" if disk.is_cdrom else "host_device") if disk.file.startswith("/dev/") else "file"
+            self._blockdev(node, disk.file, disk.image_format, tuple(fields), common, protocol)
         driver, placement = self._disk_device(index, disk)
         props: dict[str, str | int | bool | None] = {**placement, "drive": node, "id": f"{node}-dev"}
         props["serial"] = disk.serial or (f"disk{index}" if disk.interface == "nvme" else None)

@@ -97,11 +97,41 @@ def check_host(profile: Profile, paths: InstancePaths) -> tuple[HostFacts, str |
         from qemuvm.runtime import networks
 
         networks.check_nics(profile)
+    for index, disk in enumerate(profile.disks):
+        if disk.file.startswith("/dev/"):
+            problem = device_problem(disk.file, writable=not (disk.readonly or disk.is_cdrom or disk.ephemeral))
+            if problem:
+                raise UsageError(f"disks[{index}].file: {disk.file} {problem}")
     for index, share in enumerate(profile.shares):
         problem = share_problem(share.source)
         if problem:
             raise UsageError(f"shares[{index}].source: {share.source} {problem}")
     return host, accel_notice(profile, host)
+
+
+def device_problem(device: str, writable: bool) -> str | None:
+    """Why a block device cannot be a disk here, or None: it must be one, this user must be able to open it,
+    and it must not be mounted on the host (the guest and the host writing one file system corrupt it)."""
+    import stat
+
+    try:
+        info = os.stat(device)
+    except OSError as exc:
+        return f"cannot be opened ({exc.strerror})"
+    if not stat.S_ISBLK(info.st_mode):
+        return "is not a block device (a disk under /dev is opened as one: name an image file instead)"
+    if not os.access(device, os.R_OK | (os.W_OK if writable else 0)):
+        return f"is not {'readable and writable' if writable else 'readable'} by this user"
+    real = os.path.realpath(device)
+    try:
+        with open("/proc/self/mounts") as mounts:
+            mounted = [line.split()[1] for line in mounts if line.split() and os.path.realpath(line.split()[0]) == real]
+    except OSError:
+        mounted = []
+    if mounted:
+        return (f"is mounted on the host at {mounted[0]}; unmount it first (the guest and the host writing one file "
+                "system corrupt it)")
+    return None
 
 
 def share_problem(source: str) -> str | None:

@@ -69,3 +69,51 @@ shutdown: {{timeout: 20s}}
         if (qemuvm_home / "eph").exists():
             api.down("eph", force=True)
     assert sha256(base) == before
+
+
+def test_a_block_device_is_a_disk_the_guest_reads_and_writes(qemuvm_home: Path, short_tmp: Path, test_guest) -> None:
+    """A loop device as a disk: QEMU's host_device driver (the file driver refuses a device node); preflight
+    refuses a device that is mounted or not a block device, in one sentence each."""
+    import os
+    import subprocess
+
+    from qemuvm import api
+    from qemuvm.control import ssh
+    from qemuvm.errors import UsageError
+
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("loop devices need root and losetup")
+    raw = short_tmp / "data.raw"
+    img.convert(test_guest.data_disk, raw, "raw")
+    device = subprocess.run(["losetup", "--find", "--show", str(raw)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    mountpoint = short_tmp / "mnt"
+    try:
+        profile = short_tmp / "blk.yaml"
+        profile.write_text(f"""
+machine: {{accel: tcg, memory: 256M}}
+boot: {{kernel: {test_guest.vmlinuz}, initrd: {test_guest.initrd}, cmdline: console=ttyS0}}
+disks: [{{file: {device}, format: raw}}]
+ssh: {{identity: {test_guest.key}}}
+ready: {{serial: QEMUVM_GUEST_READY}}
+shutdown: {{timeout: 20s}}
+""")
+        api.up(profile)
+        assert "driver=host_device" in (qemuvm_home / "blk" / "argv.json").read_text()
+        done = ssh.run("blk", "cat /mnt/data/marker.txt && echo written > /mnt/data/new && sync", timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == "QEMUVM_DATA_MARKER", done.stderr
+        api.down("blk")
+        api.rm("blk")
+        mountpoint.mkdir()
+        subprocess.run(["mount", device, str(mountpoint)], check=True)
+        assert (mountpoint / "new").read_text() == "written\n"  # the guest wrote the device itself
+        with pytest.raises(UsageError, match=rf"disks\[0\].file: {device} is mounted on the host at {mountpoint}"):
+            api.up(profile)
+        subprocess.run(["umount", str(mountpoint)], check=True)
+        profile.write_text(profile.read_text().replace(device, "/dev/null"))
+        with pytest.raises(UsageError, match=r"/dev/null is not a block device"):
+            api.up(profile)
+        assert not (qemuvm_home / "blk").exists()
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True)
+        subprocess.run(["losetup", "-d", device], check=False)
