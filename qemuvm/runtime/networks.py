@@ -227,10 +227,24 @@ def _teardown(record: records.NetworkRecord) -> list[str]:
         if others:  # they rely on forwarding too: the last one to go turns it off
             others[0].ip_forward_enabled = True
             records.write_network(_record_path(others[0].name), others[0])
-        else:
+        elif not forwarding_users():
             with contextlib.suppress(OSError):
                 IP_FORWARD.write_text("0\n")
+        # else: bridges that are not ours appeared since (Docker's docker0, libvirt's virbr0, a container
+        # network): they forward through the same switch, so it stays on.
     return problems
+
+
+def forwarding_users() -> list[str]:
+    """The bridges on this host now that are not a qemuvm network's: whoever made them may rely on IPv4
+    forwarding, which the last qemuvm network therefore never turns off under them."""
+    ours = {record.bridge for record in _all_records()}
+    found = []
+    with contextlib.suppress(OSError):
+        for link in sorted(os.listdir("/sys/class/net")):
+            if os.path.isdir(f"/sys/class/net/{link}/bridge") and link not in ours:
+                found.append(link)
+    return found
 
 
 def attached(record: records.NetworkRecord) -> list[str]:

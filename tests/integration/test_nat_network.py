@@ -140,3 +140,20 @@ def test_a_bridge_nic_through_qemu_bridge_helper(home: Path, test_guest: Any) ->
         assert inward.stdout.startswith("SSH-2.0-dropbear"), inward.stderr
         assert _qemuvm(space, "down", "brvm").returncode == 0
         assert netns.run(space, "ls", "/sys/class/net/qvbr0/brif").stdout.split() == []
+
+
+def test_forwarding_stays_on_for_a_bridge_that_appeared_since(home: Path, short_tmp: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last network turns IPv4 forwarding off only when nothing else may rely on it: a bridge that is not
+    a qemuvm network's (docker0, virbr0) came up since, so it stays on."""
+    monkeypatch.setenv("QEMUVM_NETWORKS", str(short_tmp / "networks"))
+    with netns.namespace() as host:
+        assert netns.run(host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
+        made = _qemuvm(host, "network", "create", "f")
+        assert made.returncode == 0, made.stderr
+        assert netns.run(host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+        netns.run(host, "ip", "link", "add", "docker0", "type", "bridge")
+        removed = _qemuvm(host, "network", "rm", "f")
+        assert removed.returncode == 0, removed.stderr
+        assert netns.run(host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+        netns.run(host, "ip", "link", "del", "docker0")
