@@ -17,7 +17,7 @@ from qemuvm.control import agent
 from qemuvm.control.client import Monitor
 from qemuvm.control.wait import await_record
 from qemuvm.errors import OperationError
-from qemuvm.runtime import records
+from qemuvm.runtime import instance, intent, records
 from qemuvm.runtime.instance import PAUSED, RUNNING
 from qemuvm.runtime.paths import InstancePaths
 
@@ -58,6 +58,8 @@ def reboot(paths: InstancePaths, state: dict[str, Any], progress: Progress) -> s
 
 def _acpi_reboot(paths: InstancePaths, monitor: Monitor, timeout: float, argv: list[str],
                  progress: Progress) -> None:
+    state = instance.read_state(paths) or {}
+    intent.request_reboot(paths, state.get("qemu_pid"))  # first: killed after set-action, the supervisor knows
     monitor.execute("set-action", {"shutdown": "pause"})
     try:
         progress(f"ACPI power button pressed on {paths.name} (a reboot); waiting up to {timeout:g} s …")
@@ -73,3 +75,4 @@ def _acpi_reboot(paths: InstancePaths, monitor: Monitor, timeout: float, argv: l
     finally:  # back to what the profile asked for: QEMU ends when the guest powers off (unless -no-shutdown)
         with contextlib.suppress(OperationError):
             monitor.execute("set-action", {"shutdown": "pause" if "-no-shutdown" in argv else "poweroff"})
+            intent.clear_reboot(paths)

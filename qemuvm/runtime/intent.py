@@ -64,3 +64,32 @@ def action_for(paths: InstancePaths, qemu_pid: int | None) -> str | None:
     if not applies(record, qemu_pid, now=time.time(), requester_alive=alive):
         return None
     return str(record.get("action") or "down")
+
+
+# -- a reboot in progress (`reboot.request`) ----------------------------------------------------------------
+# The ACPI reboot tells QEMU to pause at the guest's power-off (set-action shutdown=pause), then resets and
+# continues it. A `reboot` killed in between would leave that action behind, and every later power-off would
+# leave QEMU paused instead of ending it: the supervisor, which outlives the CLI, ends such a QEMU when no live
+# reboot claims the pause.
+
+
+def request_reboot(paths: InstancePaths, qemu_pid: int | None) -> None:
+    me = instance.process_if_alive(os.getpid(), None)
+    instance.write_json_atomic(paths.reboot_request, {
+        "requester_pid": os.getpid(), "requester_start_time": me.create_time() if me else None,
+        "qemu_pid": qemu_pid, "time": time.time()})
+
+
+def clear_reboot(paths: InstancePaths) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        paths.reboot_request.unlink()
+
+
+def reboot_in_progress(paths: InstancePaths, qemu_pid: int | None) -> bool:
+    """A live `reboot` of this QEMU holds it paused at the power-off on purpose."""
+    record = instance.read_json(paths.reboot_request)
+    if not record or record.get("qemu_pid") != qemu_pid:
+        return False
+    pid, started = record.get("requester_pid"), record.get("requester_start_time")
+    return isinstance(pid, int) and isinstance(started, (int, float)) \
+        and instance.process_if_alive(pid, started) is not None

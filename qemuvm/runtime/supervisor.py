@@ -102,6 +102,7 @@ class Supervisor:
         # Per QEMU run:
         self.shutdown_reason: str | None = None
         self.panicked = False
+        self.ending_poweroff = False  # the supervisor itself ends a QEMU left paused at a power-off
         self.restarted = False  # started by the restart policy (not by up/start)
         self.restoring = False  # loading the LaunchSpec's saved state (until `cont`)
         self.reached_running = False  # the guest ran (RESUME seen, or `cont` answered): an exit is no start failure
@@ -166,6 +167,8 @@ class Supervisor:
             log(f"cannot append to events.jsonl ({exc.strerror}): {name}")
         if name == "STOP" and self.state.state == RUNNING:
             self.save(state=PAUSED)
+            if self.shutdown_reason == "guest-shutdown" and "-no-shutdown" not in self.spec.argv:
+                asyncio.get_running_loop().create_task(self._end_left_paused())
         elif name == "RESUME":
             # The guest runs from here, whether or not `cont`'s answer arrives: QEMU killed in between (up has
             # already seen this state and returned) is a crash for the restart policy, not a failed start.
@@ -177,7 +180,7 @@ class Supervisor:
             # the previous boot's output; `reboot` returns once this is recorded.
             self.save(resets=self.state.resets + 1, serial_offset=self._serial_size())
             self.shutdown_reason = None  # a power-off before it (reboot's ACPI way, -no-shutdown) is over
-        elif name == "SHUTDOWN":
+        elif name == "SHUTDOWN" and not self.ending_poweroff:  # (the quit that ends a power-off is not news)
             self.shutdown_reason = record["data"].get("reason")
         elif name == "GUEST_PANICKED":
             log(f"guest panicked: {record['data']}")
@@ -185,6 +188,19 @@ class Supervisor:
             # The guest is dead; like libvirt's on_crash=destroy, end QEMU so the policy can act.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.qemu_pid, signal.SIGKILL)
+
+    async def _end_left_paused(self) -> None:
+        """Paused at the guest's power-off, though the profile has QEMU end then: unless a live `reboot` holds it
+        there (it resets and continues it), a killed reboot left its set-action behind. End QEMU as the
+        power-off would have. Asked of QEMU now, not of the event: a reboot may have continued it meanwhile."""
+        with contextlib.suppress(Exception):  # QEMU gone meanwhile: its exit is recorded anyway
+            if (await self.execute("query-status"))["status"] != "shutdown" \
+                    or intent.reboot_in_progress(self.paths, self.qemu_pid):
+                return
+            log("paused at the guest's power-off with no reboot under way: ending QEMU")
+            self.ending_poweroff = True
+            await self.execute("set-action", {"shutdown": "poweroff"})
+            await self.execute("quit")
 
     # -- QEMU ------------------------------------------------------------------------------------
 
@@ -289,6 +305,7 @@ class Supervisor:
     async def run_qemu(self, adopted: bool) -> dict[str, Any]:
         """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""
         self.shutdown_reason, self.panicked, self.reached_running = None, False, adopted
+        self.ending_poweroff = False
         if not adopted:
             checkpoint("before-qemu")
             failed = self.helpers.start_all(self.spec.helpers)

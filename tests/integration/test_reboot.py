@@ -67,3 +67,15 @@ def test_a_guest_that_ignores_the_request_gets_nothing_forced(home: Path, test_g
     forced = cli("reboot", "deafrb", "--force", "--json")
     assert forced.returncode == 0 and json.loads(forced.stdout)["how"] == "reset", forced.stderr
     api.down("deafrb", force=True)
+
+
+def test_a_pause_at_power_off_that_no_reboot_claims_ends_qemu(home: Path, test_guest: Any) -> None:
+    """What a `reboot` killed between its two QMP calls leaves behind: QEMU told to pause at the guest's
+    power-off. The supervisor ends such a QEMU when no live reboot holds it, as the profile asks: the guest's
+    own power-off still ends the VM (a clean ACPI `down`, not one forced after shutdown.timeout)."""
+    api.up(guest_profile(home, test_guest, "leftpause", shutdown={"timeout": "60s"}))
+    api.qmp("leftpause", "set-action", {"shutdown": "pause"})  # as a killed reboot leaves it
+    stopped = api.down("leftpause")
+    assert stopped["step"] == "acpi" and stopped["state"] == "stopped", stopped
+    last = state_of("leftpause")["last_exit"]
+    assert last["shutdown_reason"] == "guest-shutdown" and last["reason"] != "signal", last
