@@ -470,7 +470,8 @@ def exec_(name: str, argv: Sequence[str], *, env: dict[str, str] | None = None, 
         return agent.exec_command(session, list(argv), env=env, stdin=stdin, timeout=timeout)
 
 
-def cp(source: str, target: str, *, max_size: int | None = None, home: Path | None = None) -> dict[str, Any]:
+def cp(source: str, target: str, *, max_size: int | None = None, home: Path | None = None,
+       progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Copy one file between the host and a guest through its agent: one side is `NAME:/guest/path`; from the
     guest, regular files only, at most max_size bytes, never with setuid/setgid/sticky bits."""
     from qemuvm.control import agent
@@ -478,7 +479,7 @@ def cp(source: str, target: str, *, max_size: int | None = None, home: Path | No
     name, guest_path, to_guest = agent.split_cp(source, target)
     paths = instance_paths(name, home)
     _running_qemu(paths)
-    return agent.cp(paths, source if to_guest else target, guest_path, to_guest, max_size)
+    return agent.cp(paths, source if to_guest else target, guest_path, to_guest, max_size, progress)
 
 
 def send(name: str, text: str, *, home: Path | None = None) -> int:

@@ -80,7 +80,15 @@ def cp(
         except Exception:
             raise UsageError(f"--max-size: {max_size!r} is not a size such as 512M or 2G") from None
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed copy removes its partial file too
-    result = api.cp(source, target, max_size=limit)
+
+    def shown(copied: int, size: int) -> None:  # on a terminal only: a log gets the one line at the end
+        total = max(size, copied, 1)
+        sys.stderr.write(f"\r{copied >> 20} of {total >> 20} MiB ({100 * copied // total} %)")
+        sys.stderr.flush()
+
+    result = api.cp(source, target, max_size=limit, progress=shown if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
     if json_:
         print_json(result)
     else:

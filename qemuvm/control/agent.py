@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,7 +265,8 @@ def copy_to_guest(agent: Agent, source: Path, target: str) -> int:
     return copied
 
 
-def copy_from_guest(agent: Agent, source: str, target: Path, max_size: int | None = None) -> int:
+def copy_from_guest(agent: Agent, source: str, target: Path, max_size: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> int:
     """Guest path -> host file: a regular file only, at most `max_size` bytes, written to a private (0600) file
     made exclusively beside the target and renamed into place; any error or interruption removes it. Its mode
     follows without setuid, setgid or sticky bits (a guest never makes a privileged file on the host)."""
@@ -283,6 +285,8 @@ def copy_from_guest(agent: Agent, source: str, target: Path, max_size: int | Non
                     data = _b64(piece.get("buf-b64"))
                     out.write(data)
                     copied += len(data)
+                    if progress is not None:
+                        progress(copied, size)
                     if max_size is not None and copied > max_size:
                         raise UsageError(f"cp: {source} grew past --max-size {max_size} while it was copied; "
                                          f"nothing was written to {target}")
@@ -312,7 +316,7 @@ def split_cp(source: str, target: str) -> tuple[str, str, bool]:
 
 
 def cp(paths: InstancePaths, local: str, guest_path: str, to_guest: bool,
-       max_size: int | None = None) -> dict[str, Any]:
+       max_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Copy `local` to the guest's `guest_path`, or the reverse (into a folder: under the guest file's name;
     at most `max_size` bytes)."""
     host = Path(local)
@@ -322,7 +326,7 @@ def cp(paths: InstancePaths, local: str, guest_path: str, to_guest: bool,
         host = host / Path(guest_path).name
     with Agent(paths) as session:
         copied = copy_to_guest(session, host, guest_path) if to_guest else \
-            copy_from_guest(session, guest_path, host, max_size)
+            copy_from_guest(session, guest_path, host, max_size, progress)
     where = f"{paths.name}:{guest_path}"
     return {"name": paths.name, "source": str(host) if to_guest else where,
             "target": where if to_guest else str(host), "bytes": copied}
