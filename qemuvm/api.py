@@ -76,6 +76,13 @@ def prestart() -> None:
         _early.append(launch.Prestart())
 
 
+def release_prestart() -> None:
+    """An early supervisor that no `up` took (the arguments were wrong, the command failed before it): its
+    stdin closes, so it exits once its imports are done (and is reaped). Never one left waiting."""
+    while _early:
+        _early.pop().release()
+
+
 def _prestarted() -> launch.Prestart:
     return _early.pop() if _early else launch.Prestart()
 

@@ -60,12 +60,17 @@ def main() -> None:
         print("qemuvm: an argument contains a NUL byte, which no file name or value can hold", file=sys.stderr)
         sys.exit(2)
     try:
+        api = None
         if _command(sys.argv[1:]) in ("up", "start") and not any(a in ("-h", "--help") for a in sys.argv[1:]):
             from qemuvm import api
 
             api.prestart()  # the supervisor starts while typer loads and parses (api.prestart says why)
         app = load_commands(sys.argv[1:])
-        result = app(standalone_mode=False)
+        try:
+            result = app(standalone_mode=False)
+        finally:
+            if api is not None:  # one that no `up` took (a usage error, a failure before it): never left waiting
+                api.release_prestart()
         if isinstance(result, int):
             sys.exit(result)
     except QemuvmError as exc:

@@ -69,6 +69,17 @@ async def _migrate_to(session: QmpSession, target: str, timeout: float) -> list[
     return files
 
 
+def _ends_soon(state: dict[str, Any], within: float = 1.0) -> bool:
+    """QEMU is gone, or going: a process killed closes its sockets (which is how the save saw it end) a moment
+    before it is seen to have exited, and under load that moment is long enough to read it as alive."""
+    deadline = time.monotonic() + within
+    while instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # a bounded look at a process that is exiting (no event tells its last moment)
+    return True
+
+
 def _exit_recorded(paths: InstancePaths, since: float) -> dict[str, Any]:
     """The state once the supervisor has recorded a QEMU exit that came after `since`."""
     return await_record(paths, "QEMU's exit", lambda s: (s.get("last_exit") or {}).get("time", 0) >= since,
@@ -84,7 +95,7 @@ def save(paths: InstancePaths, state: dict[str, Any], timeout: float = 600.0) ->
         files = monitor.run(lambda session: _migrate_to(session, str(temporary), timeout))
     except BaseException:
         temporary.unlink(missing_ok=True)
-        if instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None:
+        if _ends_soon(state):
             # QEMU died under the save: its exit is on record before we say so (status never lags).
             with contextlib.suppress(OperationError):
                 _exit_recorded(paths, began)

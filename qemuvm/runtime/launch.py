@@ -252,6 +252,13 @@ class Prestart:
             return None
         return proc
 
+    def release(self) -> None:
+        """Unused, without waiting: EOF ends it once its imports are done, and its reaper thread reaps it."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
     def close(self) -> None:
         """Unused: EOF ends it (once its imports are done) and it is reaped."""
         proc, self.proc = self.proc, None

@@ -35,3 +35,32 @@ def test_help_and_an_unknown_command_see_every_command() -> None:
     assert shown.returncode == 0 and all(name in shown.stdout for name in ("up", "network", "export", "top"))
     wrong = subprocess.run([sys.executable, "-m", "qemuvm", "tmeplate"], capture_output=True, text=True)
     assert wrong.returncode == 2 and "No such command" in wrong.stderr
+
+
+def test_an_up_that_fails_before_it_starts_leaves_no_prestarted_supervisor(monkeypatch) -> None:
+    """`up` starts a supervisor before parsing (api.prestart); an `up` that never takes it -- a usage error,
+    run in-process as a test suite or the fuzzer does -- lets it go at once, so nothing is left waiting."""
+    import time
+
+    import psutil
+    import pytest
+
+    monkeypatch.setattr(sys, "argv", ["qemuvm", "up", "--no-such-option"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+
+    def waiting() -> list[int]:
+        found = []
+        for child in psutil.Process().children():
+            try:
+                if "qemuvm.runtime.supervisor" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                    found.append(child.pid)
+            except psutil.Error:  # gone meanwhile
+                continue
+        return found
+
+    deadline = time.monotonic() + 30
+    while waiting() and time.monotonic() < deadline:
+        time.sleep(0.05)  # it exits once its imports are done: a bounded look, no event to wait on
+    assert waiting() == []
