@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.runtime.instance import printable
 from qemuvm.runtime.paths import InstancePaths
 
 SYNC_TIMEOUT = 5.0  # as libvirt: an agent that cannot answer guest-sync in 5 s is not running
@@ -128,7 +129,7 @@ class Agent:
                 line = self._line(deadline, "guest-sync")
                 if b"\xff" in line:
                     line = line.rsplit(b"\xff", 1)[1]
-                with contextlib.suppress(ValueError):
+                with contextlib.suppress(ValueError, AttributeError):  # not JSON, or not an object: not the answer
                     if json.loads(line).get("return") == token:
                         return
         except TimeoutError:
@@ -158,9 +159,14 @@ class Agent:
             self.close()
             raise OperationError(f"the guest agent of {self.name} answered {command} with something not JSON") \
                 from None
+        if not isinstance(answer, dict):
+            self.close()
+            raise OperationError(f"the guest agent of {self.name} answered {command} with something that is not "
+                                 "a QMP reply")
         if "error" in answer:
-            error = answer["error"]
-            raise AgentError(f"{command} failed in {self.name}: {error.get('desc') or error.get('class')}")
+            error = answer["error"] if isinstance(answer["error"], dict) else {"desc": answer["error"]}
+            said = printable(str(error.get("desc") or error.get("class")))[:2000]  # the guest's words, defused
+            raise AgentError(f"{command} failed in {self.name}: {said}")
         return answer.get("return")
 
 

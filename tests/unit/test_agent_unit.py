@@ -47,3 +47,23 @@ def test_replies_split_and_joined_anyhow_are_read_line_by_line(tmp_path: Path) -
     assert session._line(time.monotonic() + 5, "a test") == b""
     assert session._line(time.monotonic() + 5, "a test") == b'{"return": 3}'
     guest.close()
+
+
+def test_what_a_hostile_agent_answers_is_one_sentence_without_its_control_bytes(tmp_path: Path) -> None:
+    ours, guest = socket.socketpair()
+    session = agent.Agent(InstancePaths(tmp_path / "vm"))
+    session.sock = ours
+    guest.sendall(b'{"error": {"class": "GenericError", "desc": "no\\u001b]0;owned\\u0007 way"}}\n')
+    with pytest.raises(agent.AgentError) as failed:
+        session.execute("guest-info")
+    assert "no\\x1b]0;owned\\x07 way" in str(failed.value) and "\x1b" not in str(failed.value)
+    guest.sendall(b'[1, 2]\n')
+    with pytest.raises(OperationError, match="not a QMP reply"):
+        session.execute("guest-info")
+    ours2, guest2 = socket.socketpair()
+    session.sock = ours2
+    guest2.sendall(b'{"error": "just a string"}\n')
+    with pytest.raises(agent.AgentError, match="just a string"):
+        session.execute("guest-info")
+    guest.close()
+    guest2.close()
