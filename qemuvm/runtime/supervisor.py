@@ -362,6 +362,10 @@ class Supervisor:
                     os.kill(self.qemu_pid, signal.SIGKILL)
             except Exception as exc:
                 log(f"QMP setup failed: {exc!r}")
+                # A QEMU that is exiting (a restore it could not load) drops the monitor a moment before its
+                # exit shows: give it that moment, so that its own words (qemu.log) say why.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(exited), 2.0)
                 if not exited.done() and not self.reached_running:
                     # QEMU lives, paused before its guest ever ran (a QMP timeout, a password that cannot be
                     # set): it would wait for a `cont` forever and the state would say starting. It goes, and
