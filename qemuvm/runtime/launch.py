@@ -376,8 +376,10 @@ def ensure_supervised(paths: InstancePaths, timeout: float = 15.0) -> dict[str, 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = instance.read_state(paths)
-        if state and instance.live_supervisor(state) is not None and state.get("accel") is not None \
-                and state.get("state") != instance.STARTING:
+        # Its own record, not the dead supervisor's last one (which a live lock holder makes look current).
+        if state and state.get("supervisor_pid") == proc.pid and not state.get("supervisor_found_by") \
+                and instance.live_supervisor(state) is not None \
+                and state.get("accel") is not None and state.get("state") != instance.STARTING:
             return state
         if proc.poll() is not None:
             # Another supervisor won the race, or QEMU is gone: either way someone recorded it.
