@@ -80,7 +80,7 @@ def release_prestart() -> None:
     """An early supervisor that no `up` took (the arguments were wrong, the command failed before it): its
     stdin closes, so it exits once its imports are done (and is reaped). Never one left waiting."""
     while _early:
-        _early.pop().release()
+        _early.pop().close()
 
 
 def _prestarted() -> launch.Prestart:
@@ -106,7 +106,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
     paths: InstancePaths | None = None
     try:
         with _prestarted() as prestart:  # its imports run while this process validates and compiles
-            made_from, restored, serial_offset = None, False, None
+            made_from, restored, serial_offset, profile = None, False, None, None
             reused = None if warm or discard_saved else reuse.find(source, overrides, name, home)
             if reused is not None:  # a repeat start: the last start's records, no profile (runtime/reuse.py)
                 paths, ready = reused.paths, reused.ready
@@ -142,7 +142,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
         raise
     if ready_after is not None:
         result.update(ready_after_s=round(ready_after, 2), ready=True)
-    if restored and profile.guest_agent:  # its clock stands where it was saved (never on the reuse path)
+    if restored and profile is not None and profile.guest_agent:  # its clock stands where it was saved
         from qemuvm.control import agent
 
         result["clock_set"] = agent.set_clock(paths)

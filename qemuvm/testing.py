@@ -174,7 +174,6 @@ class VM:
         """Stop and remove the VM; what went wrong, when its folder is still there afterwards (else None: a VM
         whose start failed left nothing, and nothing is wrong with its teardown)."""
         from qemuvm import api
-        from qemuvm.runtime.paths import InstancePaths
 
         problems = []
         for step, action in (("down", lambda: api.down(self.name, force=True, home=self.home)),
@@ -183,7 +182,7 @@ class VM:
                 action()
             except Exception as exc:
                 problems.append(f"{step}: {exc}")
-        if not problems or not InstancePaths.for_name(self.name, self.home).root.exists():
+        if not problems or not self.paths.root.exists():
             return None
         return (f"the test VM {self.name} could not be torn down ({'; '.join(problems)}); it may still run "
                 "(qemuvm ls)")

@@ -86,8 +86,9 @@ def cp(
         sys.stderr.write(f"\r{copied >> 20} of {total >> 20} MiB ({100 * copied // total} %)")
         sys.stderr.flush()
 
-    result = api.cp(source, target, max_size=limit, progress=shown if sys.stderr.isatty() else None)
-    if sys.stderr.isatty():
+    terminal = sys.stderr.isatty()
+    result = api.cp(source, target, max_size=limit, progress=shown if terminal else None)
+    if terminal:
         sys.stderr.write("\n")
     if json_:
         print_json(result)

@@ -17,7 +17,7 @@ from qemuvm.control import agent
 from qemuvm.control.client import Monitor
 from qemuvm.control.wait import await_record
 from qemuvm.errors import OperationError
-from qemuvm.runtime import instance, intent, records
+from qemuvm.runtime import intent, records
 from qemuvm.runtime.instance import PAUSED, RUNNING
 from qemuvm.runtime.paths import InstancePaths
 
@@ -47,7 +47,7 @@ def reboot(paths: InstancePaths, state: dict[str, Any], progress: Progress) -> s
     before = resets_of(state)
     how = "agent" if agent.request_shutdown(paths, "reboot") else None
     if how is None:
-        _acpi_reboot(paths, monitor, timeout, spec.argv if spec else [], progress)
+        _acpi_reboot(paths, state, monitor, timeout, spec.argv if spec else [], progress)
         how = "acpi"
     else:
         progress(f"{paths.name}: reboot asked through the guest agent; waiting up to {timeout:g} s …")
@@ -56,9 +56,8 @@ def reboot(paths: InstancePaths, state: dict[str, Any], progress: Progress) -> s
     return how
 
 
-def _acpi_reboot(paths: InstancePaths, monitor: Monitor, timeout: float, argv: list[str],
+def _acpi_reboot(paths: InstancePaths, state: dict[str, Any], monitor: Monitor, timeout: float, argv: list[str],
                  progress: Progress) -> None:
-    state = instance.read_state(paths) or {}
     intent.request_reboot(paths, state.get("qemu_pid"))  # first: killed after set-action, the supervisor knows
     monitor.execute("set-action", {"shutdown": "pause"})
     try:
@@ -75,4 +74,4 @@ def _acpi_reboot(paths: InstancePaths, monitor: Monitor, timeout: float, argv: l
     finally:  # back to what the profile asked for: QEMU ends when the guest powers off (unless -no-shutdown)
         with contextlib.suppress(OperationError):
             monitor.execute("set-action", {"shutdown": "pause" if "-no-shutdown" in argv else "poweroff"})
-            intent.clear_reboot(paths)
+        intent.clear_reboot(paths)

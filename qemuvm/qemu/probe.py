@@ -114,6 +114,11 @@ def find_ovmf() -> tuple[str | None, str | None]:
 
 def probe(binary: str = "qemu-system-x86_64") -> HostFacts:
     """The facts compile needs, from this machine. Missing QEMU keeps the defaults for its version."""
+    return probe_with_binary(binary)[0]
+
+
+def probe_with_binary(binary: str = "qemu-system-x86_64") -> tuple[HostFacts, QemuBinary | None]:
+    """`probe`'s facts and the binary they were read from (None: not installed), looked up once."""
     qemu = probe_binary(binary)
     code, variables = find_ovmf()
     return HostFacts(
@@ -126,4 +131,4 @@ def probe(binary: str = "qemu-system-x86_64") -> HostFacts:
         virtiofsd=next((path for path in VIRTIOFSD if os.access(path, os.X_OK)), None),
         root=os.geteuid() == 0,
         passt=shutil.which("passt") or next((p for p in ("/usr/bin/passt",) if os.access(p, os.X_OK)), None),
-    )
+    ), qemu

@@ -58,10 +58,7 @@ def action_for(paths: InstancePaths, qemu_pid: int | None) -> str | None:
     record = instance.read_json(paths.stop_request)
     if not record:
         return None
-    pid, started = record.get("requester_pid"), record.get("requester_start_time")
-    alive = isinstance(pid, int) and isinstance(started, (int, float)) \
-        and instance.process_if_alive(pid, started) is not None
-    if not applies(record, qemu_pid, now=time.time(), requester_alive=alive):
+    if not applies(record, qemu_pid, now=time.time(), requester_alive=_requester_alive(record)):
         return None
     return str(record.get("action") or "down")
 
@@ -88,8 +85,11 @@ def clear_reboot(paths: InstancePaths) -> None:
 def reboot_in_progress(paths: InstancePaths, qemu_pid: int | None) -> bool:
     """A live `reboot` of this QEMU holds it paused at the power-off on purpose."""
     record = instance.read_json(paths.reboot_request)
-    if not record or record.get("qemu_pid") != qemu_pid:
-        return False
+    return bool(record) and record.get("qemu_pid") == qemu_pid and _requester_alive(record)
+
+
+def _requester_alive(record: dict[str, Any]) -> bool:
+    """The process that wrote an intent still runs (pid and start time: never a reused pid)."""
     pid, started = record.get("requester_pid"), record.get("requester_start_time")
     return isinstance(pid, int) and isinstance(started, (int, float)) \
         and instance.process_if_alive(pid, started) is not None

@@ -252,21 +252,12 @@ class Prestart:
             return None
         return proc
 
-    def release(self) -> None:
-        """Unused, without waiting: EOF ends it once its imports are done, and its reaper thread reaps it."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-
     def close(self) -> None:
-        """Unused: EOF ends it (once its imports are done) and it is reaped."""
+        """Unused: EOF ends it once its imports are done, and its reaper thread reaps it (nobody waits)."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
 
     def __enter__(self) -> Prestart:
         return self

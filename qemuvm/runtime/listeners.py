@@ -11,6 +11,7 @@ when `qemu.allow_unsafe_args` is set. Imported by the supervisor: stdlib, psutil
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -61,7 +62,7 @@ def bound_by(pids: Iterable[int]) -> list[tuple[str, int, str]]:
         for conn in connections:
             if not conn.laddr:
                 continue
-            tcp = conn.type == 1  # SOCK_STREAM
+            tcp = conn.type == socket.SOCK_STREAM
             if (tcp and conn.status == psutil.CONN_LISTEN) or (not tcp and not conn.raddr):
                 found.append((conn.laddr.ip, conn.laddr.port, "tcp" if tcp else "udp"))
     return found

@@ -78,20 +78,22 @@ def reserved_ports(home: Path | None, excluding: str) -> dict[int, str]:
     return ports
 
 
-def _held(port: int, reserved: Mapping[int, str] | frozenset[int]) -> str:
+def _held(port: int, reserved: Mapping[int, str]) -> str:
     """Why a fixed port cannot be had: the instance holding it (and the fix), or that something else binds it."""
-    holder = reserved.get(port) if isinstance(reserved, Mapping) else None
+    holder = reserved.get(port)
     if holder is None:
         return "is already in use"
     return (f"is held by instance {holder} (running, or started in the last {_RESERVATION_S:g} s); stop or "
             f"`qemuvm rm {holder}`, or choose another port")
 
 
-def plan_ports(profile: Profile, reserved: Mapping[int, str] | frozenset[int] = frozenset()
+def plan_ports(profile: Profile, reserved: Mapping[int, str] | None = None
                ) -> tuple[PortPlan, list[dict[str, Any]], dict[str, Any] | None]:
     """Host ports for this start: free ones for `host: 0` and VNC auto, an SSH forward when none targets
     ssh.port; fixed ports must be free. Returns the PortPlan, the forwards and VNC as state.json shows them."""
     from qemuvm.qemu.compile import PortPlan
+
+    reserved = reserved or {}  # port -> the instance holding it (reserved_ports)
 
     planned: dict[tuple[int, int], int] = {}
     forwards: list[dict[str, Any]] = []

@@ -6,6 +6,7 @@ Every check here fails with one sentence (UsageError, exit 2) and leaves nothing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -123,11 +124,11 @@ def device_problem(device: str, writable: bool) -> str | None:
     if not os.access(device, os.R_OK | (os.W_OK if writable else 0)):
         return f"is not {'readable and writable' if writable else 'readable'} by this user"
     real = os.path.realpath(device)
-    try:
-        with open("/proc/self/mounts") as mounts:
-            mounted = [line.split()[1] for line in mounts if line.split() and os.path.realpath(line.split()[0]) == real]
-    except OSError:
-        mounted = []
+    mounted = []
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as mounts:
+        for fields in map(str.split, mounts):
+            if len(fields) > 1 and os.path.realpath(fields[0]) == real:
+                mounted.append(fields[1])
     if mounted:
         return (f"is mounted on the host at {mounted[0]}; unmount it first (the guest and the host writing one file "
                 "system corrupt it)")

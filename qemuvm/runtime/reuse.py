@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
     from qemuvm.profile.model import Profile
 
 INDEX = ".reuse"  # HOME/.reuse/KEY -> the instance name an invocation started (hidden: never an instance)
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 @dataclass
@@ -59,9 +57,8 @@ def host_key(binary: str) -> str:
     """The host facts compile read and the QEMU binary's identity (probe caches both)."""
     from qemuvm.qemu import probe
 
-    qemu = probe.probe_binary(binary)
-    blob = json.dumps([dataclasses.asdict(probe.probe(binary)), dataclasses.asdict(qemu) if qemu else None],
-                      default=str)
+    facts, qemu = probe.probe_with_binary(binary)
+    blob = json.dumps([dataclasses.asdict(facts), dataclasses.asdict(qemu) if qemu else None], default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -108,28 +105,34 @@ def forget(paths: InstancePaths) -> None:
     (paths.root / "reuse.json").unlink(missing_ok=True)
 
 
-def _instance_name(source: str, key: str, name: str | None, home: Path | None) -> str | None:
+def _instance_paths(source: str, key: str, name: str | None, home: Path | None) -> InstancePaths | None:
+    """The folder this invocation starts: the instance named, or the one the index says it started."""
     if not os.path.isfile(source):
-        return source if name in (None, source) and _NAME.fullmatch(source) else None
-    if name is not None:
-        return name
-    from qemuvm.runtime.paths import state_home
+        found: str | None = source if name in (None, source) else None
+    elif name is not None:
+        found = name
+    else:
+        from qemuvm.runtime.paths import state_home
 
-    try:
-        found = (Path(home or state_home()) / INDEX / key).read_text(errors="replace").strip()
-    except OSError:
+        try:
+            found = (Path(home or state_home()) / INDEX / key).read_text(errors="replace").strip()
+        except OSError:
+            found = None
+    if not found:
         return None
-    return found if _NAME.fullmatch(found) else None
+    try:
+        return InstancePaths.for_name(found, home)  # refuses what cannot be an instance folder
+    except UsageError:
+        return None
 
 
 def find(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str], name: str | None,
          home: Path | None) -> Reusable | None:
     """The stopped instance this `up` would start, when its last start's records fit unchanged; else None."""
     key = invocation_key(source, overrides, name)
-    instance_name = _instance_name(str(source), key, name, home)
-    if instance_name is None:
+    paths = _instance_paths(str(source), key, name, home)
+    if paths is None:
         return None
-    paths = InstancePaths.for_name(instance_name, home)
     record = records.read_reuse(paths)
     if record is None or key not in record.invocations or paths.saved_state.exists():
         return None
@@ -139,7 +142,7 @@ def find(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str],
         spec = records.read_launch_spec(paths)
     except UsageError:
         return None
-    if spec is None or spec.name != instance_name or spec.restore_from or spec.taps or not spec.argv:
+    if spec is None or spec.name != paths.name or spec.restore_from or spec.taps or not spec.argv:
         return None
     if spec.vnc_password_file and not os.path.isfile(spec.vnc_password_file):
         return None  # the full path says what is wrong with it

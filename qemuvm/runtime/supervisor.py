@@ -51,7 +51,7 @@ EVENTS_MAX = 4 << 20  # events.jsonl: past this it becomes events.jsonl.1 (an RT
 
 
 
-class TapAttachFailed(Exception):
+class BringUpRefused(Exception):
     """A step before the guest runs refused it: a tap QEMU opened could not join its network's bridge
     (runtime/taps.py), or QEMU listens where the profile does not say (runtime/listeners.py)."""
 
@@ -343,11 +343,11 @@ class Supervisor:
                     self.state.started_at = time.time()
                     tap_failure = taps.attach(self.spec.taps)
                     if tap_failure is not None:
-                        raise TapAttachFailed(tap_failure)
+                        raise BringUpRefused(tap_failure)
                     # Everything QEMU and its helpers will listen on is bound by now (netdevs, VNC, chardevs).
                     refused = listeners.refusal([self.qemu_pid, *self.helpers.pids()], self.spec.listeners_allowed)
                     if refused is not None:
-                        raise TapAttachFailed(refused)
+                        raise BringUpRefused(refused)
                     await self.set_vnc_password()
                     await self.execute("cont")
                     status = "running"
@@ -355,7 +355,7 @@ class Supervisor:
                 self.save(state=instance.qmp_state(status), qmp_status=status)
                 self.reached_running = True
                 log(f"QEMU {'adopted' if adopted else 'running'}: {status}, accel {self.state.accel}")
-            except TapAttachFailed as exc:  # the guest never ran: QEMU goes, the exit record says why
+            except BringUpRefused as exc:  # the guest never ran: QEMU goes, the exit record says why
                 log(str(exc))
                 attach_failure = str(exc)
                 with contextlib.suppress(ProcessLookupError):

@@ -40,7 +40,7 @@ def test_help_and_an_unknown_command_see_every_command() -> None:
 def test_an_up_that_fails_before_it_starts_leaves_no_prestarted_supervisor(monkeypatch) -> None:
     """`up` starts a supervisor before parsing (api.prestart); an `up` that never takes it -- a usage error,
     run in-process as a test suite or the fuzzer does -- lets it go at once, so nothing is left waiting."""
-    import time
+    import contextlib
 
     import psutil
     import pytest
@@ -50,17 +50,10 @@ def test_an_up_that_fails_before_it_starts_leaves_no_prestarted_supervisor(monke
         cli.main()
     assert exited.value.code == 2
 
-    def waiting() -> list[int]:
-        found = []
-        for child in psutil.Process().children():
-            try:
-                if "qemuvm.runtime.supervisor" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                    found.append(child.pid)
-            except psutil.Error:  # gone meanwhile
-                continue
-        return found
-
-    deadline = time.monotonic() + 30
-    while waiting() and time.monotonic() < deadline:
-        time.sleep(0.05)  # it exits once its imports are done: a bounded look, no event to wait on
-    assert waiting() == []
+    supervisors = []
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            if "qemuvm.runtime.supervisor" in " ".join(child.cmdline()):
+                supervisors.append(child)
+    _, alive = psutil.wait_procs(supervisors, timeout=30)  # released, it exits once its imports are done
+    assert alive == []
