@@ -164,20 +164,35 @@ def _with_found_processes(paths: InstancePaths, data: dict[str, Any] | None) -> 
 
 @contextlib.contextmanager
 def locked(path: Path, timeout: float | None = 30.0) -> Iterator[int]:
-    """Hold an exclusive flock on `path` (created 0600). timeout None: fail at once if it is busy."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Hold an exclusive flock on `path` (created 0600). timeout None: fail at once if it is busy.
+
+    A holder may remove the lock file as it finishes (`template rm`): a waiter that then gets the lock on the
+    removed file opens the path again, so two processes never hold "the" lock on two different files."""
+    deadline = time.monotonic() + (timeout or 0)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(str(path)) from None
+                    time.sleep(0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # removed (or replaced) by the holder before us: lock the file that is there now
     try:
-        deadline = time.monotonic() + (timeout or 0)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(str(path)) from None
-                time.sleep(0.05)
         yield fd
     finally:
         os.close(fd)  # closing releases the lock

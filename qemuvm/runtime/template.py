@@ -250,4 +250,6 @@ def remove(home_dir: Path, key: str, force: bool = False) -> dict[str, object]:
             raise UsageError(f"template {key} is the base of {', '.join(clones)}, whose disks back onto it: "
                              "`qemuvm rm` them first, or template rm --force (they will no longer start)")
         shutil.rmtree(folder)  # its files are 0400, its folder 0700: removable
+        # Its lock goes too, while held (instance.locked: a waiter then locks the path anew, never the old file).
+        (templates_dir(home_dir) / f".{key}.lock").unlink(missing_ok=True)
     return {"fingerprint": key, "removed": str(folder), "clones": clones}

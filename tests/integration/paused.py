@@ -1,9 +1,11 @@
 """Start a profile's argv in the real QEMU, paused (-S), ask QMP for the status, quit: what
 test_golden_qemu.py does for every golden and test_libvirt_qemu.py for every imported libvirt domain.
 
-The profile is made runnable on this machine first: accel tcg (the host KVM is software-only), files the
-profile names are replaced by small ones in a short temp dir, fixed host forward ports become 0 (QEMU picks
-a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt, segment ports) are started first,
+The profile is made runnable on this machine first, rewriting only what the host cannot provide: accel tcg
+(the host KVM is software-only), each file the profile names by one of the same kind in a short temp dir (an
+image of the disk's format, a real loop device for a disk under /dev -- so the argv QEMU checks opens it with
+host_device or host_cdrom as compiled --, the test guest's kernel for a kernel, a folder for a share), fixed
+host forward ports become 0 (QEMU picks a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt, segment ports) are started first,
 as the supervisor does. Tap devices and bridges are made in a network namespace of the test's own, where QEMU
 then runs (with qemu-bridge-helper's ACL for those bridges: netns.py); profiles that need other host setup
 (hugepages) are skipped.
@@ -55,19 +57,30 @@ def _img(*args: str) -> None:
     subprocess.run(["qemu-img", "create", "-q", *args], check=True, capture_output=True)
 
 
-def runnable(profile: Profile, scratch: Path, paths: InstancePaths) -> Profile:
-    """A copy of `profile` whose files exist in `scratch` and that runs under TCG here."""
+def loop_device(image: Path, cleanup: contextlib.ExitStack) -> str:
+    """A block device over `image` (a loop device, detached at cleanup): what a disk under /dev is."""
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("a disk under /dev needs a real block device here: loop devices need root and losetup")
+    device = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    cleanup.callback(subprocess.run, ["losetup", "-d", device], check=False)
+    return device
+
+
+def runnable(profile: Profile, scratch: Path, paths: InstancePaths, cleanup: contextlib.ExitStack) -> Profile:
+    """A copy of `profile` whose files exist in `scratch`, each of the kind the profile names, and that runs
+    under TCG here."""
     machine = profile.machine.model_copy(update={
         "accel": "tcg", "cpu": None if profile.machine.cpu == "host" else profile.machine.cpu})
     disks = []
-    # Every disk becomes a scratch image (a block device too: then this check proves the rest of its argv, and
-    # test_disks.py proves host_device on a real loop device).
     for index, disk in enumerate(profile.disks):
         image = scratch / f"d{index}.{disk.image_format}"
         _img("-f", disk.image_format, str(image), "1M")
+        # A block device stays one: compile opens it with host_device/host_cdrom, and QEMU checks that argv.
+        file = loop_device(image, cleanup) if disk.file.startswith("/dev/") else str(image)
         if disk.ephemeral:  # what prepare does: an overlay naming the image as its backing file
-            _img("-f", "qcow2", "-b", str(image), "-F", disk.image_format, str(paths.overlay(index)))
-        disks.append(disk.model_copy(update={"file": str(image)}))
+            _img("-f", "qcow2", "-b", file, "-F", disk.image_format, str(paths.overlay(index)))
+        disks.append(disk.model_copy(update={"file": file}))
     boot = profile.boot
     if boot.kernel:
         boot = boot.model_copy(update={
@@ -131,17 +144,21 @@ def start_paused(profile: Profile, host: HostFacts, ports: PortPlan | None, scra
         pytest.skip(reason)
     paths = InstancePaths(scratch / "i")
     paths.root.mkdir(mode=0o700)
-    ready = runnable(profile, scratch, paths)
-    argv = _vnc_searches(compile_argv(ready, paths, host, ports, start_paused=True))
-    # Helpers (virtiofsd, passt): QEMU connects to each at start, so they run first, as the supervisor does it.
-    plan = ports or PortPlan()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(launch.module_path()))  # a segment port runs `python -S`
-    started = [helpers.as_entry(helpers.start(records.Helper(**helper))) for helper in (
-        *shares.helpers(ready, paths, host),
-        *passt.helpers(ready, paths, host, plan.forwards, plan.ssh_host_port),
-        *segment.helpers(ready, paths, sys.executable))]
-    stderr = scratch / "qemu.err"
     with contextlib.ExitStack() as cleanup:
+        ready = runnable(profile, scratch, paths, cleanup)
+        argv = _vnc_searches(compile_argv(ready, paths, host, ports, start_paused=True))
+        for disk in ready.disks:  # block devices are opened as such in the argv QEMU checks (an ephemeral one
+            if disk.file.startswith("/dev/") and not disk.ephemeral:  # is its overlay's backing file instead)
+                driver = "host_cdrom" if disk.is_cdrom else "host_device"
+                assert any(arg.startswith(f"driver={driver},") and f"filename={disk.file}" in arg for arg in argv)
+        # Helpers (virtiofsd, passt): QEMU connects to each at start, so they run first, as the supervisor does.
+        plan = ports or PortPlan()
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(launch.module_path()))  # a segment port runs `python -S`
+        started = [helpers.as_entry(helpers.start(records.Helper(**helper))) for helper in (
+            *shares.helpers(ready, paths, host),
+            *passt.helpers(ready, paths, host, plan.forwards, plan.ssh_host_port),
+            *segment.helpers(ready, paths, sys.executable))]
+        stderr = scratch / "qemu.err"
         taps = [nic.ifname for nic in profile.network if nic.mode == "tap" and nic.ifname]
         bridges = sorted({nic.bridge or "br0" for nic in profile.network if nic.mode == "bridge" and not nic.network})
         if taps or any(nic.mode == "bridge" for nic in profile.network):

@@ -81,6 +81,7 @@ def test_clones_are_pristine_and_never_write_the_template_or_the_base(home: Path
     removed = cli("template", "rm", made["fingerprint"])
     assert removed.returncode == 0, removed.stderr
     assert not folder.exists() and api.templates() == []
+    assert not (folder.parent / f".{made['fingerprint']}.lock").exists()  # its lock goes with it
 
 
 def test_what_cannot_be_saved_is_refused_naming_the_field(home: Path, test_guest: Any, tmp_path: Path) -> None:

@@ -64,6 +64,34 @@ def test_lock_excludes_another_holder(short_tmp: Path) -> None:
         pass
 
 
+def test_a_lock_its_holder_removes_is_taken_anew_by_the_waiter(short_tmp: Path) -> None:
+    """`template rm` removes its lock file while holding it: the process that waited on it then locks the file
+    at the path (a new one), so a third process cannot hold "the" lock at the same time on another inode."""
+    import threading
+
+    lock = short_tmp / ".key.lock"
+    got: list[int] = []
+
+    def opened() -> int:  # this process's descriptors on the lock file: the holder's, then the waiter's too
+        return sum(os.path.realpath(f"/proc/self/fd/{fd}") == str(lock) for fd in os.listdir("/proc/self/fd"))
+
+    with instance.locked(lock, timeout=None):
+        waiter = threading.Thread(target=lambda: got.append(_lock_inode(lock)))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while opened() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # a look at /proc until the waiter has the old file open (no event for that)
+        assert opened() == 2
+        lock.unlink()
+    waiter.join(10)
+    assert lock.exists() and got == [lock.stat().st_ino]  # (the old inode number may be reused)
+
+
+def _lock_inode(lock: Path) -> int:
+    with instance.locked(lock, timeout=10) as fd:
+        return os.fstat(fd).st_ino
+
+
 def test_process_identity_guards_pid_reuse() -> None:
     me = psutil.Process()
     assert instance.process_if_alive(me.pid, me.create_time()) is not None
