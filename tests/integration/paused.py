@@ -5,10 +5,10 @@ The profile is made runnable on this machine first, rewriting only what the host
 (the host KVM is software-only), each file the profile names by one of the same kind in a short temp dir (an
 image of the disk's format, a real loop device for a disk under /dev -- so the argv QEMU checks opens it with
 host_device or host_cdrom as compiled --, the test guest's kernel for a kernel, a folder for a share), fixed
-host forward ports become 0 (QEMU picks a free one) so parallel runs cannot collide; its helpers (virtiofsd, passt, segment ports) are started first,
-as the supervisor does. Tap devices and bridges are made in a network namespace of the test's own, where QEMU
-then runs (with qemu-bridge-helper's ACL for those bridges: netns.py); profiles that need other host setup
-(hugepages) are skipped.
+host forward ports become 0 (QEMU picks a free one) so parallel runs cannot collide; its helpers (virtiofsd,
+passt, segment ports) are started first, as the supervisor does. Tap devices and bridges are made in a network
+namespace of the test's own, where QEMU then runs (with qemu-bridge-helper's ACL for those bridges: netns.py);
+profiles that need other host setup (hugepages) are skipped.
 """
 
 from __future__ import annotations
