@@ -7,6 +7,7 @@ inside the commands, so that `qemuvm --help` stays fast too.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -94,6 +95,11 @@ def main() -> None:
             sys.exit(2 if isinstance(exc, errors.UsageError) else exc.exit_code)
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # any command, any file
+            where = f" writing {exc.filename}" if exc.filename else ""
+            print(f"qemuvm: no space left on the device{where} (disk full or over quota); free some space and try "
+                  "again", file=sys.stderr)
+            sys.exit(1)
         print(f"qemuvm: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
               file=sys.stderr)
         sys.exit(1)

@@ -35,6 +35,13 @@ def nft_table(network: str) -> str:
     return f"qemuvm-{network}"
 
 
+# Where a network's subnet may lie: RFC 1918's private ranges, and RFC 6598's shared address space (carrier-grade
+# NAT; allowed on purpose, as some LANs use it). Never link-local, loopback, benchmarking (198.18.0.0/15),
+# documentation, multicast or reserved ranges.
+ALLOWED_RANGES = tuple(ipaddress.IPv4Network(r) for r in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                           "100.64.0.0/10"))
+
+
 @dataclass(frozen=True)
 class AddressPlan:
     subnet: str  # 192.168.122.0/24
@@ -53,8 +60,11 @@ def address_plan(subnet: str) -> AddressPlan:
         raise ValueError(f"{subnet!r} is not an IPv4 subnet such as 192.168.122.0/24 ({exc})") from None
     if not 8 <= net.prefixlen <= 29:
         raise ValueError(f"{subnet} must have a prefix length from /8 to /29 (room for the bridge and guests)")
-    if not net.is_private:
-        raise ValueError(f"{subnet} is not a private range (RFC 1918, e.g. 192.168.122.0/24 or 10.77.0.0/24)")
+    if not any(net.subnet_of(allowed) for allowed in ALLOWED_RANGES):
+        # is_private would also pass link-local, benchmarking, documentation and other special-purpose ranges,
+        # which dnsmasq would hand out and nftables masquerade as if they were a LAN's.
+        raise ValueError(f"{subnet} is not a private range: a network's subnet lies in RFC 1918 (10.0.0.0/8, "
+                         "172.16.0.0/12, 192.168.0.0/16) or the shared 100.64.0.0/10, e.g. 192.168.122.0/24")
     first, last = net.network_address + 1, net.broadcast_address - 1
     return AddressPlan(subnet=str(net), gateway=str(first), dhcp_start=str(first + 1), dhcp_end=str(last),
                        netmask=str(net.netmask), prefix=net.prefixlen)

@@ -46,11 +46,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
     try:
         write_private_atomic(path, padded)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _overwrite_in_place(path, padded):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not overwrite_in_place(path, padded):
             raise
 
 
-def _overwrite_in_place(path: Path, text: str) -> bool:
+def overwrite_in_place(path: Path, text: str) -> bool:
     """Write `text` over the existing file without growing it; False when it does not fit."""
     data = text.encode()
     try:

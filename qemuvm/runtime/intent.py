@@ -9,11 +9,12 @@ restarted. Imported by the supervisor: stdlib and runtime only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from typing import Any
 
-from qemuvm.runtime import instance
+from qemuvm.runtime import atomic, instance
 from qemuvm.runtime.paths import InstancePaths
 
 
@@ -30,8 +31,15 @@ def request(paths: InstancePaths, action: str, qemu_pid: int | None, qemu_start_
 
 def clear(paths: InstancePaths) -> None:
     """No intent, but a file of one block ready for it: a later `down` on a full disk writes its intent over
-    these blocks in place (instance.write_json_atomic) instead of needing new ones."""
-    instance.write_private_atomic(paths.stop_request, " " * 4095 + "\n")
+    these blocks in place (instance.write_json_atomic) instead of needing new ones. On a full disk the old
+    file is blanked in place (a `start` there must not fail on this)."""
+    try:
+        instance.write_private_atomic(paths.stop_request, " " * 4095 + "\n")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if paths.stop_request.exists() and not atomic.overwrite_in_place(paths.stop_request, ""):
+            raise
 
 
 def withdraw(paths: InstancePaths) -> None:

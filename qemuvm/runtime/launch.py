@@ -104,9 +104,25 @@ def start_reused(reusable: reuse.Reusable, *, home: Path | None, remove_on_down:
         raise
 
 
+MIN_FREE = 1 << 20  # bytes free on the instance folder's device that a start needs
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        found = os.statvfs(folder)
+    except OSError:
+        return None
+    return found.f_bavail * found.f_frsize
+
+
 def _launch(paths: InstancePaths, prestart: Prestart | None, progress: Callable[[str], None]) -> int:
     """The records are written: clear what a last run left, start the supervisor and wait until QEMU runs.
     Returns where this boot's output starts in serial.log."""
+    free = _free_bytes(paths.root)
+    if free is not None and free < MIN_FREE:
+        # QEMU would fail writing its pidfile ("Failed to write pid file"), the logs would stop: say why first.
+        raise OperationError(f"no space left on the device of {paths.root} ({free >> 10} KiB free; a start needs "
+                             f"{MIN_FREE >> 20} MiB for its pidfile, records and logs); free some space and try again")
     instance.unlink_stale_sockets(paths)
     intent.clear(paths)
     serial_offset = paths.serial_log.stat().st_size if paths.serial_log.exists() else 0

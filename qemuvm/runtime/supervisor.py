@@ -480,8 +480,8 @@ class Supervisor:
                 if not self.unsaved:
                     break
                 await asyncio.sleep(0.5)
-        with contextlib.suppress(FileNotFoundError):
-            self.paths.stop_request.unlink()
+        with contextlib.suppress(OSError):  # blanked, not removed: its block stays for the next stop's intent
+            intent.clear(self.paths)
         log(f"supervisor exits: {self.state.state}")
         return 0
 

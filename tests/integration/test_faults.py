@@ -237,6 +237,15 @@ def test_a_full_disk_never_freezes_the_state_or_blocks_a_stop(test_guest: Any, m
         done = cli("down", "full", "--force", "--json")
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
         assert json.loads(done.stdout)["state"] == "stopped" and state_json("full")["state"] == "stopped"
+        # A start on the full disk is one sentence (it was a raw OSError from writing the stop-intent file).
+        with pytest.raises(OSError), (home / "filler").open("ab", buffering=0) as filler:  # what down freed, too
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        again = cli("start", "full", "--no-wait")
+        assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
+        assert again.stderr.startswith("qemuvm: no space left on the device of") and again.stderr.count("\n") == 1
+        assert state_json("full")["state"] == "stopped" and api.status("full")["qemu_pid"] is None
         assert cli("rm", "full").returncode == 0 and not (home / "full").exists()
     finally:
         kill_everything(home)

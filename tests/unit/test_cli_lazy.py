@@ -57,3 +57,24 @@ def test_an_up_that_fails_before_it_starts_leaves_no_prestarted_supervisor(monke
                 supervisors.append(child)
     _, alive = psutil.wait_procs(supervisors, timeout=30)  # released, it exits once its imports are done
     assert alive == []
+
+
+def test_a_full_disk_is_one_sentence_from_any_command(monkeypatch, capsys) -> None:
+    """Whatever a command writes when the disk is full (a record, an image, a copy): one sentence, exit 1,
+    naming the file where the error carries it -- never "unexpected error" (issue 30: `start` showed a raw OSError)."""
+    import errno
+
+    import pytest
+
+    from qemuvm import api
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/var/lib/x/state.json")
+
+    monkeypatch.setattr(api, "ls", full)
+    monkeypatch.setattr(sys, "argv", ["qemuvm", "ls"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and err == ("qemuvm: no space left on the device writing /var/lib/x/state.json "
+                                              "(disk full or over quota); free some space and try again\n")

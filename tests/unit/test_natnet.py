@@ -29,6 +29,7 @@ def test_interface_names_fit_linux_and_are_stable() -> None:
     ("192.168.122.0/24", "192.168.122.1", "192.168.122.2", "192.168.122.254"),
     ("10.77.0.0/16", "10.77.0.1", "10.77.0.2", "10.77.255.254"),
     ("172.16.5.0/29", "172.16.5.1", "172.16.5.2", "172.16.5.6"),
+    ("100.64.0.0/24", "100.64.0.1", "100.64.0.2", "100.64.0.254"),  # RFC 6598 shared space: allowed on purpose
 ])
 def test_address_plan(subnet: str, gateway: str, start: str, end: str) -> None:
     plan = natnet.address_plan(subnet)
@@ -41,6 +42,13 @@ def test_address_plan(subnet: str, gateway: str, start: str, end: str) -> None:
     ("banana", "not an IPv4 subnet"),
     ("192.168.122.0/30", "from /8 to /29"),
     ("8.8.8.0/24", "not a private range"),
+    ("169.254.0.0/16", "not a private range"),  # link-local (is_private passed it)
+    ("198.18.0.0/15", "not a private range"),  # benchmarking
+    ("192.0.2.0/24", "not a private range"),  # documentation
+    ("127.0.0.0/8", "not a private range"),
+    ("192.0.0.0/24", "not a private range"),  # IETF protocol assignments
+    ("240.0.0.0/8", "not a private range"),  # reserved
+    ("172.0.0.0/8", "not a private range"),  # reaches past 172.16.0.0/12
 ])
 def test_address_plan_refusals(subnet: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
