@@ -315,19 +315,22 @@ def kill(name: str, *, home: Path | None = None) -> dict[str, Any]:
 
 def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str, Any]:
     """Delete the instance folder (with its ephemeral overlays); refuses while it runs unless force."""
+    from qemuvm.control import autostart as autostarts
+
     paths = instance_paths(name, home)
     with instance.instance_lock(paths, timeout=30):
         if instance.is_active(instance.read_state(paths)):
             if not force:
                 raise OperationError(f"{name} is running; stop it with `qemuvm down {name}` or use rm --force")
-            kill(name, home=home)
-        from qemuvm.runtime import helpers
+        try:
+            if instance.is_active(instance.read_state(paths)):
+                kill(name, home=home)
+            from qemuvm.runtime import helpers
 
-        helpers.stop_orphans(instance.read_state(paths))
-        shutil.rmtree(paths.root)
-    from qemuvm.control import autostart as autostarts
-
-    autostarts.disable(name, paths.root.parent, strict=False)  # undefine: its autostart unit goes too
+            helpers.stop_orphans(instance.read_state(paths))
+            shutil.rmtree(paths.root)
+        finally:  # undefine: its autostart unit goes too, whatever else failed (a unit must not start a ghost)
+            autostarts.disable(name, paths.root.parent, strict=False)
     return {"name": name, "removed": str(paths.root)}
 
 

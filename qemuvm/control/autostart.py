@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import UsageError
+from qemuvm.runtime import atomic
 from qemuvm.runtime.paths import InstancePaths
 
 
@@ -49,8 +50,22 @@ def quote(word: str, exec_line: bool = True) -> str:
     return f'"{escaped}"'
 
 
+def _one_line(value: str, what: str) -> str:
+    """A word for a unit line: a control character (a newline) would end the line and start another, e.g. an
+    injected `ExecStartPre=`; systemd has no escape for it that every line kind honours, so it is refused."""
+    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise UsageError(f"{what} {value!r} contains the control character {bad!r}, which a systemd unit line cannot "
+                         f"carry; use a {what} without control characters")
+    return value
+
+
 def unit_text(name: str, python: str, home: Path, shutdown_timeout: float, target: str) -> str:
-    """The unit: pure, from the interpreter qemuvm runs in (so PATH does not matter) and the state folder."""
+    """The unit: pure, from the interpreter qemuvm runs in (so PATH does not matter) and the state folder.
+    UsageError when one of them has a control character (a newline would inject lines)."""
+    _one_line(str(home), "state folder (QEMUVM_HOME)")
+    _one_line(python, "Python interpreter path")
+    _one_line(name, "instance name")
     start = " ".join(quote(word) for word in (python, "-m", "qemuvm", "start", name))
     stop = " ".join(quote(word) for word in (python, "-m", "qemuvm", "down", name))
     return f"""# Made by `qemuvm autostart {name}`; `qemuvm autostart {name} --disable` removes it.
@@ -84,8 +99,8 @@ def _owner_line(home: Path) -> str:
 
 def _other_home(unit: Path, home: Path) -> bool:
     """The unit exists and starts the instance of that name in another state folder: not ours to touch."""
-    try:
-        return _owner_line(home) not in unit.read_text().splitlines()
+    try:  # the whole text: a line some older qemuvm split with a newline in its home is still recognised
+        return _owner_line(home) not in unit.read_text()
     except FileNotFoundError:
         return False
     except OSError:
@@ -110,12 +125,9 @@ def enable(paths: InstancePaths, shutdown_timeout: float) -> dict[str, Any]:
     if _other_home(unit, paths.root.parent):
         raise UsageError(f"{unit} exists and starts a VM {paths.name} of another state folder; remove it by hand "
                          "(systemctl disable) or name this instance differently")
+    text = unit_text(paths.name, sys.executable, paths.root.parent, shutdown_timeout, _target())  # refusals first
     link.parent.mkdir(parents=True, exist_ok=True)
-    text = unit_text(paths.name, sys.executable, paths.root.parent, shutdown_timeout, _target())
-    temporary = unit.with_name(f".{unit.name}.tmp")
-    temporary.write_text(text)
-    temporary.chmod(0o644)
-    os.replace(temporary, unit)
+    atomic.write_private_atomic(unit, text, mode=0o644)  # a unique temporary name, made exclusively
     if not link.is_symlink():
         link.symlink_to(unit)
     _reload()

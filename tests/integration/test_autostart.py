@@ -94,3 +94,39 @@ def test_a_dollar_in_the_state_folder_stays_one_dollar_in_environment() -> None:
     text = autostart.unit_text("vm", "/opt/py$/python3", Path("/srv/q$home"), 20, "multi-user.target")
     assert 'Environment="QEMUVM_HOME=/srv/q$home"' in text and "$$home" not in text
     assert 'ExecStart="/opt/py$$/python3"' in text
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r", "\t", "\x7f"])
+def test_a_control_character_never_reaches_a_unit_line(bad: str) -> None:
+    """A newline in QEMUVM_HOME wrote an `ExecStartPre=` line into the unit (issue 30): refused, one sentence."""
+    with pytest.raises(autostart.UsageError, match="control character .* systemd unit line cannot carry"):
+        autostart.unit_text("vm", "/usr/bin/python3", Path(f"/srv/q{bad}ExecStartPre=/bin/sh -c id"), 20,
+                            "multi-user.target")
+    with pytest.raises(autostart.UsageError, match="Python interpreter path"):
+        autostart.unit_text("vm", f"/opt/py{bad}/python3", Path("/srv/q"), 20, "multi-user.target")
+
+
+def test_a_home_with_a_newline_gets_no_unit_and_rm_removes_an_old_one(short_tmp: Path, test_guest: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path = short_tmp
+    home = tmp_path / "q\nExecStartPre=id"
+    units = tmp_path / "units"
+    monkeypatch.setenv("QEMUVM_HOME", str(home))
+    monkeypatch.setenv("QEMUVM_SYSTEMD_DIR", str(units))
+    assert cli("define", str(guest_profile(tmp_path, test_guest, "nl"))).returncode == 0
+    refused = cli("autostart", "nl")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "control character '\\n'" in refused.stderr and refused.stderr.count("\n") == 1
+    assert not units.exists()  # nothing half-made
+    # A unit an older qemuvm wrote for this home (its Environment= line split in two): --disable and rm find it.
+    target = "multi-user.target" if os.geteuid() == 0 else "default.target"
+    unit, link = units / "qemuvm-nl.service", units / f"{target}.wants" / "qemuvm-nl.service"
+    link.parent.mkdir(parents=True)
+    unit.write_text(f'[Service]\nEnvironment="QEMUVM_HOME={home}"\nExecStart=/bin/true\n')
+    link.symlink_to(unit)
+    assert cli("autostart", "nl", "--disable").returncode == 0 and not unit.exists() and not link.is_symlink()
+    unit.write_text(f'[Service]\nEnvironment="QEMUVM_HOME={home}"\nExecStart=/bin/true\n')
+    link.symlink_to(unit)
+    removed = cli("rm", "nl")
+    assert removed.returncode == 0, removed.stderr
+    assert not unit.exists() and not link.is_symlink() and not (home / "nl").exists()
