@@ -319,9 +319,8 @@ def rm(name: str, *, force: bool = False, home: Path | None = None) -> dict[str,
 
     paths = instance_paths(name, home)
     with instance.instance_lock(paths, timeout=30):
-        if instance.is_active(instance.read_state(paths)):
-            if not force:
-                raise OperationError(f"{name} is running; stop it with `qemuvm down {name}` or use rm --force")
+        if instance.is_active(instance.read_state(paths)) and not force:
+            raise OperationError(f"{name} is running; stop it with `qemuvm down {name}` or use rm --force")
         try:
             if instance.is_active(instance.read_state(paths)):
                 kill(name, home=home)

@@ -247,8 +247,8 @@ def status(name: str = NameArg, json_: bool = JsonOption) -> None:
     for helper in result.get("helpers") or [] if alive else []:
         print(f"{'helper':15} {helper['name']} pid {helper['pid']} for {helper['what']}: "
               f"{'running' if helper['running'] else 'ended'}")
-        if helper.get("gone"):
-            print(f"{'problem':15} {helper['gone']}")
+    for problem in result.get("problems") or []:  # helpers gone among them
+        print(f"{'problem':15} {problem}")
     if result.get("last_exit"):
         print(f"{'last_exit':15} {json.dumps(result['last_exit'])}")
 

@@ -80,6 +80,7 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             result["qmp_status"] = None  # busy or going away: state.json's word stands
         if result.get("state") == "running" and paths.guest_agent_socket.exists():
             result["guest"] = _guest_facts(paths)
+    problems = [result["problem"]] if result.get("problem") else []
     with contextlib.suppress(UsageError):
         spec = records.read_launch_spec(paths)
         if spec is not None and spec.template:
@@ -88,6 +89,12 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             from qemuvm.runtime import networks
 
             result["addresses"] = networks.addresses(spec.taps)  # leased on qemuvm networks (dnsmasq)
+            if result.get("state") in instance.ALIVE_STATES:
+                problems.extend(networks.tap_problems(spec.taps))
+    # `problem`: every problem in one line (None: nothing wrong), `problems`: the same one by one.
+    problems.extend(helper["gone"] for helper in result["helpers"] if helper.get("gone"))
+    result["problems"] = problems
+    result["problem"] = "; ".join(problems) or None
     if paths.saved_state.exists():
         result["saved_state"] = {"file": str(paths.saved_state), "bytes": paths.saved_state.stat().st_size}
     if result.get("vnc") and paths.vnc_password.exists():  # the owner may see it: the file is theirs, 0600

@@ -350,6 +350,33 @@ def taps(profile: Profile) -> list[records.Tap]:
     return found
 
 
+def tap_problems(spec_taps: list[records.Tap]) -> list[str]:
+    """What a running VM has lost on its qemuvm networks, one sentence each: a network removed under it
+    (`network rm --force`), its bridge or dnsmasq gone, a tap no longer on its bridge."""
+    found = []
+    for tap in spec_taps:
+        nic = f"NIC {tap.index} (tap {tap.ifname})"
+        try:
+            record = read(tap.network)
+        except UsageError as exc:
+            found.append(f"{nic}: network {tap.network}'s record cannot be read ({exc})")
+            continue
+        if record is None:
+            found.append(f"{nic}: network {tap.network} is gone (removed while the VM ran); the guest has no network "
+                         f"there until `qemuvm network create {tap.network}` and a restart of the VM")
+            continue
+        if not _exists(record.bridge):
+            found.append(f"{nic}: network {tap.network}'s bridge {record.bridge} is gone; the guest has no network "
+                         "there")
+        elif tap.ifname not in attached(record):
+            found.append(f"{nic} is not on network {tap.network}'s bridge {record.bridge}; the guest has no network "
+                         "there until the VM restarts")
+        if _proven_dnsmasq(record) is None:
+            found.append(f"{nic}: network {tap.network}'s dnsmasq is not running (no DHCP or DNS); see "
+                         f"{_folder(record.name) / 'dnsmasq.log'}")
+    return found
+
+
 def addresses(spec_taps: list[records.Tap]) -> list[dict[str, Any]]:
     """An instance's addresses on qemuvm networks (its LaunchSpec's taps), from their leases (the guest asked
     dnsmasq for them)."""

@@ -99,7 +99,7 @@ def test_a_dollar_in_the_state_folder_stays_one_dollar_in_environment() -> None:
 @pytest.mark.parametrize("bad", ["\n", "\r", "\t", "\x7f"])
 def test_a_control_character_never_reaches_a_unit_line(bad: str) -> None:
     """A newline in QEMUVM_HOME wrote an `ExecStartPre=` line into the unit (issue 30): refused, one sentence."""
-    with pytest.raises(autostart.UsageError, match="control character .* systemd unit line cannot carry"):
+    with pytest.raises(autostart.UsageError, match=r"control character .* systemd unit line cannot carry"):
         autostart.unit_text("vm", "/usr/bin/python3", Path(f"/srv/q{bad}ExecStartPre=/bin/sh -c id"), 20,
                             "multi-user.target")
     with pytest.raises(autostart.UsageError, match="Python interpreter path"):

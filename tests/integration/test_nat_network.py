@@ -60,9 +60,10 @@ def test_two_vms_on_a_nat_network(home: Path, test_guest: Any, short_tmp: Path,
         network = json.loads(made.stdout)
         assert (network["subnet"], network["gateway"], network["state"]) == ("192.168.122.0/24", "192.168.122.1",
                                                                             "active")
-        # A subnet that overlaps a host route (the uplink's) is refused, and nothing is made.
-        clash = _qemuvm(host, "network", "create", "u", "--subnet", "203.0.113.0/25")
-        assert clash.returncode == 2 and "overlaps the host route 203.0.113.0/24" in clash.stderr, clash.stderr
+        # A subnet that overlaps a host route (one through the uplink) is refused, and nothing is made.
+        netns.run(host, "ip", "route", "add", "10.99.0.0/16", "via", "203.0.113.2")
+        clash = _qemuvm(host, "network", "create", "u", "--subnet", "10.99.1.0/24")
+        assert clash.returncode == 2 and "overlaps the host route 10.99.0.0/16" in clash.stderr, clash.stderr
         assert "qvbr-u" not in netns.run(host, "ip", "-o", "link").stdout
         # A VM on a network that is not there: one sentence with the fix, nothing started.
         missing = _qemuvm(host, "up", str(_nat_vm(home, test_guest, "lost", "nope")))
@@ -111,8 +112,21 @@ def test_two_vms_on_a_nat_network(home: Path, test_guest: Any, short_tmp: Path,
         # In use: rm refuses; once the VMs are down, rm removes exactly what create made.
         busy = _qemuvm(host, "network", "rm", "t")
         assert busy.returncode == 2 and "in use by 2 VM NIC(s)" in busy.stderr, busy.stderr
-        for name in ("nat1", "nat2"):
-            assert _qemuvm(host, "down", name).returncode == 0
+        assert _qemuvm(host, "down", "nat1").returncode == 0
+        healthy = json.loads(_qemuvm(host, "status", "nat2", "--json").stdout)
+        assert (healthy["problem"], healthy["problems"]) == (None, [])
+        # Removed by force under a running VM: its status names what it lost (it said nothing was wrong).
+        forced = _qemuvm(host, "network", "rm", "t", "--force")
+        assert forced.returncode == 0, forced.stderr
+        lost = json.loads(_qemuvm(host, "status", "nat2", "--json").stdout)
+        assert lost["state"] == "running" and len(lost["problems"]) == 1, lost["problems"]
+        assert "network t is gone (removed while the VM ran)" in lost["problem"]
+        shown = _qemuvm(host, "status", "nat2")
+        assert "problem" in shown.stdout and "network t is gone" in shown.stdout, shown.stdout
+        assert _qemuvm(host, "down", "nat2").returncode == 0
+        made = _qemuvm(host, "network", "create", "t", "--json")  # made again: the rest checks a plain rm
+        assert made.returncode == 0, made.stderr
+        network = json.loads(made.stdout)
         links = netns.run(host, "ip", "-o", "link").stdout
         assert "qvt" not in links  # QEMU's taps went with it
         removed = _qemuvm(host, "network", "rm", "t")
