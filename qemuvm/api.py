@@ -432,8 +432,9 @@ def render(source: str | os.PathLike[str], *, overrides: tuple[str, ...] | list[
     from qemuvm.profile.validate import load_and_validate
     from qemuvm.qemu import probe
     from qemuvm.qemu.compile import compile_options
+    from qemuvm.runtime import preflight
 
-    profile = load_and_validate(str(source), overrides, name)
+    profile = preflight.resolve_shares(load_and_validate(str(source), overrides, name))
     return profile.qemu.binary, compile_options(profile, InstancePaths.for_name(profile.name, home),
                                                 probe.probe(profile.qemu.binary))
 

@@ -219,6 +219,10 @@ class Share(Section):
         None, description="Where the guest mounts it at boot: a cloud-init `mounts` entry (with cloud_init), and "
         "qemuvm.share=TYPE:TAG:PATH on a direct-boot kernel's command line (the test guest's init mounts those). "
         "An absolute path without spaces, commas or colons")
+    follow_link: bool = Field(
+        False, description="source may be a symbolic link to a folder outside the folder that holds the link (e.g. "
+        "shared -> /srv/data). Without it such a link is refused; a link within its own folder is followed. Either "
+        "way the link is resolved once, at `up`: both share types get the real folder, and `render` shows it")
     cache: Literal["auto", "always", "none"] = Field(
         "auto", description="virtiofs: virtiofsd's -o cache (auto: close-to-open consistency; always: the guest "
         "caches metadata and data for long, fastest when only the guest writes; none: every access goes to the "

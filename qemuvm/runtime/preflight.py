@@ -28,15 +28,32 @@ def load_profile(source: str | os.PathLike[str], overrides: tuple[str, ...] | li
 
     text = str(source)
     if Path(text).is_file():
-        return load_and_validate(text, overrides, name)
+        return resolve_shares(load_and_validate(text, overrides, name))
     if "/" not in text and not text.endswith((".yaml", ".yml")):
         saved = InstancePaths.for_name(text, home).profile
         if saved.is_file():
             if name not in (None, text):
                 raise UsageError("--name cannot rename an existing instance")
-            return load_and_validate(str(saved), overrides, text)
+            return resolve_shares(load_and_validate(str(saved), overrides, text))
         raise UsageError(f"no profile file or instance named {text}")
     raise UsageError(f"profile file {text} does not exist")
+
+
+def resolve_shares(profile: Profile) -> Profile:
+    """Each share's source as the real folder, resolved once here, so virtiofsd and QEMU's 9p server (which
+    would each treat a link their own way) are handed the same folder, and a later change of the link does not
+    move a running VM's share. A source that is itself a link to outside the folder holding it is refused
+    unless the share says `follow_link: true` (a link to /etc would hand the guest the host's /etc)."""
+    shares = []
+    for index, share in enumerate(profile.shares):
+        real = os.path.realpath(share.source)
+        if os.path.islink(share.source) and not share.follow_link:
+            holder = os.path.realpath(os.path.dirname(os.path.abspath(share.source)))
+            if os.path.commonpath([holder, real]) != holder:
+                raise UsageError(f"shares[{index}].source: {share.source} is a symbolic link to {real}, outside "
+                                 f"{holder}; name {real} itself, or set shares[{index}].follow_link: true to share it")
+        shares.append(share if real == share.source else share.model_copy(update={"source": real}))
+    return profile.model_copy(update={"shares": shares}) if profile.shares else profile
 
 
 MAX_COUNT = 100  # `up --count`: a typo of 1000 must not start a thousand QEMUs

@@ -99,11 +99,13 @@ def test_a_share_reads_and_writes_both_ways(home: Path, tmp_path: Path, kind: st
     ("missing", "does not exist"),
     ("file.txt", "is not a folder"),
     ("a,b", "has a comma in its path"),
+    ("etc-link", "is a symbolic link to /etc, outside"),  # 9p followed it: the host's /etc in the guest
 ])
 def test_a_source_that_cannot_be_shared_is_refused(home: Path, test_guest_9p: Any, tmp_path: Path,
                                                    source: str, expected: str) -> None:
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "a,b").mkdir()
+    (tmp_path / "etc-link").symlink_to("/etc")
     path = tmp_path / source
     profile = _profile(tmp_path, test_guest_9p, "noshare", [{"source": str(path), "tag": "src"}])
     done = cli("up", str(profile))

@@ -156,3 +156,32 @@ def test_status_names_a_share_whose_helper_is_gone() -> None:
     assert not view["running"]
     assert view["gone"].startswith("shares[0] (tag src) is gone: its virtiofsd was killed by SIGKILL;")
     assert "gone" not in helper_views({"state": "stopped", "helpers": [entry]})[0]  # a stopped VM: no news
+
+
+def test_a_linked_source_is_resolved_once_for_both_kinds(tmp_path: Path) -> None:
+    """9p followed a link in `source` (QEMU's -fsdev path=) where virtiofs refused it: both now get the real folder,
+    resolved at `up` (issue 30); a link to outside its own folder needs follow_link, as a link to /etc would hand
+    the guest the host's /etc."""
+    from qemuvm.qemu.compile import compile_argv
+    from qemuvm.runtime import preflight
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "inside").symlink_to(real)
+    (tmp_path / "outside").symlink_to("/etc")
+    resolved = preflight.resolve_shares(_profile({"source": str(tmp_path / "inside"), "tag": "a"},
+                                                 {"source": str(tmp_path / "inside"), "tag": "b", "type": "9p"}))
+    assert [share.source for share in resolved.shares] == [str(real), str(real)]
+    [virtiofsd] = shares.helpers(resolved, PATHS, HOST)
+    assert f"source={real}" in virtiofsd["argv"]
+    argv = compile_argv(resolved, PATHS, HOST)
+    assert any(f"path={real}," in arg for arg in argv) and not any("inside" in arg for arg in argv)
+
+    with pytest.raises(UsageError, match=r"shares\[0\].source: .*/outside is a symbolic link to /etc, outside .*"
+                                         r"set shares\[0\].follow_link: true"):
+        preflight.resolve_shares(_profile({"source": str(tmp_path / "outside"), "tag": "a", "type": "9p"}))
+    allowed = preflight.resolve_shares(_profile({"source": str(tmp_path / "outside"), "tag": "a", "type": "9p",
+                                                 "follow_link": True}))
+    assert allowed.shares[0].source == "/etc"
+    plain = _profile({"source": str(real), "tag": "a"})
+    assert preflight.resolve_shares(plain) == plain
