@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import instance, launch, records
+from qemuvm.runtime import instance, intent, launch, records
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
 from qemuvm.runtime.paths import InstancePaths
 
@@ -243,7 +243,8 @@ def save(name: str, *, home: Path | None = None) -> dict[str, Any]:
 
     paths = instance_paths(name, home)
     _refuse_shares(paths, "save")
-    return saving.save(paths, _running_qemu(paths))
+    with intent.operation(paths, "save"):  # never beside a down (runtime/intent.py)
+        return saving.save(paths, _running_qemu(paths))
 
 
 def _refuse_shares(paths: InstancePaths, what: str) -> None:
@@ -298,7 +299,8 @@ def down(name: str, *, timeout: float | None = None, force: bool = False, home: 
     from qemuvm.control import stop
 
     paths = instance_paths(name, home)
-    result = stop.stop(name, paths, timeout, force, progress)
+    with intent.operation(paths, "down"):  # never beside a save (runtime/intent.py)
+        result = stop.stop(name, paths, timeout, force, progress)
     spec = records.read_launch_spec(paths)
     if spec is not None and spec.remove_on_down:
         rm(name, home=home)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from qemuvm.errors import OperationError
 from qemuvm.runtime import atomic, instance
 from qemuvm.runtime.paths import InstancePaths
 
@@ -69,6 +72,33 @@ def action_for(paths: InstancePaths, qemu_pid: int | None) -> str | None:
     if not applies(record, qemu_pid, now=time.time(), requester_alive=_requester_alive(record)):
         return None
     return str(record.get("action") or "down")
+
+
+# -- one ending at a time (`operation.lock`) ------------------------------------------------------------------
+# `save` and `down` each end QEMU, and each reads the exit as its own: a `down` during a `save` saw the save's
+# quit as its ACPI power-off, and the save froze a guest that was powering off, both reporting success. Like
+# libvirt's per-domain job lock, each holds this lock for its whole run; the other waits a while for it and then
+# refuses in one sentence, naming who holds it. `kill` takes no lock: it ends anything at once (and a save it
+# cuts short says so).
+
+OPERATION_WAIT = 30.0  # seconds the second command waits before it refuses
+
+
+@contextlib.contextmanager
+def operation(paths: InstancePaths, action: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the instance's operation lock while `action` (save | down) runs; OperationError when another
+    operation holds it past `timeout` (default OPERATION_WAIT)."""
+    timeout = OPERATION_WAIT if timeout is None else timeout
+    try:
+        with instance.locked(paths.operation_lock, timeout=timeout) as fd:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"action": action, "pid": os.getpid()}).encode(), 0)
+            yield
+    except instance.LockTimeout:
+        holder = instance.read_json(paths.operation_lock) or {}
+        what = f"a {holder.get('action', 'save or down')} (pid {holder.get('pid', '?')})"
+        raise OperationError(f"{paths.name}: {what} is under way and still running after {timeout:g} s; "
+                             f"{action} again once it has finished") from None
 
 
 # -- a reboot in progress (`reboot.request`) ----------------------------------------------------------------

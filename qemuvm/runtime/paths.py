@@ -55,6 +55,7 @@ class InstancePaths:
     supervisor_lock = property(lambda self: self.root / "supervisor.lock")  # held by the live supervisor
     stop_request = property(lambda self: self.root / "stop.request")  # "this exit is intentional: no restart"
     reboot_request = property(lambda self: self.root / "reboot.request")  # "a reboot holds QEMU at the power-off"
+    operation_lock = property(lambda self: self.root / "operation.lock")  # one save or down at a time (intent.py)
     seed_iso = property(lambda self: self.root / "seed.iso")
     uefi_vars = property(lambda self: self.root / "OVMF_VARS.fd")
     vnc_socket = property(lambda self: self.root / "vnc.sock")

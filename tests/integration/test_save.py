@@ -142,3 +142,66 @@ def test_qemu_killed_after_the_stream_before_the_intent(home: Path, test_guest: 
     assert not paths.saved_state.exists() and not (paths.root / ".saved.state.tmp").exists()
     final = api.status("late")
     assert final["state"] == "crashed" and final["last_exit"]["reason"] == "signal"
+
+
+def test_a_save_and_a_down_never_overlap(home: Path, test_guest: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `down` during a `save` read the save's quit as its ACPI power-off and the save froze a guest powering off,
+    both reporting success (issue 30). Held at its first step, the save keeps the down out: the down refuses in
+    one sentence naming the save, the guest runs on untouched, and a down after the save says it was saved; a
+    save while a down holds the instance is refused the same way."""
+    import threading
+
+    from qemuvm.control import save as saving
+    from qemuvm.control import stop as stopping
+    from qemuvm.runtime import intent
+
+    monkeypatch.setattr(intent, "OPERATION_WAIT", 1.0)
+    first = _up("racy", test_guest)
+    entered, release = threading.Event(), threading.Event()
+    real_migrate = saving._migrate_to
+
+    async def held_migrate(*args: Any) -> Any:
+        entered.set()
+        assert release.wait(60)
+        return await real_migrate(*args)
+
+    monkeypatch.setattr(saving, "_migrate_to", held_migrate)
+    results: dict[str, Any] = {}
+    saver = threading.Thread(target=lambda: results.update(saved=api.save("racy")))
+    saver.start()
+    try:
+        assert entered.wait(60)  # the save holds the instance, its stream not begun
+        with pytest.raises(OperationError, match=r"racy: a save \(pid \d+\) is under way .* down again once"):
+            api.down("racy")
+        assert alive(first["qemu_pid"]) and api.status("racy")["state"] == "running"
+    finally:
+        release.set()
+        saver.join(120)
+    assert results["saved"]["state"] == "saved"
+    after = api.down("racy")
+    assert after["already_stopped"] and after["state"] == "saved"
+    events = (home / "racy" / "events.jsonl").read_text()
+    assert "guest-shutdown" not in events and "host-qmp-system-reset" not in events  # no power-off reached it
+
+    # The other way round: a down holding the instance keeps a save out.
+    started = api.start("racy", discard_saved=True)
+    in_down, finish = threading.Event(), threading.Event()
+    real_stop = stopping.stop
+
+    def held_stop(*args: Any) -> Any:
+        in_down.set()
+        assert finish.wait(60)
+        return real_stop(*args)
+
+    monkeypatch.setattr(stopping, "stop", held_stop)
+    downer = threading.Thread(target=lambda: results.update(down=api.down("racy", force=True)))
+    downer.start()
+    try:
+        assert in_down.wait(60)
+        with pytest.raises(OperationError, match=r"racy: a down \(pid \d+\) is under way .* save again once"):
+            api.save("racy")
+        assert alive(started["qemu_pid"])
+    finally:
+        finish.set()
+        downer.join(120)
+    assert results["down"]["state"] == "stopped" and not (home / "racy" / "saved.state").exists()
