@@ -26,8 +26,10 @@ import contextlib
 import json
 import re
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -241,9 +243,25 @@ if pytest is not None:
             for guest in item.stash.get(_VMS, []):
                 report.sections.append((f"qemuvm {guest.name}: last serial lines", guest.serial_tail()))
 
+    def _interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
+
+    def _teardown_on_termination() -> None:
+        """SIGTERM or SIGHUP (a CI job's timeout, a closed terminal) end a pytest session without its teardown,
+        and every VM its tests started would run on. From the first VM on, they become what Ctrl-C is, so pytest
+        tears the fixtures down. Only in the main thread, only where nobody set a handler of their own, and
+        never in a session that starts no VM."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                signal.signal(sig, _interrupt)
+
     @pytest.fixture
     def qemuvm_vm(request: pytest.FixtureRequest) -> Iterator[Callable[..., VM]]:
-        """A function that starts VMs (same arguments as `qemuvm.testing.vm`); all are torn down at test end."""
+        """A function that starts VMs (same arguments as `qemuvm.testing.vm`); all are torn down at test end,
+        also when the session is ended by SIGTERM or SIGHUP."""
+        _teardown_on_termination()
         started = request.node.stash.setdefault(_VMS, [])
         with contextlib.ExitStack() as stack:
 

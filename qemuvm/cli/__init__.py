@@ -79,7 +79,7 @@ def main() -> None:
             raise
         print(f"qemuvm: {exc}" if "\n" not in str(exc) else str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # (inside a command, typer turns it into exit 130 itself)
         print("qemuvm: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -54,8 +55,13 @@ def smoke(
     """
     from qemuvm.workflow import smoke as smoke_
 
-    result = smoke_.run(str(profile), sets=set_ or (), junit_file=junit, artifacts=artifacts, keep=keep,
-                        timeout=timeout, redact=redact, warm=warm)
+    try:
+        result = smoke_.run(str(profile), sets=set_ or (), junit_file=junit, artifacts=artifacts, keep=keep,
+                            timeout=timeout, redact=redact, warm=warm)
+    except smoke_.Interrupted as exc:  # SIGTERM/SIGHUP: torn down and reported already; say so, exit 128+N
+        print(f"qemuvm: smoke {exc}; its VM was torn down{' and the JUnit file written' if junit else ''}",
+              file=sys.stderr)
+        return 128 + exc.signum
     if json_:
         print_json(result.to_json())
     return result.exit_code

@@ -14,8 +14,10 @@ import json
 import re
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -197,6 +199,55 @@ class SmokeResult:
         }
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP -- what a CI job's timeout or a closed terminal sends -- during a run: handled as Ctrl-C
+    is (the VM torn down, the JUnit file and artifacts written), then the CLI exits 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[list[int]]:
+    """SIGTERM and SIGHUP raise Interrupted in the run (the main thread only: handlers live there). Yields the
+    signals that arrived, so that teardown can hold them (see _holding_signals)."""
+    arrived: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield arrived
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        arrived.append(signum)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in _ENDING_SIGNALS}
+    try:
+        yield arrived
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _holding_signals(arrived: list[int]) -> Iterator[None]:
+    """Teardown, artifacts and the JUnit file must finish: SIGTERM, SIGHUP and SIGINT that arrive meanwhile are
+    noted (the run then ends as interrupted), not acted on. Each step there is bounded (down --force)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _frame: arrived.append(signum))
+                for sig in (*_ENDING_SIGNALS, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class _Clock:
     """The run's deadline (smoke.timeout bounds everything, boot included)."""
 
@@ -228,37 +279,52 @@ def run(profile_file: str, *, sets: list[str] | tuple[str, ...] = (), junit_file
     runner = _Runner(profile, name, clock, progress, result, redact=redact,
                      home=Path(home) if home is not None else None, warm=warm)
     progress.line(f"smoke {profile_file}: instance {name}, timeout {clock.total:g}s")
-    try:
-        runner.boot(profile_file, [*sets, *isolation_overrides(profile, scratch)])
-        runner.ready()
-        runner.checks()
-    except _Stop:
-        pass  # recorded by the step; the rest is skipped below
-    except BaseException as exc:  # Ctrl-C or a bug: still record, collect and tear down
-        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {type(exc).__name__}: {exc}"
-        if runner.current not in {case.name for case in result.cases}:
-            result.cases.append(Case(runner.current, "failed", 0.0, why))
-        raise
-    finally:
-        names = step_names(profile)
-        done = {case.name for case in result.cases}
-        result.cases += skipped([n for n in names if n not in done], "not run: an earlier step failed")
-        if not result.ok:
-            result.artifacts = runner.collect(Path(artifacts) if artifacts else Path("qemuvm-artifacts") / name)
-            progress.line(f"artifacts: {result.artifacts}")
-        result.kept = keep and runner.started
-        if runner.started and not keep:
-            runner.teardown()
-        elif result.kept:
-            progress.line(f"kept instance {name} (qemuvm down {name} && qemuvm rm {name})")
-        if not result.kept:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if junit_file:
-            result.junit = junit.write(junit_file, result.suite, result.cases,
-                                       properties={"instance": name, "profile": str(profile_file)})
+    with _signals_interrupt() as arrived:
+        try:
+            runner.boot(profile_file, [*sets, *isolation_overrides(profile, scratch)])
+            runner.ready()
+            runner.checks()
+        except _Stop:
+            pass  # recorded by the step; the rest is skipped below
+        except BaseException as exc:  # a signal, Ctrl-C or a bug: still record, collect and tear down
+            why = str(exc) if isinstance(exc, Interrupted) else "interrupted" \
+                if isinstance(exc, KeyboardInterrupt) else f"error: {type(exc).__name__}: {exc}"
+            done = {case.name for case in result.cases}  # (between two steps: the next one is the one cut short)
+            cut = runner.current if runner.current not in done else \
+                next((step for step in step_names(profile) if step not in done), None)
+            if cut is not None:
+                result.cases.append(Case(cut, "failed", 0.0, why))
+            raise
+        finally:
+            with _holding_signals(arrived):
+                _finish(runner, result, profile, artifacts, keep, scratch, junit_file, profile_file, progress)
+    if arrived:  # a signal came while the run was being torn down: it still ends as interrupted
+        raise Interrupted(arrived[0])
     failed = [c.name for c in result.cases if c.status == "failed"]
     progress.line("smoke: passed" if result.ok else f"smoke: FAILED ({', '.join(failed) or 'no steps'})")
     return result
+
+
+def _finish(runner: _Runner, result: SmokeResult, profile: Profile, artifacts: str | Path | None, keep: bool,
+            scratch: Path, junit_file: str | Path | None, profile_file: str, progress: Progress) -> None:
+    """Whatever ended the run: the skipped steps, the evidence, the teardown and the JUnit file."""
+    name = runner.name
+    names = step_names(profile)
+    done = {case.name for case in result.cases}
+    result.cases += skipped([n for n in names if n not in done], "not run: an earlier step failed")
+    if not result.ok:
+        result.artifacts = runner.collect(Path(artifacts) if artifacts else Path("qemuvm-artifacts") / name)
+        progress.line(f"artifacts: {result.artifacts}")
+    result.kept = keep and runner.started
+    if runner.started and not keep:
+        runner.teardown()
+    elif result.kept:
+        progress.line(f"kept instance {name} (qemuvm down {name} && qemuvm rm {name})")
+    if not result.kept:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if junit_file:
+        result.junit = junit.write(junit_file, result.suite, result.cases,
+                                   properties={"instance": name, "profile": str(profile_file)})
 
 
 class _Runner:
@@ -307,7 +373,9 @@ class _Runner:
         described = ", ".join(c.description for c in conditions) or "running"
         with self.progress.step(f"ready: waiting for {described}"):
             try:
-                wait.wait_for(self.paths, conditions, self.clock.left())
+                # The profile's ready.timeout bounds this step as it bounds `up`; smoke.timeout the whole run.
+                limit = self.profile.ready.timeout if self.profile.ready is not None else self.clock.left()
+                wait.wait_for(self.paths, conditions, min(self.clock.left(), limit))
             except Exception as exc:
                 # A WaitFailed's sentence without its serial tail: the tail goes to the output instead.
                 message = exc.summary if isinstance(exc, wait.WaitFailed) else str(exc)

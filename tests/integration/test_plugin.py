@@ -101,3 +101,33 @@ def test_vm_honours_the_home_it_is_given(test_guest, qemuvm_home, short_tmp):
         guest.qmp("stop")
         guest.wait(event="STOP", from_start=True, timeout=30)
     assert not guest.paths.root.exists()
+
+
+def test_a_session_ended_by_sigterm_tears_its_vms_down(pytester, test_guest, qemuvm_home):
+    """A CI job's timeout sends SIGTERM: pytest would end without teardown and the fixture's VM run on (issue 30).
+    The plugin makes it what Ctrl-C is, so the fixture stops and removes the VM."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import poll
+
+    marker = pytester.path / "started"
+    pytester.makepyfile(test_inner=textwrap.dedent(f"""
+        import pathlib, time
+
+        def test_long(qemuvm_vm):
+            qemuvm_vm({str(CI_SMOKE)!r}, wait=False, **{guest_overrides(test_guest)!r})
+            pathlib.Path({str(marker)!r}).write_text("up")
+            time.sleep(600)  # what the job's timeout cuts short
+    """))
+    with subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_inner.py"],
+                          cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+        poll("the inner test's VM to be up", marker.exists, 300)
+        [folder] = [p for p in qemuvm_home.iterdir() if not p.name.startswith(".")]
+        state = instance.read_state(instance.InstancePaths(folder))
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=300)
+    assert run.returncode != 0 and "interrupted by SIGTERM" in out, out
+    assert instance.process_if_alive(state["qemu_pid"], state["qemu_start_time"]) is None
+    assert [p for p in qemuvm_home.iterdir() if not p.name.startswith(".")] == []

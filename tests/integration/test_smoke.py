@@ -175,3 +175,52 @@ def test_a_missing_image_is_a_usage_error_with_a_report(test_guest, qemuvm_home,
     assert done.returncode == 2
     assert "image.qcow2" in report(short_tmp / "out.xml")["boot"].find("failure").get("message")
     assert_nothing_left(qemuvm_home)
+
+
+def test_ready_timeout_bounds_the_ready_step(test_guest, qemuvm_home, short_tmp):
+    """smoke waited out its own 300 s where the profile's ready.timeout said 3 s (issue 30); `up` honoured it."""
+    done = smoke(str(CI_SMOKE), *guest_sets(test_guest), "--set", "ready={serial: NEVER_PRINTED_MARKER, timeout: 3s}",
+                 "--timeout", RUN_TIMEOUT, "--junit", "out.xml", cwd=short_tmp)
+    assert done.returncode == 1, done.stderr
+    message = report(short_tmp / "out.xml")["ready"].find("failure").get("message")
+    assert "within 3 s" in message or "after 3 s" in message, message
+    assert_nothing_left(qemuvm_home)
+
+
+# What each interrupted step needs: overrides that make it last, and the progress line that says it began.
+INTERRUPTED_AT = {
+    "boot": ([], "boot: starting"),
+    "ready": (["--set", "ready={serial: NEVER_PRINTED_MARKER}"], "ready: waiting"),
+    "checks": (["--set", "smoke.checks=[{name: slow, ssh: 'sleep 600'}]"], "ready: ok"),
+    "teardown": ([], "teardown: removing"),
+}
+
+
+@pytest.mark.parametrize("step", list(INTERRUPTED_AT))
+def test_sigterm_at_any_step_tears_down_and_reports(step, test_guest, qemuvm_home, short_tmp):
+    """What a CI job's timeout sends: SIGTERM left NAME-smoke-XXXX running forever (issue 30). At each step the
+    VM is torn down, the JUnit file written, and smoke exits 128+15 saying why."""
+    import signal
+
+    sets, began = INTERRUPTED_AT[step]
+    with subprocess.Popen([sys.executable, "-m", "qemuvm", "smoke", str(CI_SMOKE), *guest_sets(test_guest), *sets,
+                           "--timeout", RUN_TIMEOUT, "--junit", "out.xml"], cwd=short_tmp, text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as run:
+        assert run.stderr is not None
+        seen = []
+        for line in run.stderr:  # the run's own progress lines say when the step has begun
+            seen.append(line)
+            if began in line:
+                run.send_signal(signal.SIGTERM)
+                break
+        rest = run.stderr.read()
+        code = run.wait(timeout=300)
+    assert code == 128 + signal.SIGTERM, "".join(seen) + "--- after the signal:\n" + rest
+    assert "interrupted by SIGTERM" in rest and "Traceback" not in rest, rest
+    cases = report(short_tmp / "out.xml")  # written whatever the step
+    if step != "teardown":
+        interrupted = "slow" if step == "checks" else step
+        assert "interrupted by SIGTERM" in cases[interrupted].find("failure").get("message")
+    assert_nothing_left(qemuvm_home)
+    leftover = subprocess.run(["pgrep", "-f", "process=qemu-ci-smoke-smoke-"], capture_output=True, text=True)
+    assert leftover.stdout == "", "a QEMU of the run is still there"
