@@ -91,6 +91,8 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             result["addresses"] = networks.addresses(spec.taps)  # leased on qemuvm networks (dnsmasq)
             if result.get("state") in instance.ALIVE_STATES:
                 problems.extend(networks.tap_problems(spec.taps))
+        if spec is not None and spec.shares and result.get("state") in instance.ALIVE_STATES:
+            problems.extend(share_problems(paths, spec.shares, (state or {}).get("serial_offset") or 0))
     # `problem`: every problem in one line (None: nothing wrong), `problems`: the same one by one.
     problems.extend(helper["gone"] for helper in result["helpers"] if helper.get("gone"))
     result["problems"] = problems
@@ -102,6 +104,26 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             password = files.read_text(paths.vnc_password, "vnc.password", 4096).strip()
             result["vnc"] = {**result["vnc"], "password": password}
     return result
+
+
+SHARE_REPORT_WINDOW = 4 << 20  # bytes of this boot's serial output searched for a failed share mount
+
+
+def share_problems(paths: InstancePaths, shares: list[dict[str, Any]], serial_offset: int) -> list[str]:
+    """A running VM's shares that are not what the guest should see: the source gone from the host, or a
+    mount the guest reported failed in this boot's serial output (control/wait.SHARE_FAILED)."""
+    from qemuvm.control.wait import SHARE_FAILED, share_failure
+
+    found = []
+    for share in shares:
+        if not os.path.isdir(share.get("source") or ""):
+            found.append(f"shares[{share.get('index')}] (tag {share.get('tag')}): its source {share.get('source')} is "
+                         "gone from the host; the guest sees a stale or empty folder")
+    with contextlib.suppress(OSError), paths.serial_log.open("rb") as log:
+        log.seek(serial_offset)
+        text = log.read(SHARE_REPORT_WINDOW).decode(errors="replace")
+        found.extend(share_failure(match) for match in SHARE_FAILED.finditer(text))
+    return found
 
 
 def _guest_facts(paths: InstancePaths) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -200,15 +200,41 @@ def _ended(paths: InstancePaths) -> str | None:
     return how
 
 
+# The guest's report of a share it could not mount: the test guest's init prints it for each `qemuvm.share=`
+# of its kernel command line (scripts/guest/README.md), as any guest may that follows that contract.
+SHARE_FAILED = re.compile(r"^QEMUVM_GUEST_SHARE_FAILED tag=(\S+) (.*?)\r?$", re.MULTILINE)
+
+
+def share_failure_guard(paths: InstancePaths, offset: int = 0) -> Callable[[], str | None]:
+    """A check for wait_for: the sentence once the guest reported a share it could not mount after `offset`
+    of serial.log (reading only what is new each time), else None."""
+    tail = Tail(paths.serial_log, offset)
+    carried = {"text": ""}
+
+    def check() -> str | None:
+        text = carried["text"] + tail.new()
+        found = SHARE_FAILED.search(text)
+        carried["text"] = text[text.rfind("\n") + 1:][-4096:]  # an unfinished line waits for its end
+        return share_failure(found) if found else None
+
+    return check
+
+
+def share_failure(found: re.Match[str]) -> str:
+    return f"the guest could not mount the share with tag {found[1]} ({found[2].strip()})"
+
+
 def _serial_tail(paths: InstancePaths) -> str:
     text = instance.tail(paths.serial_log, 15)
     return f"\nlast serial lines ({paths.serial_log}):\n{text}" if text else ""
 
 
 def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
-             progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> float:
+             progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+             guards: Sequence[Callable[[], str | None]] = ()) -> float:
     """Wait until every condition holds, in order; returns the seconds it took. `cancel` set (by another
-    thread: `up` of several VMs on Ctrl-C) ends the wait as a KeyboardInterrupt would."""
+    thread: `up` of several VMs on Ctrl-C) ends the wait as a KeyboardInterrupt would. A guard that returns a
+    sentence (the guest reported a share it could not mount) fails the wait with it."""
     started = time.monotonic()
     deadline = started + timeout
     with FolderWatch(paths.root) as watch:  # made before the first check: no write between them is missed
@@ -220,6 +246,10 @@ def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
                 now = time.monotonic()
                 if cancel is not None and cancel.is_set():
                     raise KeyboardInterrupt
+                for guard in guards:
+                    failure = guard()
+                    if failure is not None:
+                        raise WaitFailed(f"{paths.name}: {failure}", _serial_tail(paths))
                 if now - looked >= POLL:  # QEMU gone for good? (state.json and the processes: not at every write)
                     looked = now
                     ended = None if condition.until_exit else _ended(paths)
@@ -235,6 +265,10 @@ def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
                     time.sleep(min(POLL, max(deadline - now, 0.0)))
                 else:
                     watch.wait(min(POLL, max(deadline - now, 0.0)))
+    for guard in guards:  # what was reported before (or as) the last condition held
+        failure = guard()
+        if failure is not None:
+            raise WaitFailed(f"{paths.name}: {failure}", _serial_tail(paths))
     return time.monotonic() - started
 
 
@@ -298,4 +332,6 @@ def wait_ready(paths: InstancePaths, ready: Ready | None, wait: bool | None, tim
         return None
     limit = timeout if timeout is not None else (ready.timeout if ready else 120.0)
     conditions = ready_conditions(paths, ready, serial_offset=serial_offset, restored=restored)
-    return wait_for(paths, conditions, limit, progress=progress, cancel=cancel)
+    # A share the guest could not mount fails `up --wait` at once (its writes would land in an empty folder).
+    return wait_for(paths, conditions, limit, progress=progress, cancel=cancel,
+                    guards=[share_failure_guard(paths, serial_offset)])

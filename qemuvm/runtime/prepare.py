@@ -49,7 +49,9 @@ def write_launch_files(paths: InstancePaths, profile: Profile, argv: list[str], 
         shutdown_timeout=profile.shutdown.timeout, forwards=forwards, vnc=vnc,
         vnc_password_file=vnc_password_file(profile, paths), ssh={"user": profile.ssh.user, "port": profile.ssh.port},
         remove_on_down=remove_on_down, serial_log_max=profile.serial.log_max, template=template,
-        helpers=helpers or [], taps=taps or [], listeners_allowed=listeners_allowed(profile, forwards, vnc)))
+        helpers=helpers or [], taps=taps or [], listeners_allowed=listeners_allowed(profile, forwards, vnc),
+        shares=[{"index": index, "tag": share.tag, "source": share.source}
+                for index, share in enumerate(profile.shares)]))
 
 
 def listeners_allowed(profile: Profile, forwards: list[dict[str, Any]],

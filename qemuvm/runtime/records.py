@@ -88,6 +88,9 @@ class LaunchSpec:
     # (address, port) the profile asks to listen on beyond loopback (its forwards, VNC); None: any
     # (qemu.allow_unsafe_args). The supervisor refuses any other such socket before `cont` (runtime/listeners.py).
     listeners_allowed: list[list[Any]] | None = field(default_factory=list)
+    # The host folders shared with the guest, resolved at `up`: [{"index", "tag", "source"}]; status names one
+    # whose source is gone, or whose mount the guest reported failed.
+    shares: list[dict[str, Any]] = field(default_factory=list)
     schema: int = LAUNCH_SPEC_SCHEMA
 
 

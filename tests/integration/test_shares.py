@@ -143,3 +143,28 @@ def test_the_debian_image_mounts_its_shares_through_cloud_init(home: Path, debia
         assert (folder / "from-guest.txt").read_text() == "guest\n"
         assert [f"src-{kind}", f"/srv/{kind}", kind] in fstab
     api.down("debian-share", force=True)
+
+
+def test_a_share_the_guest_could_not_mount_fails_up_and_is_a_status_problem(home: Path, test_guest: Any,
+                                                                             tmp_path: Path) -> None:
+    """9p on the cloud kernel (it has no 9p): the guest reports the failed mount, yet `up` said ready and
+    `status` saw nothing wrong, while writes landed in the guest's own empty folder (issue 30). Now `up` fails
+    with one sentence, `status` names it, and a share source removed from the host is named too."""
+    nine, fs = tmp_path / "nine", tmp_path / "fs"
+    nine.mkdir()
+    fs.mkdir()
+    profile = _profile(tmp_path, test_guest, "nomount", [
+        {"source": str(nine), "tag": "nine", "type": "9p", "mount": "/mnt/nine"},
+        {"source": str(fs), "tag": "fs", "type": "virtiofs", "mount": "/mnt/fs"}])
+    try:
+        done = cli("up", str(profile))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "\nnomount: the guest could not mount the share with tag nine (type=9p at=/mnt/nine: " in done.stderr
+        status = api.status("nomount")
+        assert status["state"] == "running"
+        assert [p for p in status["problems"] if "could not mount the share with tag nine" in p], status["problems"]
+        fs.rmdir()
+        gone = api.status("nomount")["problems"]
+        assert any(p.startswith(f"shares[1] (tag fs): its source {fs} is gone from the host") for p in gone), gone
+    finally:
+        api.down("nomount", force=True)
