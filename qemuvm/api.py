@@ -342,8 +342,25 @@ def autostart(name: str, *, disable: bool = False, home: Path | None = None) -> 
     paths = instance_paths(name, home)
     if disable:
         return autostarts.disable(name, paths.root.parent)
+    _networks_outlive_a_reboot(paths)
     spec = records.read_launch_spec(paths)
     return autostarts.enable(paths, spec.shutdown_timeout if spec else 60.0)
+
+
+def _networks_outlive_a_reboot(paths: InstancePaths) -> None:
+    """The qemuvm networks the VM joins must come back at boot: each one up now is defined (networks made before
+    definitions existed had none); one neither defined nor up is refused in one sentence."""
+    from qemuvm.profile.validate import load_and_validate
+    from qemuvm.runtime import netdefs, networks
+
+    for nic in load_and_validate(str(paths.profile), name=paths.name).network:
+        if nic.network is None or netdefs.definition(nic.network) is not None:
+            continue
+        record = networks.read(nic.network)
+        if record is None:
+            raise UsageError(f"{paths.name} joins network {nic.network}, which is neither up nor defined, so its "
+                             f"start at boot would fail; create it first: qemuvm network create {nic.network}")
+        netdefs.define(nic.network, record.subnet)
 
 
 # -- runtime control ---------------------------------------------------------------------------------
@@ -590,24 +607,38 @@ def events(name: str, *, home: Path | None = None) -> list[dict[str, Any]]:
 
 def network_create(name: str, subnet: str | None = None) -> dict[str, Any]:
     """Make NAT network `name` (the first free 192.168.122+.0/24 without `subnet`); returns its status."""
-    from qemuvm.runtime import networks
+    from qemuvm.runtime import netdefs, networks
 
-    networks.create(name, subnet)
+    record = networks.create(name, subnet)
+    try:
+        netdefs.define(name, record.subnet)  # it comes up again after a reboot, with the first VM that joins it
+    except BaseException:
+        networks.remove(name, force=True)  # nothing half-made: a network that would not come back is not made
+        raise
     return networks.status(name)
 
 
 def network_rm(name: str, *, force: bool = False) -> dict[str, Any]:
     """Remove exactly what `network_create` made; refused while VMs use it, unless `force`."""
-    from qemuvm.runtime import networks
+    from qemuvm.runtime import netdefs, networks
 
+    defined = netdefs.definition(name)
+    if defined is not None and networks.read(name) is None:  # defined, not up (after a reboot): forget it
+        netdefs.undefine(name)
+        return {"name": name, "removed": True, "bridge": None, "subnet": defined.subnet}
     record = networks.remove(name, force)
+    netdefs.undefine(name)
     return {"name": record.name, "removed": True, "bridge": record.bridge, "subnet": record.subnet}
 
 
 def network_ls() -> list[dict[str, Any]]:
-    from qemuvm.runtime import networks
+    """Every network checked live, then the defined ones that are not up (`inactive`: they come up with the
+    first VM that joins them)."""
+    from qemuvm.runtime import netdefs, networks
 
-    return networks.list_all()
+    return [*networks.list_all(), *({"name": d.name, "state": "inactive", "problems": [], "bridge": None,
+                                     "subnet": d.subnet, "gateway": None, "nft_table": None, "dnsmasq_pid": None,
+                                     "leases": 0, "attached": [], "dir": None} for d in netdefs.inactive())]
 
 
 def network_status(name: str) -> dict[str, Any]:

@@ -96,6 +96,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 report.sections.append((f"qemuvm {folder.name}/{name}", "\n".join(text)))
 
 
+@pytest.fixture(autouse=True)
+def _network_definitions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test writes the host's network definitions (/var/lib/qemuvm/networks): each gets a folder of its own."""
+    folder = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp"))
+    monkeypatch.setenv("QEMUVM_NETWORK_DEFS", str(folder / "defs"))
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def qemuvm_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private, short QEMUVM_HOME (unix socket paths are limited to 107 bytes)."""

@@ -37,11 +37,15 @@ def networks_dir() -> Path:
     return Path(os.environ.get("QEMUVM_NETWORKS") or "/run/qemuvm/networks")
 
 
-def _folder(name: str) -> Path:
+def check_name(name: str) -> str:
     if not NAME.match(name):
         raise UsageError(f"{name!r} is not a network name: letters, digits, '_', '.', '-', at most 63, starting "
                          "with a letter or digit")
-    return networks_dir() / name
+    return name
+
+
+def _folder(name: str) -> Path:
+    return networks_dir() / check_name(name)
 
 
 def _record_path(name: str) -> Path:
@@ -65,7 +69,7 @@ def run(argv: list[str], what: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def _exists(ifname: str) -> bool:
+def link_exists(ifname: str) -> bool:
     return Path("/sys/class/net", ifname).exists()
 
 
@@ -124,7 +128,7 @@ def create(name: str, subnet: str | None = None) -> records.NetworkRecord:
             raise UsageError(f"network {name} exists; see `qemuvm network status {name}`, or remove it first: "
                              f"qemuvm network rm {name}")
         bridge = natnet.bridge_name(name)
-        if _exists(bridge):
+        if link_exists(bridge):
             raise UsageError(f"the host already has an interface {bridge} that qemuvm did not record; remove it "
                              f"(ip link del {bridge}) or choose another network name")
         routes, taken = host_routes(), [record.subnet for record in _all_records()]
@@ -217,7 +221,7 @@ def _teardown(record: records.NetworkRecord) -> list[str]:
         except OperationError as exc:
             if "No such file" not in str(exc):
                 problems.append(str(exc))
-    if record.bridge_created and _exists(record.bridge):
+    if record.bridge_created and link_exists(record.bridge):
         try:
             run(["ip", "link", "del", record.bridge], f"deleting bridge {record.bridge}")
         except OperationError as exc:
@@ -285,7 +289,7 @@ def view(record: records.NetworkRecord) -> dict[str, Any]:
     problems = []
     if not record.complete:
         problems.append("its creation did not finish (run `qemuvm network rm` and create it again)")
-    if not _exists(record.bridge):
+    if not link_exists(record.bridge):
         problems.append(f"its bridge {record.bridge} is gone (the host rebooted, or another network namespace)")
     if _proven_dnsmasq(record) is None:
         problems.append(f"its dnsmasq is not running (no DHCP or DNS); see {_folder(record.name) / 'dnsmasq.log'}")
@@ -331,7 +335,7 @@ def check_nics(profile: Profile) -> None:
         if record is None:
             raise UsageError(f"{at}: there is no network {nic.network}; create it first: "
                              f"qemuvm network create {nic.network}")
-        if not _exists(record.bridge):
+        if not link_exists(record.bridge):
             raise UsageError(f"{at}: network {nic.network}'s bridge {record.bridge} is gone; make the network again: "
                              f"qemuvm network rm {nic.network} && qemuvm network create {nic.network}")
 
@@ -365,7 +369,7 @@ def tap_problems(spec_taps: list[records.Tap]) -> list[str]:
             found.append(f"{nic}: network {tap.network} is gone (removed while the VM ran); the guest has no network "
                          f"there until `qemuvm network create {tap.network}` and a restart of the VM")
             continue
-        if not _exists(record.bridge):
+        if not link_exists(record.bridge):
             found.append(f"{nic}: network {tap.network}'s bridge {record.bridge} is gone; the guest has no network "
                          "there")
         elif tap.ifname not in attached(record):

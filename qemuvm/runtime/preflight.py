@@ -1,7 +1,8 @@
 """Before anything is created: which profile `up` starts, and whether this host can run it.
 
 Every check here fails with one sentence (UsageError, exit 2) and leaves nothing behind; `api.up` calls
-`load_profile`, then `check_host`, before it takes the instance lock.
+`load_profile`, then `check_host`, before it takes the instance lock. One thing `check_host` makes: a defined
+NAT network the VM joins that is not up (the host rebooted) is made again from its definition (netdefs.py).
 """
 
 from __future__ import annotations
@@ -112,8 +113,11 @@ def check_host(profile: Profile, paths: InstancePaths) -> tuple[HostFacts, str |
     if vnc is not None and vnc.password_file:
         read_vnc_password(vnc.password_file)  # unreadable or empty: exit 2 now, not a stuck VM later
     if any(nic.network for nic in profile.network):
-        from qemuvm.runtime import networks
+        from qemuvm.runtime import netdefs, networks
 
+        for nic in profile.network:  # a defined network that is not up (the host rebooted) comes up first
+            if nic.network is not None and os.geteuid() == 0:
+                netdefs.activate(nic.network)
         networks.check_nics(profile)
     for index, disk in enumerate(profile.disks):
         if disk.file.startswith("/dev/"):

@@ -375,3 +375,31 @@ _NETWORK_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "subnet": (str,), "gateway": (str,), "bridge": (str,), "created_at": (int, float),
     "bridge_created": (bool,), "nft_table": (str, type(None)), "ip_forward_enabled": (bool,),
     "dnsmasq": (dict, type(None)), "complete": (bool,)}
+
+
+@dataclass(frozen=True)
+class NetworkDefinition:
+    """What outlives a reboot of a NAT network (virsh net-define): its name and subnet, in the definitions
+    folder (runtime/netdefs.py); the bridge, table and dnsmasq are made again from it."""
+
+    name: str
+    subnet: str
+    defined_at: float
+    schema: int = NETWORK_SCHEMA
+
+
+def write_network_definition(path: Path, definition: NetworkDefinition) -> None:
+    write_json_atomic(path, dataclasses.asdict(definition))
+
+
+def read_network_definition(path: Path) -> NetworkDefinition | None:
+    """A network's definition; None when there is none; UsageError for a newer, unreadable or ill-typed one."""
+    data = _read_versioned(path, NETWORK_SCHEMA, f"network definition {path.stem} was written by",
+                           f"remove it ({path}) and create the network again")
+    if data is None:
+        return None
+    name, subnet, defined_at = data.get("name"), data.get("subnet"), data.get("defined_at")
+    if not (isinstance(name, str) and isinstance(subnet, str) and isinstance(defined_at, (int, float))):
+        raise UsageError(f"{path} is corrupt (name, subnet and defined_at are needed); remove it and create the "
+                         "network again")
+    return NetworkDefinition(name=name, subnet=subnet, defined_at=float(defined_at))

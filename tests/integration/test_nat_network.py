@@ -162,6 +162,8 @@ def test_forwarding_stays_on_for_a_bridge_that_appeared_since(home: Path, short_
     a qemuvm network's (docker0, virbr0) came up since, so it stays on."""
     monkeypatch.setenv("QEMUVM_NETWORKS", str(short_tmp / "networks"))
     with netns.namespace() as host:
+        # A new namespace takes the host's value (net.core.devconf_inherit_init_net=0): start from off.
+        netns.run(host, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
         assert netns.run(host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
         made = _qemuvm(host, "network", "create", "f")
         assert made.returncode == 0, made.stderr
@@ -171,3 +173,50 @@ def test_forwarding_stays_on_for_a_bridge_that_appeared_since(home: Path, short_
         assert removed.returncode == 0, removed.stderr
         assert netns.run(host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
         netns.run(host, "ip", "link", "del", "docker0")
+
+
+def test_a_defined_network_comes_back_after_a_reboot_with_its_vm(home: Path, test_guest: Any, short_tmp: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network records live in /run and the bridge does not outlive a reboot, so the autostart unit's
+    `qemuvm start` failed at boot (issue 30). `network create` keeps a definition; the first VM that joins a
+    defined network that is not up makes it again, as libvirt's autostarted networks come up before its guests."""
+    runtime, defs = short_tmp / "run", short_tmp / "defs"
+    monkeypatch.setenv("QEMUVM_NETWORKS", str(runtime))
+    monkeypatch.setenv("QEMUVM_NETWORK_DEFS", str(defs))
+    monkeypatch.setenv("QEMUVM_SYSTEMD_DIR", str(short_tmp / "units"))
+    with netns.namespace() as host:
+        made = _qemuvm(host, "network", "create", "p", "--subnet", "10.77.0.0/24", "--json")
+        assert made.returncode == 0, made.stderr
+        assert json.loads((defs / "p.json").read_text())["subnet"] == "10.77.0.0/24"
+        assert (defs / "p.json").stat().st_mode & 0o777 == 0o600 and defs.stat().st_mode & 0o777 == 0o700
+        assert _qemuvm(host, "define", str(_nat_vm(home, test_guest, "boots", "p"))).returncode == 0
+        enabled = _qemuvm(host, "autostart", "boots")  # (units in a folder of the test's: QEMUVM_SYSTEMD_DIR)
+        assert enabled.returncode == 0, enabled.stderr
+
+        # The reboot: /run is empty, the bridge, its nftables table and dnsmasq are gone.
+        network = json.loads(made.stdout)
+        netns.run(host, "kill", str(network["dnsmasq_pid"]))
+        poll("dnsmasq to end", lambda: not alive(network["dnsmasq_pid"]), 30)
+        netns.run(host, "ip", "link", "del", network["bridge"])
+        netns.run(host, "nft", "delete", "table", "ip", network["nft_table"])
+        subprocess.run(["rm", "-rf", str(runtime)], check=True)
+        [listed] = json.loads(_qemuvm(host, "network", "ls", "--json").stdout)
+        assert (listed["name"], listed["state"], listed["subnet"]) == ("p", "inactive", "10.77.0.0/24")
+
+        started = _qemuvm(host, "start", "boots")  # what the unit runs at boot
+        assert started.returncode == 0, started.stderr
+        assert poll("a DHCP lease on the network made again", lambda: _leased("boots"), timeout=120) \
+            .startswith("10.77.0.")
+        [listed] = json.loads(_qemuvm(host, "network", "ls", "--json").stdout)
+        assert listed["state"] == "active" and len(listed["attached"]) == 1
+        assert _qemuvm(host, "down", "boots").returncode == 0
+        assert _qemuvm(host, "rm", "boots").returncode == 0
+        assert _qemuvm(host, "network", "rm", "p").returncode == 0
+        assert not (defs / "p.json").exists() and json.loads(_qemuvm(host, "network", "ls", "--json").stdout) == []
+        # A VM on a network that is neither up nor defined (removed since) cannot be set to start at boot.
+        assert _qemuvm(host, "network", "create", "gone").returncode == 0
+        assert _qemuvm(host, "define", str(_nat_vm(home, test_guest, "orphan", "gone"))).returncode == 0
+        assert _qemuvm(host, "network", "rm", "gone").returncode == 0
+        refused = _qemuvm(host, "autostart", "orphan")
+        assert refused.returncode == 2 and "neither up nor defined" in refused.stderr, refused.stderr
+        assert _qemuvm(host, "rm", "orphan").returncode == 0
