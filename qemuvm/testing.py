@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 SERIAL_TAIL = 40
 

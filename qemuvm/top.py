@@ -34,8 +34,8 @@ from typing import Any
 
 import psutil
 
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance
-from qemuvm.runtime.paths import InstancePaths
 
 QMP_TIMEOUT = 0.5  # connect (greeting) and per-query deadline; longer means "busy", not "slow"
 _QUERIES = ("query-status", "query-blockstats", "query-cpus-fast", "query-memory-size-summary")

@@ -71,14 +71,7 @@ def cp(
 
     from qemuvm import api
 
-    limit = None
-    if max_size is not None:
-        from qemuvm.profile.types import parse_size
-
-        try:
-            limit = parse_size(max_size)
-        except Exception:
-            raise UsageError(f"--max-size: {max_size!r} is not a size such as 512M or 2G") from None
+    limit = api.parse_size(max_size, "--max-size") if max_size is not None else None
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed copy removes its partial file too
 
     def shown(copied: int, size: int) -> None:  # on a terminal only: a log gets the one line at the end

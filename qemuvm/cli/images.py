@@ -23,13 +23,9 @@ FormatOption = typer.Option("qcow2", "--format", "-f", help="raw | qcow2")
 
 
 def _size(text: str) -> int:
-    from qemuvm.errors import UsageError
-    from qemuvm.profile.types import parse_size
+    from qemuvm import api
 
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    return api.parse_size(text, "SIZE")
 
 
 def _human(size: int | None) -> str:
@@ -50,9 +46,9 @@ def image_create(
     backing: Path = typer.Option(None, "--backing", "-b", help="Backing image: the new qcow2 records only changes."),
 ) -> None:
     """Create a disk image, like `qemu-img create -f FMT FILE SIZE`."""
-    from qemuvm.qemu import img
+    from qemuvm import api
 
-    img.create(file, _size(size) if size else None, fmt, backing=backing)
+    api.image_create(file, _size(size) if size else None, fmt, backing=backing)
     info(f"created {file} ({fmt}{f', {size}' if size else ''}{f', backed by {backing}' if backing else ''})")
 
 
@@ -62,9 +58,9 @@ def image_info(
     json_: bool = typer.Option(False, "--json", help="Print qemu-img's JSON."),
 ) -> None:
     """Show an image's format, sizes, backing file and snapshots."""
-    from qemuvm.qemu import img
+    from qemuvm import api
 
-    image = img.info(file)
+    image = api.image_info(file)
     if json_:
         print_json(image.raw)
         return
@@ -84,10 +80,9 @@ def image_resize(
     size: str = typer.Argument(..., help="New size (7G), or a change (+1G; -1G shrinks and loses data)."),
 ) -> None:
     """Change an image's virtual size (the guest must grow its partitions itself)."""
-    from qemuvm.qemu import img
+    from qemuvm import api
 
-    img.resize(file, size)
-    info(f"resized {file} to {_human(img.info(file).virtual_size)}")
+    info(f"resized {file} to {_human(api.image_resize(file, size))}")
 
 
 @image_app.command("convert")
@@ -97,9 +92,9 @@ def image_convert(
     fmt: str = FormatOption,
 ) -> None:
     """Copy an image into another format, like `qemu-img convert -O FMT SRC DST`."""
-    from qemuvm.qemu import img
+    from qemuvm import api
 
-    img.convert(src, dst, fmt)
+    api.image_convert(src, dst, fmt)
     info(f"converted {src} to {dst} ({fmt})")
 
 

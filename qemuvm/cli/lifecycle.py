@@ -24,12 +24,9 @@ def _seconds(text: str | None, option: str) -> float | None:
     """A duration option (`30s`, `2m`, `90`) in seconds."""
     if text is None:
         return None
-    from qemuvm.profile.types import parse_duration
+    from qemuvm import api
 
-    try:
-        return parse_duration(text)
-    except Exception:
-        raise UsageError(f"{option}: {text!r} is not a duration such as 30s, 2m or 90") from None
+    return api.parse_duration(text, option)
 
 
 def _forward_text(fwd: dict[str, Any]) -> str:
@@ -116,7 +113,6 @@ def _up_many(profiles: list[str], name: str | None, count: int, set_: list[str] 
 def _foreground(name: str) -> None:
     """Show the serial log until the VM stops; Ctrl-C means `down`."""
     from qemuvm import api
-    from qemuvm.runtime import instance
 
     paths = api.instance_paths(name)
     # Ctrl-C (even when the shell started us with SIGINT ignored) and SIGTERM both mean `down`.
@@ -127,7 +123,7 @@ def _foreground(name: str) -> None:
         for chunk in api.follow(paths.serial_log, lines=20, keep_going=True):
             sys.stdout.write(chunk)
             sys.stdout.flush()
-            if not instance.is_active(instance.read_state(paths)):
+            if not api.active(name):
                 break
     except KeyboardInterrupt:
         info(f"\nstopping {name} …")
@@ -279,7 +275,7 @@ def reboot(
     and reset after the power-off); returns once the new boot began. Fails, forcing nothing, when the guest
     does not act within shutdown.timeout."""
     from qemuvm import api
-    from qemuvm.runtime.paths import state_home
+    from qemuvm.paths import state_home
 
     if not force:  # once per state folder: scripts written when `reboot` was a hard reset learn of the change
         marker = state_home() / ".reboot-notice"
@@ -378,11 +374,8 @@ def events(
 def console(name: str = NameArg) -> None:
     """Attach to the serial console (Ctrl-] detaches); with pipes, copies stdin in and output out."""
     from qemuvm import api
-    from qemuvm.control import console as console_
 
-    paths = api.instance_paths(name)
-    api.status(name)  # a clear error for an unknown instance
-    why = console_.attach(paths.serial_socket)
+    why = api.console(name)
     if why == "closed":
         info(f"{name}: the console closed (QEMU exited)")
 

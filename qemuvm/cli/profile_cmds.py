@@ -24,15 +24,12 @@ def render(
 ) -> None:
     """Print the QEMU command line a profile compiles to (one option per line, ready to paste)."""
     from qemuvm import api
-    from qemuvm.qemu.render import format_command, format_explained
 
     binary, options = api.render(profile, overrides=set_ or (), name=name)
     if json_:
         print_json([binary, *(arg for option in options for arg in option.args)])
-    elif explain:
-        print(format_explained(binary, options))
     else:
-        print(format_command(binary, options))
+        print(api.render_text(binary, options, explain=explain))
 
 
 @app.command()
@@ -43,18 +40,18 @@ def validate(
     """Check profiles: exit 0 when all are valid, 2 with one line per problem otherwise."""
     import sys
 
+    from qemuvm import api
     from qemuvm.errors import UsageError
-    from qemuvm.profile.validate import load_and_validate
 
     failed = False
     for profile in profiles:
         try:
-            spec = load_and_validate(str(profile), set_ or ())
+            name = api.validate(profile, set_ or ())
         except UsageError as exc:
             failed = True
             print(exc, file=sys.stderr)
         else:
-            print(f"{profile}: ok ({spec.name})")
+            print(f"{profile}: ok ({name})")
     if failed:
         raise typer.Exit(2)
 
@@ -62,17 +59,17 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the profile's JSON Schema (also in qemuvm/profile.schema.json, for editors)."""
-    from qemuvm.profile.model import json_schema
+    from qemuvm import api
 
-    print_json(json_schema())
+    print_json(api.schema())
 
 
 @app.command()
 def doctor(json_: bool = typer.Option(False, "--json", help="Print the checks as JSON.")) -> None:
     """Check this host: QEMU, KVM, firmware, qemu-img, the state folder. Exit 1 if something required is missing."""
-    from qemuvm.qemu.doctor import run_checks
+    from qemuvm import api
 
-    checks = run_checks()
+    checks = api.doctor()
     if json_:
         print_json([check.as_dict() for check in checks])
     else:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime.instance import printable
-from qemuvm.runtime.paths import InstancePaths
 
 SYNC_TIMEOUT = 5.0  # as libvirt: an agent that cannot answer guest-sync in 5 s is not running
 COMMAND_TIMEOUT = 30.0

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import atomic
-from qemuvm.runtime.paths import InstancePaths
 
 
 def unit_name(name: str) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 
 from qemuvm.control.wait import Tail
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance
-from qemuvm.runtime.paths import InstancePaths
 
 LOGS = {"serial": "serial_log", "qemu": "qemu_log", "events": "events", "supervisor": "supervisor_log"}
 

@@ -17,9 +17,9 @@ from qemuvm.control import agent
 from qemuvm.control.client import Monitor
 from qemuvm.control.wait import await_record
 from qemuvm.errors import OperationError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import intent, records
 from qemuvm.runtime.instance import PAUSED, RUNNING
-from qemuvm.runtime.paths import InstancePaths
 
 Progress = Callable[[str], None]
 

@@ -19,8 +19,8 @@ from qemuvm.control.client import Monitor, QmpSession
 from qemuvm.control.stop import wait_recorded
 from qemuvm.control.wait import await_record
 from qemuvm.errors import OperationError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, intent, records
-from qemuvm.runtime.paths import InstancePaths
 from qemuvm.runtime.restore import disk_print, profile_sha256
 
 UNTHROTTLED = 1 << 40  # bytes/s: QEMU's default migration bandwidth (128 MiB/s) would slow a save to a file

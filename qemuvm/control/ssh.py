@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import ports
 from qemuvm.runtime.instance import tail
-from qemuvm.runtime.paths import InstancePaths
 
 # `ssh_ready` probes repeatedly. QEMU's user-mode forward accepts every TCP connection, so until the
 # guest's sshd answers, a probe waits for the banner: ConnectTimeout bounds that (long enough for an

@@ -10,9 +10,9 @@ from typing import Any
 from qemuvm import files
 from qemuvm.control import autostart
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import helpers, instance, records
 from qemuvm.runtime.instance import PAUSED, STOPPED
-from qemuvm.runtime.paths import InstancePaths
 
 
 def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from typing import Any
 
 from qemuvm.control.client import Monitor
 from qemuvm.errors import OperationError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import helpers, instance, intent, launch, records
 from qemuvm.runtime.instance import STOPPED
-from qemuvm.runtime.paths import InstancePaths
 
 Progress = Callable[[str], None]
 GRACE_AFTER_QUIT = 10.0  # `quit` and SIGTERM each get this long before the next step

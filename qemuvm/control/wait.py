@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, ports
-from qemuvm.runtime.paths import InstancePaths
 from qemuvm.runtime.watch import FolderWatch
 
 if TYPE_CHECKING:

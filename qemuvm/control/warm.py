@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, launch, template
-from qemuvm.runtime.paths import InstancePaths
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile

@@ -82,8 +82,8 @@ def _is_name(text: str) -> bool:
 
 def _profile(source: str, overrides: tuple[str, ...] | list[str], home: Path | None) -> Any:
     """A profile file, else the saved profile of the instance `source`; validated, with --set applied."""
+    from qemuvm.paths import InstancePaths
     from qemuvm.profile.validate import load_and_validate
-    from qemuvm.runtime.paths import InstancePaths
 
     path = Path(source)
     if not path.is_file():
@@ -126,9 +126,9 @@ def export_target(target: str, source: str, *, overrides: tuple[str, ...] | list
                                             artifacts_pvc=artifacts_pvc, configmap=configmap, lossy=lossy)
     else:
         from qemuvm.convert import nomad
+        from qemuvm.paths import InstancePaths
         from qemuvm.qemu.compile import compile_options
         from qemuvm.qemu.facts import HostFacts
-        from qemuvm.runtime.paths import InstancePaths
 
         def options(runs: Any) -> Any:
             # For a host of no particular facts (the machine type is the Nomad client's business); what the

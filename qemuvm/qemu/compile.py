@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Disk, Nic, Profile
 from qemuvm.qemu import natnet, passt, segment
 from qemuvm.qemu import shares as shares_
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
-from qemuvm.runtime.paths import InstancePaths
 
 
 @dataclass(frozen=True)

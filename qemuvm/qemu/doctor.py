@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from qemuvm.paths import MAX_SOCKET_PATH, InstancePaths, state_home
 from qemuvm.qemu import probe as host
-from qemuvm.runtime.paths import MAX_SOCKET_PATH, InstancePaths, state_home
 
 Status = Literal["ok", "warn", "missing", "info"]
 APT_QEMU = "apt-get install qemu-system-x86 qemu-utils"
@@ -29,7 +29,7 @@ class Check:
 
 def memory_checks() -> list[Check]:
     """KSM, transparent huge pages and huge pages: the memory tuning of the classic KVM how-to."""
-    from qemuvm.runtime.memory import memory_tuning
+    from qemuvm.qemu.memory import memory_tuning
 
     tuning = memory_tuning()
     checks = []

@@ -8,9 +8,9 @@ unix socket.
 
 from __future__ import annotations
 
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Nic, Profile
 from qemuvm.qemu.facts import HostFacts
-from qemuvm.runtime.paths import InstancePaths
 
 
 def socket(paths: InstancePaths, index: int) -> str:

@@ -3,8 +3,8 @@ supervisor runs for each (runtime/segment.py), and the guest's address on the ke
 
 from __future__ import annotations
 
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
-from qemuvm.runtime.paths import InstancePaths
 
 
 def socket(paths: InstancePaths, index: int) -> str:

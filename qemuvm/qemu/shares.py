@@ -9,9 +9,9 @@ RAM in a shared memfd, which vhost-user needs. 9p: QEMU serves the folder itself
 from __future__ import annotations
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile, Share
 from qemuvm.qemu.facts import HostFacts
-from qemuvm.runtime.paths import InstancePaths
 
 VIRTIOFS, NINEP = "virtiofs", "9p"
 

@@ -29,11 +29,11 @@ import yaml
 
 from qemuvm import files
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import CloudInit, Profile
 from qemuvm.qemu import shares
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.runtime import instance
-from qemuvm.runtime.paths import InstancePaths
 
 CLOUD_CONFIG = "#cloud-config"
 LABEL = "cidata"

@@ -18,9 +18,9 @@ from typing import Any
 import psutil
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths, state_home
 from qemuvm.runtime import records
 from qemuvm.runtime.atomic import read_json, write_json_atomic, write_private_atomic  # noqa: F401 (re-exported)
-from qemuvm.runtime.paths import InstancePaths, state_home
 
 # States written to state.json (what `status` reports).
 STARTING, RUNNING, PAUSED, SHUTDOWN = "starting", "running", "paused", "shutdown"

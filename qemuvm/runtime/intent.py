@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from qemuvm.errors import OperationError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import atomic, instance
-from qemuvm.runtime.paths import InstancePaths
 
 
 def request(paths: InstancePaths, action: str, qemu_pid: int | None, qemu_start_time: float | None,

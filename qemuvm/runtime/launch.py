@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import decisions, instance, intent, ports, records, reuse
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STOPPED
-from qemuvm.runtime.paths import InstancePaths
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile

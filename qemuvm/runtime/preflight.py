@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from qemuvm import files
 from qemuvm.errors import UsageError
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile

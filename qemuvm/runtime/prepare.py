@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Disk, Profile
-from qemuvm.qemu import img
+from qemuvm.qemu import img, memory
 from qemuvm.qemu.facts import HostFacts
-from qemuvm.runtime import cloudinit, instance, memory, records
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.runtime import cloudinit, instance, records
 
 
 def profile_text(profile: Profile) -> str:

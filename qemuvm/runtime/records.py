@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime.atomic import read_json, write_json_atomic
-from qemuvm.runtime.paths import InstancePaths
 
 LAUNCH_SPEC_SCHEMA = 1
 STATE_SCHEMA = 1

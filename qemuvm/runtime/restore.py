@@ -13,8 +13,8 @@ import os
 from typing import TYPE_CHECKING
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import records
-from qemuvm.runtime.paths import InstancePaths
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, records
-from qemuvm.runtime.paths import InstancePaths
 from qemuvm.runtime.restore import disk_print
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def _instance_paths(source: str, key: str, name: str | None, home: Path | None) 
     elif name is not None:
         found = name
     else:
-        from qemuvm.runtime.paths import state_home
+        from qemuvm.paths import state_home
 
         try:
             found = (Path(home or state_home()) / INDEX / key).read_text(errors="replace").strip()

@@ -41,9 +41,9 @@ from qemu.qmp import EventListener, Message, QMPClient
 from qemu.qmp.protocol import Runstate
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import decisions, helpers, instance, intent, listeners, preflight, records, taps
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STARTING, STOPPED
-from qemuvm.runtime.paths import InstancePaths
 
 CONNECT_TIMEOUT = 30.0  # QEMU creates its monitor sockets within a second; this covers a loaded host
 QMP_TIMEOUT = 10.0

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, records
-from qemuvm.runtime.paths import InstancePaths
 from qemuvm.runtime.restore import disk_print
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from qemuvm.errors import QemuvmError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile, SmokeCheck
 from qemuvm.runtime import instance
-from qemuvm.runtime.paths import InstancePaths
 from qemuvm.workflow import junit
 from qemuvm.workflow.junit import Case
 

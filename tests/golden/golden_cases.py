@@ -9,12 +9,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
 from qemuvm.profile.validate import load_and_validate
 from qemuvm.qemu.compile import PortPlan, compile_options
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.render import format_command
-from qemuvm.runtime.paths import InstancePaths
 
 GOLDEN = Path(__file__).resolve().parent
 PROFILES = sorted((GOLDEN / "profiles").glob("*.yaml"))

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import psutil
 import yaml
 
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import helpers, instance
-from qemuvm.runtime.paths import InstancePaths
 
 REPO = Path(__file__).resolve().parents[2]
 CI_SMOKE = REPO / "profiles" / "ci-smoke.yaml"

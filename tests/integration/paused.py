@@ -26,13 +26,13 @@ import netns
 import pytest
 from qemu.qmp import QMPClient
 
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
 from qemuvm.qemu import passt, segment, shares
 from qemuvm.qemu.compile import PortPlan, compile_argv
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.probe import probe
 from qemuvm.runtime import helpers, launch, records
-from qemuvm.runtime.paths import InstancePaths
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = Path(os.environ.get("QEMUVM_TEST_GUEST_DIR") or REPO / "build" / "guest")

@@ -13,8 +13,8 @@ import yaml
 from helpers import cli, guest_profile
 
 from qemuvm import api
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance
-from qemuvm.runtime.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

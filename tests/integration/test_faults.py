@@ -18,8 +18,8 @@ import pytest
 from helpers import alive, cli, guest_profile, kill_everything, poll, up_with_supervisor_stopped_at
 
 from qemuvm import api
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance
-from qemuvm.runtime.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

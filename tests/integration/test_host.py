@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import cli
 
-from qemuvm.runtime.memory import meminfo
+from qemuvm.qemu.memory import meminfo
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from helpers import BOOT_TIMEOUT, alive, assert_gone, cli, guest_profile, poll, 
 
 from qemuvm import api
 from qemuvm.control import wait as waiting
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

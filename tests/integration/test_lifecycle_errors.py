@@ -18,7 +18,7 @@ from helpers import cli, kill_everything
 
 from qemuvm import api
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import pytest
 from helpers import alive, guest_profile, helper_pids, poll
 
 from qemuvm import api
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("passt") is None,
                                                           reason="needs passt (scripts/setup installs it)")]

@@ -13,7 +13,7 @@ from helpers import cli, guest_profile, state_of
 
 from qemuvm import api
 from qemuvm.control import wait
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

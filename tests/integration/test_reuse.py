@@ -16,7 +16,7 @@ import yaml
 from helpers import guest_profile
 
 from qemuvm import api
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

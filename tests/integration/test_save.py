@@ -17,7 +17,7 @@ from helpers import CI_SMOKE, alive, cli, guest_overrides
 from qemuvm import api
 from qemuvm.control import ssh as ssh_
 from qemuvm.errors import OperationError
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 from qemuvm.testing import overrides_to_sets
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import pytest
 from helpers import cli, guest_profile, poll
 
 from qemuvm import api
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance
-from qemuvm.runtime.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 from qemuvm import api
 from qemuvm.control import wait as waiting
 from qemuvm.errors import QemuvmError
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from helpers import alive, cli, guest_profile, helper_pids, poll, up_with_superv
 
 from qemuvm import api
 from qemuvm.control import ssh as ssh_
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 pytestmark = pytest.mark.integration
 

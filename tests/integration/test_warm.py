@@ -15,8 +15,8 @@ from helpers import CI_SMOKE, cli, guest_overrides, guest_profile, guest_sets
 
 from qemuvm import api
 from qemuvm.control import ssh as ssh_
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import template
-from qemuvm.runtime.paths import InstancePaths
 from qemuvm.testing import overrides_to_sets
 
 pytestmark = pytest.mark.integration

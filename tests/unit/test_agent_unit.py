@@ -11,7 +11,7 @@ import pytest
 
 from qemuvm.control import agent
 from qemuvm.errors import OperationError
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 
 
 def test_a_line_without_an_end_is_bounded(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
 from qemuvm.qemu.compile import (
     PortPlan,
@@ -23,7 +24,6 @@ from qemuvm.qemu.compile import (
 )
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
-from qemuvm.runtime.paths import InstancePaths
 
 HW = HostFacts(kvm_usable=True, kvm_hardware=True)
 SOFT = HostFacts(kvm_usable=True, kvm_hardware=False)

@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import atomic, instance
-from qemuvm.runtime.paths import InstancePaths
 
 
 def test_create_dir_is_private_and_never_changes_an_existing_folder(short_tmp: Path) -> None:

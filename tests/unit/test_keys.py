@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from qemuvm.control import agent, keys
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import SmokeCheck
-from qemuvm.runtime.paths import InstancePaths
 
 
 @pytest.mark.parametrize(("spec", "expected"), [

@@ -22,7 +22,7 @@ def test_the_supervisor_imports_only_the_runtime_layer() -> None:
                           env={"PYTHONPATH": ":".join(p for p in sys.path if p)})
     loaded = json.loads(done.stdout)
     outside = [m for m in loaded if not m.startswith("qemuvm.runtime")
-               and m not in ("qemuvm", "qemuvm.errors", "qemuvm.files")]
+               and m not in ("qemuvm", "qemuvm.errors", "qemuvm.files", "qemuvm.paths")]
     assert outside == [], f"the supervisor loads {outside}"
     assert "qemuvm.runtime.prepare" not in loaded and "qemuvm.runtime.cloudinit" not in loaded
 
@@ -36,10 +36,10 @@ def test_compile_is_pure_under_an_audit_hook(monkeypatch: pytest.MonkeyPatch) ->
     directory change; the profiles are loaded first (loading reads files; compiling must not)."""
     import time
 
+    from qemuvm.paths import InstancePaths
     from qemuvm.profile.validate import load_and_validate
     from qemuvm.qemu.compile import PortPlan, compile_argv
     from qemuvm.qemu.facts import HostFacts
-    from qemuvm.runtime.paths import InstancePaths
 
     monkeypatch.chdir(GOLDEN.parent)
     profiles = []
@@ -92,20 +92,9 @@ def test_compile_imports_nothing_that_touches_the_system() -> None:
                                        check=True).stdout)
     allowed = ("qemuvm.profile", "qemuvm.qemu.compile", "qemuvm.qemu.options", "qemuvm.qemu.facts",
                "qemuvm.qemu.shares", "qemuvm.qemu.passt", "qemuvm.qemu.segment", "qemuvm.qemu.natnet",
-               "qemuvm.runtime.paths", "qemuvm.errors", "qemuvm.files")
+               "qemuvm.paths", "qemuvm.errors", "qemuvm.files")
     assert [m for m in loaded if m not in ("qemuvm", "qemuvm.runtime", "qemuvm.qemu")
             and not m.startswith(allowed)] == []
-
-
-def test_api_imports_nothing_from_above_it() -> None:
-    """api sits below workflow/ (smoke, junit), the pytest plugin and top, which use it."""
-    import ast
-
-    tree = ast.parse((REPO / "qemuvm" / "api.py").read_text())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert not [m for m in imported if m.startswith(("qemuvm.workflow", "qemuvm.testing", "qemuvm.top",
-                                                     "qemuvm.cli"))], imported
 
 
 def test_the_libvirt_converters_are_pure() -> None:
@@ -117,3 +106,26 @@ def test_the_libvirt_converters_are_pure() -> None:
                                        check=True).stdout)
     allowed = ("qemuvm.profile", "qemuvm.convert.libvirt", "qemuvm.convert.xmlwalk", "qemuvm.errors")
     assert [m for m in loaded if m not in ("qemuvm", "qemuvm.convert") and not m.startswith(allowed)] == []
+
+
+def test_every_import_points_down_and_none_cycles() -> None:
+    """DESIGN.md's order (leaf < profile < qemu < runtime < convert < control < api < workflow/testing/top <
+    cli), derived from every import in the code, lazy ones included: no module imports a higher layer, the CLI
+    imports only the api and the layers it fronts, and no two modules import each other, even lazily."""
+    from import_graph import CLI_MAY_IMPORT, cycles, edges, layer, rank
+
+    graph = edges()
+    upward = sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                    if rank(layer(target)) > rank(layer(module))
+                    or (layer(target) != layer(module) and rank(layer(target)) == rank(layer(module))))
+    assert upward == []
+    cli = sorted(f"{module} -> {target}" for module, targets in graph.items() if layer(module) == "cli"
+                 for target in targets if layer(target) not in CLI_MAY_IMPORT)
+    assert cli == []
+    assert cycles(graph) == []
+
+
+def test_the_graph_in_architecture_md_is_the_code_s() -> None:
+    from import_graph import block, written_block
+
+    assert written_block() == block(), "regenerate with: .venv/bin/python tests/unit/import_graph.py --write"

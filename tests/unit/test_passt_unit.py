@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
 from qemuvm.qemu import passt
 from qemuvm.qemu.facts import HostFacts
-from qemuvm.runtime.paths import InstancePaths
 
 PATHS = InstancePaths(Path("/run/qemuvm-test/vm"))
 

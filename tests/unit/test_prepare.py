@@ -15,13 +15,12 @@ import pytest
 import yaml
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.load import load_text
 from qemuvm.profile.validate import validate
-from qemuvm.qemu import img
+from qemuvm.qemu import img, memory
 from qemuvm.qemu.facts import HostFacts
-from qemuvm.runtime import memory
 from qemuvm.runtime.cloudinit import write_iso
-from qemuvm.runtime.paths import InstancePaths
 from qemuvm.runtime.prepare import prepare, remove_ephemeral
 
 # These tests run the real qemu-img (Debian package qemu-utils; scripts/setup installs it).

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import records
-from qemuvm.runtime.paths import InstancePaths
 
 
 @pytest.fixture
@@ -95,8 +95,8 @@ def test_saved_state_round_trip_and_refusals(paths: InstancePaths) -> None:
 
 def test_a_reuse_record_round_trips_and_an_odd_one_is_no_record(tmp_path) -> None:
     """reuse.json is never an error: whatever is wrong with it, the start takes the full path and writes it anew."""
+    from qemuvm.paths import InstancePaths
     from qemuvm.runtime import records
-    from qemuvm.runtime.paths import InstancePaths
 
     paths = InstancePaths(tmp_path)
     record = records.ReuseRecord(invocations={"k": [records.DiskPrint("/p.yaml", 1, 2, 3)]}, host="h",

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
 from qemuvm.qemu import segment
-from qemuvm.runtime.paths import InstancePaths
 
 
 def test_segment_helpers_and_addresses() -> None:

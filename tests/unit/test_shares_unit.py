@@ -14,11 +14,11 @@ import yaml
 
 from qemuvm.control.status import helper_views
 from qemuvm.errors import UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import CloudInit, Profile
 from qemuvm.qemu import shares
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.runtime import cloudinit, helpers, records
-from qemuvm.runtime.paths import InstancePaths
 
 HOST = HostFacts()
 PATHS = InstancePaths(Path("/run/qemuvm-test/vm"))

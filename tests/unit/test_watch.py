@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from qemuvm.control import wait
-from qemuvm.runtime.paths import InstancePaths
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime.watch import FolderWatch
 
 

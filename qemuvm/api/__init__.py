@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
+from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, intent, launch, records
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
-from qemuvm.runtime.paths import InstancePaths
 
 if TYPE_CHECKING:
     import threading
@@ -261,16 +261,16 @@ def _refuse_shares(paths: InstancePaths, what: str) -> None:
 
 def templates(home: Path | None = None) -> list[dict[str, Any]]:
     """The templates that `up --warm` clones (runtime/template.py), oldest first."""
+    from qemuvm.paths import state_home
     from qemuvm.runtime import template
-    from qemuvm.runtime.paths import state_home
 
     return template.list_templates(home or state_home())
 
 
 def template_rm(fingerprint: str, *, force: bool = False, home: Path | None = None) -> dict[str, Any]:
     """Delete a template; refused while instances are clones of it, unless force."""
+    from qemuvm.paths import state_home
     from qemuvm.runtime import template
-    from qemuvm.runtime.paths import state_home
 
     return template.remove(home or state_home(), fingerprint, force=force)
 
@@ -444,20 +444,6 @@ def export(target: str, source: str, *, overrides: tuple[str, ...] | list[str] =
                             configmap=configmap, images_pvc=images_pvc, artifacts_pvc=artifacts_pvc, home=home)
 
 
-def render(source: str | os.PathLike[str], *, overrides: tuple[str, ...] | list[str] = (), name: str | None = None,
-           home: Path | None = None) -> tuple[str, list[Any]]:
-    """The QEMU binary and the compiled options (each with the profile fields behind it) of a profile file,
-    as `up` would start it (ports not yet planned)."""
-    from qemuvm.profile.validate import load_and_validate
-    from qemuvm.qemu import probe
-    from qemuvm.qemu.compile import compile_options
-    from qemuvm.runtime import preflight
-
-    profile = preflight.resolve_shares(load_and_validate(str(source), overrides, name))
-    return profile.qemu.binary, compile_options(profile, InstancePaths.for_name(profile.name, home),
-                                                probe.probe(profile.qemu.binary))
-
-
 def wait(name: str, *, serial: str | None = None, port: int | None = None, event: str | None = None,
          ssh: bool = False, shutdown: bool = False, ready: bool = False, timeout: float = 120.0,
          since: str = "boot", home: Path | None = None, progress: Progress = _silent) -> float:
@@ -581,6 +567,20 @@ def ls(home: Path | None = None) -> list[dict[str, Any]]:
     return [view(paths, instance.read_state(paths)) for paths in instance.list_instances(home)]
 
 
+def active(name: str, *, home: Path | None = None) -> bool:
+    """Whether the instance's QEMU or supervisor still lives (state.json and the processes; no QMP)."""
+    return instance.is_active(instance.read_state(instance_paths(name, home)))
+
+
+def console(name: str, *, home: Path | None = None) -> str:
+    """Attach this terminal (or stdin/stdout) to the serial console until detached; why it ended."""
+    from qemuvm.control import console as consoles
+
+    paths = instance_paths(name, home)
+    status(name, home=home)  # a clear error for an unknown instance
+    return consoles.attach(paths.serial_socket)
+
+
 def log_path(name: str, kind: str = "serial", home: Path | None = None) -> Path:
     """serial | qemu | events | supervisor."""
     from qemuvm.control import logs
@@ -602,47 +602,23 @@ def events(name: str, *, home: Path | None = None) -> list[dict[str, Any]]:
     return logs.events(instance_paths(name, home))
 
 
-# -- NAT networks (root: a bridge, nftables rules and dnsmasq per network; runtime/networks.py) ---------------
+# The host-side verbs (images, doctor, render, validate, schema, NAT networks) live in api/host.py; they are
+# part of the same facade.
+from qemuvm.api.host import (  # noqa: E402, F401  (re-exported: the one facade)
+    doctor,
+    image_convert,
+    image_create,
+    image_info,
+    image_resize,
+    network_create,
+    network_ls,
+    network_rm,
+    network_status,
+    parse_duration,
+    parse_size,
+    render,
+    render_text,
+    schema,
+    validate,
+)
 
-
-def network_create(name: str, subnet: str | None = None) -> dict[str, Any]:
-    """Make NAT network `name` (the first free 192.168.122+.0/24 without `subnet`); returns its status."""
-    from qemuvm.runtime import netdefs, networks
-
-    record = networks.create(name, subnet)
-    try:
-        netdefs.define(name, record.subnet)  # it comes up again after a reboot, with the first VM that joins it
-    except BaseException:
-        networks.remove(name, force=True)  # nothing half-made: a network that would not come back is not made
-        raise
-    return networks.status(name)
-
-
-def network_rm(name: str, *, force: bool = False) -> dict[str, Any]:
-    """Remove exactly what `network_create` made; refused while VMs use it, unless `force`."""
-    from qemuvm.runtime import netdefs, networks
-
-    defined = netdefs.definition(name)
-    if defined is not None and networks.read(name) is None:  # defined, not up (after a reboot): forget it
-        netdefs.undefine(name)
-        return {"name": name, "removed": True, "bridge": None, "subnet": defined.subnet}
-    record = networks.remove(name, force)
-    netdefs.undefine(name)
-    return {"name": record.name, "removed": True, "bridge": record.bridge, "subnet": record.subnet}
-
-
-def network_ls() -> list[dict[str, Any]]:
-    """Every network checked live, then the defined ones that are not up (`inactive`: they come up with the
-    first VM that joins them)."""
-    from qemuvm.runtime import netdefs, networks
-
-    return [*networks.list_all(), *({"name": d.name, "state": "inactive", "problems": [], "bridge": None,
-                                     "subnet": d.subnet, "gateway": None, "nft_table": None, "dnsmasq_pid": None,
-                                     "leases": 0, "attached": [], "dir": None} for d in netdefs.inactive())]
-
-
-def network_status(name: str) -> dict[str, Any]:
-    """The network checked live (bridge, dnsmasq) with its current leases."""
-    from qemuvm.runtime import networks
-
-    return networks.status(name)
