@@ -220,6 +220,11 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
         reuse.remember(paths, profile, source, overrides, name, first_boot)
 
 
+# The supervisor's interpreter arguments. (The fault tests run `up` through an entry point of their own that
+# points this at a wrapper, which stops the supervisor at a named step: tests/integration/supervisor_stops.py.)
+SUPERVISOR = ["-S", "-m", "qemuvm.runtime.supervisor"]
+
+
 def _supervisor_process(args: list[str], **stdio: Any) -> subprocess.Popen[bytes]:
     """`python -S -m qemuvm.runtime.supervisor ARGS`, detached: its own session.
 
@@ -231,7 +236,7 @@ def _supervisor_process(args: list[str], **stdio: Any) -> subprocess.Popen[bytes
     import threading
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(module_path()))
-    proc = subprocess.Popen([sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", *args], **stdio,
+    proc = subprocess.Popen([sys.executable, *SUPERVISOR, *args], **stdio,
                             start_new_session=True, close_fds=True, cwd="/", env=env)
     # Kept while it runs: a Popen freed while its child runs executes __del__, where a Ctrl-C arriving at that
     # moment is swallowed ("Exception ignored in"). A daemon thread reaps it when it exits, so a long-lived

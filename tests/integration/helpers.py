@@ -4,7 +4,6 @@ from each other."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -140,20 +139,19 @@ def screenshot_until_not_blank(name: str, out: Path, timeout: float = 60) -> Png
 
 
 def up_with_supervisor_stopped_at(home: Path, profile: Path, step: str) -> tuple[subprocess.Popen[str], int]:
-    """`qemuvm up --no-wait` whose supervisor stops itself (SIGSTOP) at `step`; returns up and the supervisor."""
+    """`qemuvm up --no-wait` whose supervisor stops itself (SIGSTOP) at `step` (supervisor_stops.py); returns up
+    and the supervisor's pid."""
     marker = home / f"stop-{step}"
     marker.touch()
-    env = dict(os.environ, QEMUVM_TEST_SUPERVISOR_STOP=f"{step}:{marker}")
-    up = subprocess.Popen([sys.executable, "-m", "qemuvm", "up", str(profile), "--no-wait", "--json"], env=env,
+    up = subprocess.Popen([sys.executable, str(Path(__file__).with_name("supervisor_stops.py")), "up", step,
+                           str(marker), "up", str(profile), "--no-wait", "--json"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def stopped_supervisor() -> int | None:
         for proc in psutil.process_iter(["cmdline", "status"]):
             cmdline = proc.info["cmdline"] or []
-            if "qemuvm.runtime.supervisor" in cmdline and proc.info["status"] == psutil.STATUS_STOPPED:
-                with contextlib.suppress(psutil.Error):  # ours: a prestarted one does not name its instance
-                    if proc.environ().get("QEMUVM_TEST_SUPERVISOR_STOP") == f"{step}:{marker}":
-                        return proc.pid
+            if "supervisor" in cmdline and str(marker) in cmdline and proc.info["status"] == psutil.STATUS_STOPPED:
+                return proc.pid
         return None
     return up, poll(f"the supervisor to stop at {step}", stopped_supervisor, 60)
 

@@ -17,7 +17,7 @@ import hcl2
 import jsonschema
 import kubernetes_validate
 import pytest
-from test_hostile_input import qemuvm
+from hostile import qemuvm
 
 from qemuvm.convert import io
 from qemuvm.convert.nomad import DRIVE_INTERFACES

@@ -129,3 +129,26 @@ def test_the_graph_in_architecture_md_is_the_code_s() -> None:
     from import_graph import block, written_block
 
     assert written_block() == block(), "regenerate with: .venv/bin/python tests/unit/import_graph.py --write"
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in helper modules (helpers.py, paused.py, hostile.py, import_graph.py, ...) or a
+    conftest, never in one test module that others import."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.relative_to(REPO)} imports {name}" for name in names
+                      if name.split(".")[-1].startswith("test_")]
+    assert found == []
+
+
+def test_no_test_hook_ships_in_qemuvm() -> None:
+    """Fault tests reach the supervisor from outside (its audit events, tests/integration/supervisor_stops.py):
+    no QEMUVM_TEST_* switch is read by the package."""
+    hooks = [str(path.relative_to(REPO)) for path in (REPO / "qemuvm").rglob("*.py")
+             if "QEMUVM_TEST_" in path.read_text()]
+    assert hooks == []

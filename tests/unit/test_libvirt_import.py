@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_hostile_input import qemuvm, refused
+from hostile import qemuvm, refused
 
 from qemuvm.convert import libvirt_export, libvirt_import
 from qemuvm.errors import UsageError
