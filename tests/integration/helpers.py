@@ -150,7 +150,8 @@ def up_with_supervisor_stopped_at(home: Path, profile: Path, step: str) -> tuple
     def stopped_supervisor() -> int | None:
         for proc in psutil.process_iter(["cmdline", "status"]):
             cmdline = proc.info["cmdline"] or []
-            if "supervisor" in cmdline and str(marker) in cmdline and proc.info["status"] == psutil.STATUS_STOPPED:
+            if "qemuvm.runtime.supervisor" in cmdline and str(marker) in cmdline \
+                    and proc.info["status"] == psutil.STATUS_STOPPED:
                 return proc.pid
         return None
     return up, poll(f"the supervisor to stop at {step}", stopped_supervisor, 60)

@@ -4,9 +4,10 @@ only raises an audit event at each step (`qemuvm.supervisor.step`, runtime/super
 module listens to it.
 
     python supervisor_stops.py up STEP MARKER [qemuvm up arguments]   # the CLI, with its supervisors wrapped
-    python -S supervisor_stops.py supervisor STEP MARKER [ARGS]       # (what the wrapped `up` starts)
+    python -S supervisor_stops.py qemuvm.runtime.supervisor STEP MARKER [ARGS]   # what the wrapped `up` starts
 
-The stop happens once, while MARKER exists (it is removed first).
+The stop happens once, while MARKER exists (it is removed first). The wrapper's command line names the module
+as an argument, as the real one's does: that is how commands prove a live supervisor (runtime/instance.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _up(step: str, marker: str, args: list[str]) -> None:
     from qemuvm import cli
     from qemuvm.runtime import launch
 
-    launch.SUPERVISOR = ["-S", os.path.abspath(__file__), "supervisor", step, marker]
+    launch.SUPERVISOR = ["-S", os.path.abspath(__file__), "qemuvm.runtime.supervisor", step, marker]
     sys.argv = ["qemuvm", *args]
     cli.main()
 
