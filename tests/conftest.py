@@ -41,6 +41,33 @@ def _our_processes() -> dict[int, str]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ[_SESSION_MARK] = f"{os.getpid()}-{os.urandom(4).hex()}"
     session.config._qemuvm_before = _our_processes()  # type: ignore[attr-defined]
+    session.config._qemuvm_host_before = _host_network()  # type: ignore[attr-defined]
+
+
+def _host_network() -> set[str]:
+    """qemuvm's bridges and nftables tables in the host's own network namespace (tests make theirs in
+    namespaces of their own: one here is a test that reached the host)."""
+    import shutil
+    import subprocess
+
+    found = {f"bridge {name}" for name in os.listdir("/sys/class/net") if name.startswith("qvbr-")}
+    if shutil.which("nft") and os.geteuid() == 0:
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+        found |= {f"nft {line.split()[-1]}" for line in tables.splitlines() if line.split()[-1].startswith("qemuvm-")}
+    return found
+
+
+def _host_network_left(before: set[str]) -> dict[str, str]:
+    """What a test made in the host's namespace during this session: reported, and removed."""
+    import subprocess
+
+    left = {}
+    for item in sorted(_host_network() - before):
+        kind, name = item.split(" ", 1)
+        argv = ["ip", "link", "del", name] if kind == "bridge" else ["nft", "delete", "table", "ip", name]
+        subprocess.run(argv, capture_output=True, check=False)
+        left[item] = "made in the host's own network namespace by a test (removed now)"
+    return left
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -48,6 +75,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     before = getattr(session.config, "_qemuvm_before", {})
     left = {pid: cmd for pid, cmd in _our_processes().items() if pid not in before and pid != os.getpid()}
     left.update(_namespaces_left())
+    left.update(_host_network_left(getattr(session.config, "_qemuvm_host_before", set())))
     if not left:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

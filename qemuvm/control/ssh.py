@@ -162,11 +162,11 @@ def resolve(name: str, home: Path | None = None) -> SshTarget:
 
 def _leased_address(paths: InstancePaths, guest_port: int) -> tuple[str, int] | None:
     """The guest's address on a qemuvm NAT network (dnsmasq's lease), reached directly: no forward needed."""
-    from qemuvm.runtime import networks, records
+    from qemuvm.runtime import nics, records
 
     with contextlib.suppress(UsageError):
         spec = records.read_launch_spec(paths)
-        leased = [nic["address"] for nic in networks.addresses(spec.taps if spec else []) if nic["address"]]
+        leased = [nic["address"] for nic in nics.addresses(spec.taps if spec else []) if nic["address"]]
         return (leased[0], guest_port) if leased else None
     return None
 

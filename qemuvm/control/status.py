@@ -86,11 +86,11 @@ def status(paths: InstancePaths) -> dict[str, Any]:
         if spec is not None and spec.template:
             result["template"] = spec.template  # a clone: its disks back onto that template
         if spec is not None and spec.taps:
-            from qemuvm.runtime import networks
+            from qemuvm.runtime import nics
 
-            result["addresses"] = networks.addresses(spec.taps)  # leased on qemuvm networks (dnsmasq)
+            result["addresses"] = nics.addresses(spec.taps)  # leased on qemuvm networks (dnsmasq)
             if result.get("state") in instance.ALIVE_STATES:
-                problems.extend(networks.tap_problems(spec.taps))
+                problems.extend(nics.tap_problems(spec.taps))
         if spec is not None and spec.shares and result.get("state") in instance.ALIVE_STATES:
             problems.extend(share_problems(paths, spec.shares, (state or {}).get("serial_offset") or 0))
     # `problem`: every problem in one line (None: nothing wrong), `problems`: the same one by one.

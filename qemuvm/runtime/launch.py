@@ -176,7 +176,7 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
     clone, its overlays on the template and a LaunchSpec that restores the template's state."""
     from qemuvm.qemu import passt, segment, shares
     from qemuvm.qemu.compile import compile_argv
-    from qemuvm.runtime import networks, restore, template
+    from qemuvm.runtime import nics, restore, template
     from qemuvm.runtime.prepare import prepare, prepare_clone, write_launch_files
 
     # `type: auto` is decided here, once, and said; profile.yaml keeps the choice for later starts.
@@ -202,7 +202,7 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
                                *shares.helpers(profile, paths, host),
                                *passt.helpers(profile, paths, host, plan.forwards, plan.ssh_host_port),
                                *segment.helpers(profile, paths, sys.executable))],
-                           taps=networks.taps(profile) if any(nic.network for nic in profile.network) else [])
+                           taps=nics.taps(profile) if any(nic.network for nic in profile.network) else [])
         if clone_of is not None:
             folder, record = clone_of
             restore.check_memory(paths, profile, "start it without --warm")

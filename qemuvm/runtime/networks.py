@@ -5,7 +5,8 @@ does not outlive a reboot) holds network.json (records.NetworkRecord, written af
 so whatever exists is recorded and `rm` removes exactly that), dnsmasq's pidfile, leases file and log. The
 names, address plan, dnsmasq command line and nftables ruleset are pure (qemu/natnet.py).
 
-The supervisor's one step, putting a VM's taps on their bridges, is runtime/taps.py.
+A VM's NICs on networks (the checks before `up`, its taps, addresses and problems) are runtime/nics.py;
+the supervisor's one step, putting a VM's taps on their bridges, is runtime/taps.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +28,7 @@ from qemuvm.qemu import natnet
 from qemuvm.runtime import instance, records
 
 if TYPE_CHECKING:
-    from qemuvm.profile.model import Profile
+    pass
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # as an instance name (profile/types.py NAME_PATTERN)
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -44,12 +47,12 @@ def check_name(name: str) -> str:
     return name
 
 
-def _folder(name: str) -> Path:
+def network_folder(name: str) -> Path:
     return networks_dir() / check_name(name)
 
 
 def _record_path(name: str) -> Path:
-    return _folder(name) / "network.json"
+    return network_folder(name) / "network.json"
 
 
 def read(name: str) -> records.NetworkRecord | None:
@@ -121,7 +124,7 @@ def _lock() -> contextlib.AbstractContextManager[int]:
 def create(name: str, subnet: str | None = None) -> records.NetworkRecord:
     """Make network `name`: bridge, nftables table, IPv4 forwarding, dnsmasq; each step recorded as it is done,
     and everything undone when a step fails (nothing half-made is left)."""
-    folder = _folder(name)
+    folder = network_folder(name)
     _require("qemuvm network create")
     with _lock():
         if read(name) is not None:
@@ -147,32 +150,131 @@ def create(name: str, subnet: str | None = None) -> records.NetworkRecord:
             raise UsageError(f"--subnet {plan.subnet} overlaps the host route {clash} (or another qemuvm network); "
                              f"choose one that does not{f', e.g. --subnet {free}' if free else ''}")
         folder.mkdir(mode=0o700)
-        record = records.NetworkRecord(name=name, subnet=plan.subnet, gateway=plan.gateway, bridge=bridge,
-                                       created_at=time.time())
-        path = folder / "network.json"
-        records.write_network(path, record)
+        build = _Build(records.NetworkRecord(name=name, subnet=plan.subnet, gateway=plan.gateway, bridge=bridge,
+                                             created_at=time.time()), plan, folder)
+        records.write_network(build.path, build.record)
         try:
-            run(["ip", "link", "add", bridge, "type", "bridge"], f"creating bridge {bridge}")
-            record.bridge_created = True
-            records.write_network(path, record)
-            run(["ip", "addr", "add", f"{plan.gateway}/{plan.prefix}", "dev", bridge], f"addressing {bridge}")
-            run(["ip", "link", "set", bridge, "up"], f"bringing {bridge} up")
-            table = natnet.nft_table(name)
-            run(["nft", "-f", "-"], f"loading nftables table {table}", stdin=natnet.nft_ruleset(table, bridge, plan))
-            record.nft_table = table
-            records.write_network(path, record)
-            if IP_FORWARD.read_text().strip() != "1":
-                IP_FORWARD.write_text("1\n")
-                record.ip_forward_enabled = True
-                records.write_network(path, record)
-            record.dnsmasq = _start_dnsmasq(bridge, plan, folder)
-            record.complete = True
-            records.write_network(path, record)
+            for step in CREATE_STEPS:
+                step.do(build)
+                records.write_network(build.path, build.record)  # what exists is recorded as soon as it does
+            build.record.complete = True
+            records.write_network(build.path, build.record)
         except BaseException:
-            _teardown(record)
+            _teardown(build.record)
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return record
+        return build.record
+
+
+# -- the steps of `create`, each with its undo (`rm` and a failed `create` walk them backwards) -------------
+
+
+@dataclass
+class _Build:
+    record: records.NetworkRecord
+    plan: natnet.AddressPlan
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "network.json"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    do: Callable[[_Build], None]  # makes its part and notes it in the record
+    undo: Callable[[records.NetworkRecord], str | None] | None  # removes what the record says; why it could not
+
+
+def _add_bridge(build: _Build) -> None:
+    run(["ip", "link", "add", build.record.bridge, "type", "bridge"], f"creating bridge {build.record.bridge}")
+    build.record.bridge_created = True
+
+
+def _delete_bridge(record: records.NetworkRecord) -> str | None:
+    if record.bridge_created and link_exists(record.bridge):
+        try:
+            run(["ip", "link", "del", record.bridge], f"deleting bridge {record.bridge}")
+        except OperationError as exc:
+            return str(exc)
+    return None
+
+
+def _address_bridge(build: _Build) -> None:  # undone with the bridge
+    bridge, plan = build.record.bridge, build.plan
+    run(["ip", "addr", "add", f"{plan.gateway}/{plan.prefix}", "dev", bridge], f"addressing {bridge}")
+    run(["ip", "link", "set", bridge, "up"], f"bringing {bridge} up")
+
+
+def _load_nftables(build: _Build) -> None:
+    table = natnet.nft_table(build.record.name)
+    run(["nft", "-f", "-"], f"loading nftables table {table}",
+        stdin=natnet.nft_ruleset(table, build.record.bridge, build.plan))
+    build.record.nft_table = table
+
+
+def _delete_nftables(record: records.NetworkRecord) -> str | None:
+    if record.nft_table:
+        try:
+            run(["nft", "delete", "table", "ip", record.nft_table], f"deleting nftables table {record.nft_table}")
+        except OperationError as exc:
+            if "No such file" not in str(exc):
+                return str(exc)
+    return None
+
+
+def _forwarding_on(build: _Build) -> None:
+    if IP_FORWARD.read_text().strip() != "1":
+        IP_FORWARD.write_text("1\n")
+        build.record.ip_forward_enabled = True
+
+
+def _forwarding_back(record: records.NetworkRecord) -> None:
+    if not record.ip_forward_enabled:
+        return
+    others = [other for other in _all_records() if other.name != record.name]
+    if others:  # they rely on forwarding too: the last one to go turns it off
+        others[0].ip_forward_enabled = True
+        records.write_network(_record_path(others[0].name), others[0])
+    elif not forwarding_users():
+        with contextlib.suppress(OSError):
+            IP_FORWARD.write_text("0\n")
+    # else: bridges that are not ours appeared since (Docker's docker0, libvirt's virbr0, a container network):
+    # they forward through the same switch, so it stays on.
+
+
+def _dnsmasq(build: _Build) -> None:
+    build.record.dnsmasq = _start_dnsmasq(build.record.bridge, build.plan, build.folder)
+
+
+def _stop_dnsmasq(record: records.NetworkRecord) -> None:
+    import psutil
+
+    proc = proven_dnsmasq(record)
+    if proc is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        proc.terminate()
+    _gone, alive = psutil.wait_procs([proc], timeout=5)
+    for still in alive:
+        with contextlib.suppress(psutil.Error):
+            still.kill()
+
+
+CREATE_STEPS = (
+    Step("bridge", _add_bridge, _delete_bridge),
+    Step("address", _address_bridge, None),
+    Step("nftables", _load_nftables, _delete_nftables),
+    Step("ip_forward", _forwarding_on, _forwarding_back),
+    Step("dnsmasq", _dnsmasq, _stop_dnsmasq),
+)
+
+
+def _teardown(record: records.NetworkRecord) -> list[str]:
+    """Undo what `record` says was made, step by step in reverse; what could not be undone (each a sentence)."""
+    return [problem for step in reversed(CREATE_STEPS) if step.undo is not None
+            for problem in [step.undo(record)] if problem]
 
 
 def _start_dnsmasq(bridge: str, plan: natnet.AddressPlan, folder: Path) -> dict[str, Any]:
@@ -191,7 +293,7 @@ def _start_dnsmasq(bridge: str, plan: natnet.AddressPlan, folder: Path) -> dict[
         raise OperationError(f"dnsmasq started but its pidfile {folder / 'dnsmasq.pid'} is unusable: {exc}") from None
 
 
-def _proven_dnsmasq(record: records.NetworkRecord) -> Any:
+def proven_dnsmasq(record: records.NetworkRecord) -> Any:
     import psutil
 
     entry = record.dnsmasq or {}
@@ -200,43 +302,6 @@ def _proven_dnsmasq(record: records.NetworkRecord) -> Any:
         return proc if proc is not None and proc.cmdline() == entry.get("cmdline") else None
     except psutil.Error:
         return None
-
-
-def _teardown(record: records.NetworkRecord) -> list[str]:
-    """Undo what `record` says was made, in reverse; returns what could not be undone (each a sentence)."""
-    import psutil
-
-    problems = []
-    proc = _proven_dnsmasq(record)
-    if proc is not None:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-        _gone, alive = psutil.wait_procs([proc], timeout=5)
-        for still in alive:
-            with contextlib.suppress(psutil.Error):
-                still.kill()
-    if record.nft_table:
-        try:
-            run(["nft", "delete", "table", "ip", record.nft_table], f"deleting nftables table {record.nft_table}")
-        except OperationError as exc:
-            if "No such file" not in str(exc):
-                problems.append(str(exc))
-    if record.bridge_created and link_exists(record.bridge):
-        try:
-            run(["ip", "link", "del", record.bridge], f"deleting bridge {record.bridge}")
-        except OperationError as exc:
-            problems.append(str(exc))
-    if record.ip_forward_enabled:
-        others = [other for other in _all_records() if other.name != record.name]
-        if others:  # they rely on forwarding too: the last one to go turns it off
-            others[0].ip_forward_enabled = True
-            records.write_network(_record_path(others[0].name), others[0])
-        elif not forwarding_users():
-            with contextlib.suppress(OSError):
-                IP_FORWARD.write_text("0\n")
-        # else: bridges that are not ours appeared since (Docker's docker0, libvirt's virbr0, a container
-        # network): they forward through the same switch, so it stays on.
-    return problems
 
 
 def forwarding_users() -> list[str]:
@@ -271,14 +336,14 @@ def remove(name: str, force: bool = False) -> records.NetworkRecord:
         problems = _teardown(record)
         if problems:
             raise OperationError(f"network {name} is partly removed ({'; '.join(problems)}); its record stays in "
-                                 f"{_folder(name)}: run `qemuvm network rm {name}` again")
-        shutil.rmtree(_folder(name), ignore_errors=True)
+                                 f"{network_folder(name)}: run `qemuvm network rm {name}` again")
+        shutil.rmtree(network_folder(name), ignore_errors=True)
         return record
 
 
 def current_leases(record: records.NetworkRecord) -> list[natnet.Lease]:
     with contextlib.suppress(OSError):
-        text = (_folder(record.name) / "leases").read_text()
+        text = (network_folder(record.name) / "leases").read_text()
         now = time.time()
         return [lease for lease in natnet.leases(text) if lease.expires == 0 or lease.expires > now]
     return []
@@ -291,12 +356,14 @@ def view(record: records.NetworkRecord) -> dict[str, Any]:
         problems.append("its creation did not finish (run `qemuvm network rm` and create it again)")
     if not link_exists(record.bridge):
         problems.append(f"its bridge {record.bridge} is gone (the host rebooted, or another network namespace)")
-    if _proven_dnsmasq(record) is None:
-        problems.append(f"its dnsmasq is not running (no DHCP or DNS); see {_folder(record.name) / 'dnsmasq.log'}")
+    if proven_dnsmasq(record) is None:
+        log = network_folder(record.name) / "dnsmasq.log"
+        problems.append(f"its dnsmasq is not running (no DHCP or DNS); see {log}")
     return {"name": record.name, "state": "active" if not problems else "degraded", "problems": problems,
             "bridge": record.bridge, "subnet": record.subnet, "gateway": record.gateway,
             "nft_table": record.nft_table, "dnsmasq_pid": (record.dnsmasq or {}).get("pid"),
-            "leases": len(current_leases(record)), "attached": attached(record), "dir": str(_folder(record.name))}
+            "leases": len(current_leases(record)), "attached": attached(record),
+            "dir": str(network_folder(record.name))}
 
 
 def list_all() -> list[dict[str, Any]]:
@@ -313,83 +380,3 @@ def status(name: str) -> dict[str, Any]:
         raise UsageError(f"no network named {name} (see `qemuvm network ls`)")
     return {**view(record), "leases": [{"mac": lease.mac, "address": lease.address, "hostname": lease.hostname,
                                         "expires": lease.expires} for lease in current_leases(record)]}
-
-
-# -- a VM's NICs on networks ---------------------------------------------------------------------------------
-
-def check_nics(profile: Profile) -> None:
-    """Before `up` creates anything: each `network:` NIC names a network that is here, and qemuvm may create
-    its tap (UsageError: one sentence with the fix)."""
-    for index, nic in enumerate(profile.network):
-        if nic.network is None:
-            continue
-        at = f"network[{index}].network"
-        if os.geteuid() != 0:
-            bridge = natnet.bridge_name(nic.network)
-            raise UsageError(f"{at}: joining network {nic.network} needs a tap device, and creating one needs root; "
-                             f"run qemuvm as root, or join its bridge through qemu-bridge-helper instead: "
-                             f"{{mode: bridge, bridge: {bridge}}}, with the line `allow {bridge}` in "
-                             "/etc/qemu/bridge.conf and the helper setuid root (Debian ships it without: "
-                             "chmod u+s /usr/lib/qemu/qemu-bridge-helper)")
-        record = read(nic.network)
-        if record is None:
-            raise UsageError(f"{at}: there is no network {nic.network}; create it first: "
-                             f"qemuvm network create {nic.network}")
-        if not link_exists(record.bridge):
-            raise UsageError(f"{at}: network {nic.network}'s bridge {record.bridge} is gone; make the network again: "
-                             f"qemuvm network rm {nic.network} && qemuvm network create {nic.network}")
-
-
-def taps(profile: Profile) -> list[records.Tap]:
-    """The LaunchSpec's taps: one per `network:` NIC, named for the instance and NIC (qemu/natnet.py)."""
-    from qemuvm.qemu.options import derive_mac
-
-    found = []
-    for index, nic in enumerate(profile.network):
-        if nic.network is not None:
-            record = read(nic.network)
-            found.append(records.Tap(index=index, network=nic.network, ifname=natnet.tap_name(profile.name, index),
-                                     bridge=record.bridge if record else natnet.bridge_name(nic.network),
-                                     mac=derive_mac(profile.name, index) if nic.mac == "auto" else nic.mac.lower()))
-    return found
-
-
-def tap_problems(spec_taps: list[records.Tap]) -> list[str]:
-    """What a running VM has lost on its qemuvm networks, one sentence each: a network removed under it
-    (`network rm --force`), its bridge or dnsmasq gone, a tap no longer on its bridge."""
-    found = []
-    for tap in spec_taps:
-        nic = f"NIC {tap.index} (tap {tap.ifname})"
-        try:
-            record = read(tap.network)
-        except UsageError as exc:
-            found.append(f"{nic}: network {tap.network}'s record cannot be read ({exc})")
-            continue
-        if record is None:
-            found.append(f"{nic}: network {tap.network} is gone (removed while the VM ran); the guest has no network "
-                         f"there until `qemuvm network create {tap.network}` and a restart of the VM")
-            continue
-        if not link_exists(record.bridge):
-            found.append(f"{nic}: network {tap.network}'s bridge {record.bridge} is gone; the guest has no network "
-                         "there")
-        elif tap.ifname not in attached(record):
-            found.append(f"{nic} is not on network {tap.network}'s bridge {record.bridge}; the guest has no network "
-                         "there until the VM restarts")
-        if _proven_dnsmasq(record) is None:
-            found.append(f"{nic}: network {tap.network}'s dnsmasq is not running (no DHCP or DNS); see "
-                         f"{_folder(record.name) / 'dnsmasq.log'}")
-    return found
-
-
-def addresses(spec_taps: list[records.Tap]) -> list[dict[str, Any]]:
-    """An instance's addresses on qemuvm networks (its LaunchSpec's taps), from their leases (the guest asked
-    dnsmasq for them)."""
-    found = []
-    for tap in spec_taps:
-        record = None
-        with contextlib.suppress(UsageError):  # an unreadable network record: no address known
-            record = read(tap.network)
-        lease = natnet.lease_for(tap.mac, current_leases(record), time.time()) if record else None
-        found.append({"nic": tap.index, "network": tap.network, "mac": tap.mac, "tap": tap.ifname,
-                      "address": lease.address if lease else None})
-    return found

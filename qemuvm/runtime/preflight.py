@@ -113,12 +113,12 @@ def check_host(profile: Profile, paths: InstancePaths) -> tuple[HostFacts, str |
     if vnc is not None and vnc.password_file:
         read_vnc_password(vnc.password_file)  # unreadable or empty: exit 2 now, not a stuck VM later
     if any(nic.network for nic in profile.network):
-        from qemuvm.runtime import netdefs, networks
+        from qemuvm.runtime import netdefs, nics
 
         for nic in profile.network:  # a defined network that is not up (the host rebooted) comes up first
             if nic.network is not None and os.geteuid() == 0:
                 netdefs.activate(nic.network)
-        networks.check_nics(profile)
+        nics.check_nics(profile)
     for index, disk in enumerate(profile.disks):
         if disk.file.startswith("/dev/"):
             problem = device_problem(disk.file, writable=not (disk.readonly or disk.is_cdrom or disk.ephemeral))

@@ -12,7 +12,7 @@ import pytest
 from qemuvm.errors import UsageError
 from qemuvm.profile.model import Profile
 from qemuvm.qemu import natnet
-from qemuvm.runtime import networks, records, taps
+from qemuvm.runtime import networks, nics, records, taps
 
 
 def test_interface_names_fit_linux_and_are_stable() -> None:
@@ -130,14 +130,14 @@ def test_an_unreadable_network_is_listed_not_hidden(tmp_path: Path, monkeypatch:
 def test_profile_nics_on_networks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QEMUVM_NETWORKS", str(tmp_path))
     profile = Profile(name="vm", network=[{"mode": "user"}, {"mode": "bridge", "network": "lab"}])
-    [tap] = networks.taps(profile)
+    [tap] = nics.taps(profile)
     assert (tap.index, tap.network, tap.bridge, tap.ifname) == (1, "lab", "qvbr-lab", natnet.tap_name("vm", 1))
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     with pytest.raises(UsageError, match=r"network\[1\].network: joining network lab needs a tap device.*root"):
-        networks.check_nics(profile)
+        nics.check_nics(profile)
     monkeypatch.setattr("os.geteuid", lambda: 0)
     with pytest.raises(UsageError, match="there is no network lab; create it first: qemuvm network create lab"):
-        networks.check_nics(profile)
+        nics.check_nics(profile)
 
 
 def test_network_names_are_checked_before_anything() -> None:
@@ -153,3 +153,61 @@ def test_a_tap_that_cannot_join_says_which_and_why() -> None:
     assert why is not None and why.startswith("network[0]: tap qvtnotthere0 could not join bridge qvbr-gone")
     assert "qemuvm network status gone" in why
     assert taps.attach([]) is None
+
+
+@pytest.mark.parametrize("failing", [None, "creating bridge", "addressing", "loading nftables", "starting dnsmasq"])
+def test_create_is_a_table_of_steps_undone_backwards(failing: str | None, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`network create` runs its steps in order, recording each; a step that fails undoes, in reverse, exactly
+    the steps done before it (what `rm` does too), and leaves no folder. No root: `run` and IPv4 forwarding are
+    stand-ins here; test_nat_network.py runs the real thing in a namespace."""
+    forward = tmp_path / "ip_forward"
+    forward.write_text("0\n")
+    monkeypatch.setattr(networks, "IP_FORWARD", forward)
+    monkeypatch.setenv("QEMUVM_NETWORKS", str(tmp_path / "networks"))
+    monkeypatch.setattr(networks, "_require", lambda what: None)
+    monkeypatch.setattr(networks, "host_routes", lambda: [])
+    monkeypatch.setattr(networks, "forwarding_users", lambda: [])  # (this host may have bridges of its own)
+    links: set[str] = set()
+    monkeypatch.setattr(networks, "link_exists", lambda ifname: ifname in links)
+    ran: list[str] = []
+    recorded: list[dict] = []
+    phase: dict[str, int] = {}
+
+    def fake_run(argv: list[str], what: str, stdin: str | None = None) -> str:
+        ran.append(" ".join(argv[:3]) if argv[0] != "nft" or argv[1] != "-f" else "nft -f")
+        if failing and what.startswith(failing) and "failed_at" not in phase:
+            phase["failed_at"] = len(ran)
+            raise networks.OperationError(f"{what} failed: made to fail")
+        if argv[:3] == ["ip", "link", "add"]:
+            links.add(argv[3])
+        elif argv[:3] == ["ip", "link", "del"]:
+            links.discard(argv[3])
+        return ""
+
+    def fake_dnsmasq(bridge: str, plan: object, folder: Path) -> dict:
+        fake_run(["dnsmasq"], "starting dnsmasq")
+        return {"pid": 1, "start_time": 0.0, "cmdline": ["dnsmasq"]}
+
+    real_write = records.write_network
+    monkeypatch.setattr(networks, "run", fake_run)
+    monkeypatch.setattr(networks, "_start_dnsmasq", fake_dnsmasq)
+    monkeypatch.setattr(networks, "proven_dnsmasq", lambda record: None)
+    monkeypatch.setattr(records, "write_network",
+                        lambda path, record: (recorded.append(dict(vars(record))), real_write(path, record))[1])
+    if failing is None:
+        record = networks.create("lab", "10.9.0.0/24")
+        assert record.complete and forward.read_text() == "1\n"
+        assert ran == ["ip link add", "ip addr add", "ip link set", "nft -f", "dnsmasq"]
+        assert [r["complete"] for r in recorded][-1] is True and len(recorded) == len(networks.CREATE_STEPS) + 2
+        ran.clear()
+        networks.remove("lab")
+        assert ran == ["nft delete table", "ip link del"] and forward.read_text() == "0\n"
+        return
+    with pytest.raises(networks.OperationError, match="made to fail"):
+        networks.create("lab", "10.9.0.0/24")
+    done, undone = ran[:phase["failed_at"] - 1], ran[phase["failed_at"]:]  # (the failing command made nothing)
+    undo = {"ip link add": "ip link del", "nft -f": "nft delete table"}
+    assert undone == [undo[command] for command in reversed(done) if command in undo]
+    assert forward.read_text() == "0\n"  # forwarding back as it was, whichever step failed
+    assert not (tmp_path / "networks" / "lab").exists()
