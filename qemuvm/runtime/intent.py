@@ -91,8 +91,9 @@ def operation(paths: InstancePaths, action: str, timeout: float | None = None) -
     timeout = OPERATION_WAIT if timeout is None else timeout
     try:
         with instance.locked(paths.operation_lock, timeout=timeout) as fd:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"action": action, "pid": os.getpid()}).encode(), 0)
+            with contextlib.suppress(OSError):  # who holds it, for the other's message; a full disk keeps the lock
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps({"action": action, "pid": os.getpid()}).encode(), 0)
             yield
     except instance.LockTimeout:
         holder = instance.read_json(paths.operation_lock) or {}

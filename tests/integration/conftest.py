@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -63,7 +64,11 @@ def _build(script: str, env: str, default: str, *options: str) -> tuple[Path, di
     """Run scripts/SCRIPT into its folder -- <repo>/build/DEFAULT, cached across runs, unless $ENV names
     another -- and return the folder and its manifest."""
     outdir = Path(os.environ.get(env) or REPO / "build" / default)
-    subprocess.run([str(REPO / "scripts" / script), *options, str(outdir)], check=True)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time: parallel workers (pytest-xdist) each ask for the guest at their start.
+    with open(outdir.parent / f".{outdir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([str(REPO / "scripts" / script), *options, str(outdir)], check=True)
     return outdir, json.loads((outdir / "manifest.json").read_text())
 
 

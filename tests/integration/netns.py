@@ -5,6 +5,7 @@ addresses with it); the suite's last check (tests/conftest.py) removes any that 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -67,19 +68,22 @@ def bridge_acl(namespace: str, bridges: list[str]) -> Iterator[None]:
     """qemu-bridge-helper's ACL (`allow BR` in /etc/qemu/bridge.conf) for processes in `namespace` only:
     `ip netns exec` bind-mounts /etc/netns/NAMESPACE/qemu over /etc/qemu, so the host's own file is never
     written. The mount needs /etc/qemu to exist; Debian does not ship it, so an empty one is made and removed."""
-    made_etc_qemu = not os.path.isdir("/etc/qemu")
-    if made_etc_qemu:
-        os.mkdir("/etc/qemu", 0o755)
-    folder = f"/etc/netns/{namespace}"
-    try:
-        os.makedirs(f"{folder}/qemu", mode=0o755)
-        with open(f"{folder}/qemu/bridge.conf", "w") as conf:
-            conf.writelines(f"allow {bridge}\n" for bridge in bridges)
-        yield
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.rmdir("/etc/netns")  # only when no other namespace has files there
+    # One at a time across parallel test workers: each may make /etc/qemu and remove it again.
+    with open("/tmp/.qemuvm-test-bridge-acl.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made_etc_qemu = not os.path.isdir("/etc/qemu")
         if made_etc_qemu:
+            os.mkdir("/etc/qemu", 0o755)
+        folder = f"/etc/netns/{namespace}"
+        try:
+            os.makedirs(f"{folder}/qemu", mode=0o755)
+            with open(f"{folder}/qemu/bridge.conf", "w") as conf:
+                conf.writelines(f"allow {bridge}\n" for bridge in bridges)
+            yield
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(OSError):
-                os.rmdir("/etc/qemu")
+                os.rmdir("/etc/netns")  # only when no other namespace has files there
+            if made_etc_qemu:
+                with contextlib.suppress(OSError):
+                    os.rmdir("/etc/qemu")

@@ -222,5 +222,6 @@ def test_sigterm_at_any_step_tears_down_and_reports(step, test_guest, qemuvm_hom
         interrupted = "slow" if step == "checks" else step
         assert "interrupted by SIGTERM" in cases[interrupted].find("failure").get("message")
     assert_nothing_left(qemuvm_home)
-    leftover = subprocess.run(["pgrep", "-f", "process=qemu-ci-smoke-smoke-"], capture_output=True, text=True)
+    [instance] = [word for line in seen if "instance " in line for word in line.split() if "-smoke-" in word]
+    leftover = subprocess.run(["pgrep", "-f", f"process=qemu-{instance.rstrip(',')}"], capture_output=True, text=True)
     assert leftover.stdout == "", "a QEMU of the run is still there"
