@@ -144,9 +144,14 @@ def network_ls() -> list[dict[str, Any]]:
     first VM that joins them)."""
     from qemuvm.runtime import netdefs, networks
 
-    return [*networks.list_all(), *({"name": d.name, "state": "inactive", "problems": [], "bridge": None,
-                                     "subnet": d.subnet, "gateway": None, "nft_table": None, "dnsmasq_pid": None,
-                                     "leases": 0, "attached": [], "dir": None} for d in netdefs.inactive())]
+    rows = networks.list_all()
+    for name, defined in netdefs.inactive():
+        readable = not isinstance(defined, UsageError)
+        rows.append({"name": name, "state": "inactive" if readable else "unreadable",
+                     "problems": [] if readable else [str(defined)], "bridge": None,
+                     "subnet": defined.subnet if readable else None, "gateway": None, "nft_table": None,
+                     "dnsmasq_pid": None, "leases": 0, "attached": [], "dir": None})
+    return rows
 
 
 def network_status(name: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from qemuvm.errors import UsageError
 from qemuvm.runtime import instance, networks, records
 
 
@@ -44,15 +45,19 @@ def undefine(name: str) -> bool:
     return True
 
 
-def inactive() -> list[records.NetworkDefinition]:
-    """The defined networks that are not up (no live record): after a reboot, every one."""
+def inactive() -> list[tuple[str, records.NetworkDefinition | UsageError]]:
+    """The defined networks that are not up (no live record), by name: after a reboot, every one; a definition
+    that cannot be read is listed with why (never hidden, never the whole listing's end)."""
     if not defs_dir().is_dir():
         return []
-    found = []
+    found: list[tuple[str, records.NetworkDefinition | UsageError]] = []
     for path in sorted(defs_dir().glob("*.json")):
-        defined = records.read_network_definition(path)
-        if defined is not None and networks.read(defined.name) is None:
-            found.append(defined)
+        try:
+            defined = records.read_network_definition(path)
+            if defined is not None and networks.read(defined.name) is None:
+                found.append((defined.name, defined))
+        except UsageError as exc:
+            found.append((path.stem, exc))
     return found
 
 

@@ -211,3 +211,23 @@ def test_create_is_a_table_of_steps_undone_backwards(failing: str | None, tmp_pa
     assert undone == [undo[command] for command in reversed(done) if command in undo]
     assert forward.read_text() == "0\n"  # forwarding back as it was, whichever step failed
     assert not (tmp_path / "networks" / "lab").exists()
+
+
+def test_definitions_list_inactive_and_unreadable_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a reboot every defined network is `inactive`; a definition that cannot be read is listed with why,
+    never the end of the whole listing (hostile try: a corrupt file made `network ls` exit 2)."""
+    from qemuvm import api
+    from qemuvm.runtime import netdefs
+
+    monkeypatch.setenv("QEMUVM_NETWORKS", str(tmp_path / "run"))
+    monkeypatch.setenv("QEMUVM_NETWORK_DEFS", str(tmp_path / "defs"))
+    netdefs.define("lab", "10.9.0.0/24")
+    assert (tmp_path / "defs").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "defs" / "lab.json").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "defs" / "bad.json").write_text("nonsense")
+    rows = {row["name"]: row for row in api.network_ls()}
+    assert (rows["lab"]["state"], rows["lab"]["subnet"]) == ("inactive", "10.9.0.0/24")
+    assert rows["bad"]["state"] == "unreadable" and "bad.json is unreadable" in rows["bad"]["problems"][0]
+    assert api.network_rm("lab")["removed"] and netdefs.definition("lab") is None
+    with pytest.raises(UsageError, match="not a network name"):
+        netdefs.define("../x", "10.9.0.0/24")
