@@ -108,8 +108,15 @@ def _ssh_settings(paths: InstancePaths) -> dict[str, Any]:
 
 
 def _last_boot(paths: InstancePaths, state: dict[str, Any]) -> float:
-    """When the guest last booted: QEMU's start, or its latest RESET event (a reboot)."""
-    boot = float(state.get("qemu_start_time") or 0.0)
+    """When the guest last booted: QEMU's start, or its latest RESET event (a reboot).
+
+    QEMU's start is its pidfile's mtime (written as it starts, on the clock known_hosts' mtime is on). The
+    start time psutil reports is up to a second early (Linux gives the boot time in whole seconds), so a
+    known_hosts written in the last second before a restart looked newer than the boot, and kept its old key."""
+    try:
+        boot = paths.pidfile.stat().st_mtime
+    except OSError:
+        boot = float(state.get("qemu_start_time") or 0.0)
     for line in reversed(tail(paths.events, 200).splitlines()):
         if '"RESET"' in line:
             with contextlib.suppress(ValueError, TypeError):

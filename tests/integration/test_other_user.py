@@ -87,7 +87,7 @@ def test_another_user_gets_nothing(home: Path, test_guest: Any, short_tmp: Path,
     system = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
                             capture_output=True, text=True, check=False).stdout.strip()
     if system == str(tuple(sys.version_info[:2])):
-        packages = ":".join([str(Path(api.__file__).parents[1]), *(p for p in sys.path if "-packages" in p)])
+        packages = ":".join([str(Path(api.__file__).parents[2]), *(p for p in sys.path if "-packages" in p)])
         listed = subprocess.run(["/usr/bin/python3", "-m", "qemuvm", "status", "mine"], capture_output=True,
                                 text=True, timeout=60, check=False, cwd="/", user=other_user.pw_uid,
                                 group=other_user.pw_gid, extra_groups=[],
@@ -107,7 +107,7 @@ def test_a_user_who_is_not_root_gets_9p_or_one_sentence(short_tmp: Path, other_u
         pytest.skip("the system python3 cannot load this environment's packages")
     os.chmod(short_tmp, 0o755)
     (short_tmp / "src").mkdir(mode=0o755)
-    packages = ":".join([str(Path(api.__file__).parents[1]), *(p for p in sys.path if "-packages" in p)])
+    packages = ":".join([str(Path(api.__file__).parents[2]), *(p for p in sys.path if "-packages" in p)])
     results = {}
     for kind in ("auto", "virtiofs"):
         profile = short_tmp / f"{kind}.yaml"
@@ -136,7 +136,7 @@ def test_a_user_who_is_not_root_gets_one_sentence_for_nat_networks(short_tmp: Pa
     profile = short_tmp / "nat.yaml"
     profile.write_text("machine: {accel: tcg}\nnetwork: [{mode: bridge, network: default}]\n")
     profile.chmod(0o644)
-    packages = ":".join([str(Path(api.__file__).parents[1]), *(p for p in sys.path if "-packages" in p)])
+    packages = ":".join([str(Path(api.__file__).parents[2]), *(p for p in sys.path if "-packages" in p)])
     env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/nonexistent", "PYTHONPATH": packages,
            "QEMUVM_HOME": str(short_tmp / "home"), "QEMUVM_NETWORKS": str(short_tmp / "networks")}
 

@@ -204,3 +204,24 @@ def test_log_lines_quoted_in_a_message_carry_no_control_characters(tmp_path) -> 
     assert quoted == "boot\n\\x1b]0;owned\\x07\\x1b[2J qemu: error\there\n\\x00\ufffd"  # a stray byte: U+FFFD
     assert not any(ord(c) < 32 and c not in "\n\t" for c in quoted)
     assert "\x1b" in instance.tail(log, 5, raw=True)
+
+
+def test_host_keys_of_the_last_boot_are_forgotten_even_a_second_before_it(short_tmp: Path) -> None:
+    """psutil reports a process's start up to a second early (the kernel's boot time is whole seconds; here it
+    is 0.9 s early): a known_hosts written in the last second before a restart looked newer than the new boot
+    and kept the old key ("REMOTE HOST IDENTIFICATION HAS CHANGED", seen under load). QEMU's pidfile, written
+    as it starts, dates the boot instead."""
+    from qemuvm.control import ssh
+
+    paths = InstancePaths(short_tmp)
+    paths.known_hosts.write_text("[127.0.0.1]:2222 ssh-ed25519 AAAA-old-boot\n")
+    now = time.time()
+    os.utime(paths.known_hosts, (now - 0.2, now - 0.2))  # the old boot's last connection, 0.2 s before
+    paths.pidfile.write_text("4242\n")  # the new QEMU starts now
+    state = {"qemu_start_time": now - 0.9}  # what psutil says of it
+    ssh.forget_stale_host_keys(paths, state)
+    assert not paths.known_hosts.exists()
+    # Within one boot the key stays (a key changing under a running guest is what the check is for).
+    paths.known_hosts.write_text("[127.0.0.1]:2222 ssh-ed25519 AAAA-this-boot\n")
+    ssh.forget_stale_host_keys(paths, state)
+    assert paths.known_hosts.exists()
