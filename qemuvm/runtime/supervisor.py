@@ -262,12 +262,41 @@ class Supervisor:
         loop.add_reader(pidfd, ready)
         return future
 
+    # -- from prelaunch to a running guest: BRING_UP's steps, in order ----------------------------------------
+    # A step that refuses raises BringUpRefused: QEMU is then killed before its guest ever ran, and the exit
+    # record says why (the one undo of every step: nothing of them outlives that QEMU).
+
+    async def attach_taps(self) -> None:
+        """Each tap QEMU opened joins its qemuvm network's bridge (runtime/taps.py)."""
+        failure = taps.attach(self.spec.taps)
+        if failure is not None:
+            raise BringUpRefused(failure)
+
+    async def check_listeners(self) -> None:
+        """Nothing listens beyond loopback that the profile did not name: everything QEMU and its helpers
+        listen on is bound by now (netdevs, VNC, chardevs), before the guest runs (runtime/listeners.py)."""
+        refused = listeners.refusal([self.qemu_pid, *self.helpers.pids()], self.spec.listeners_allowed)
+        if refused is not None:
+            raise BringUpRefused(refused)
+
     async def set_vnc_password(self) -> None:
         """`password=on` VNC refuses everyone until a password is set: set it before the guest runs."""
         password_file = self.spec.vnc_password_file
         if password_file:
             password = preflight.read_vnc_password(password_file)  # the one reader `up` checked it with
             await self.execute("set_password", {"protocol": "vnc", "password": password})
+
+    async def start_guest(self) -> None:
+        await self.execute("cont")
+
+    BRING_UP: tuple[tuple[str, str], ...] = (  # (step, method): taps before the listener proof, cont last
+        ("taps", "attach_taps"), ("listeners", "check_listeners"), ("vnc-password", "set_vnc_password"),
+        ("cont", "start_guest"))
+
+    async def bring_up(self) -> None:
+        for step, method in self.BRING_UP:
+            log(f"bring-up: {step}")
+            await getattr(self, method)()
 
     async def restore(self, state_file: Path) -> None:
         """Load a saved state into this QEMU (-incoming defer): the stream comes from an fd we pass, so no
@@ -336,15 +365,7 @@ class Supervisor:
                 # An adopted QEMU still in prelaunch never ran: its supervisor died between exec and `cont`.
                 if status == "prelaunch" and (not adopted or not self.state.started_at):
                     self.state.started_at = time.time()
-                    tap_failure = taps.attach(self.spec.taps)
-                    if tap_failure is not None:
-                        raise BringUpRefused(tap_failure)
-                    # Everything QEMU and its helpers will listen on is bound by now (netdevs, VNC, chardevs).
-                    refused = listeners.refusal([self.qemu_pid, *self.helpers.pids()], self.spec.listeners_allowed)
-                    if refused is not None:
-                        raise BringUpRefused(refused)
-                    await self.set_vnc_password()
-                    await self.execute("cont")
+                    await self.bring_up()
                     status = "running"
                     checkpoint("after-cont")
                 self.save(state=instance.qmp_state(status), qmp_status=status)
