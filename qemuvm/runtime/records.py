@@ -358,16 +358,22 @@ def read_network(path: Path) -> NetworkRecord | None:
                            f"remove {path.parent} and the bridge and nftables table it names by hand")
     if data is None:
         return None
-    known = {f.name for f in dataclasses.fields(NetworkRecord)}
+    return _typed(NetworkRecord, data, _NETWORK_FIELD_TYPES, path,
+                  f"remove {path.parent} and the bridge and nftables table it names by hand")
+
+
+def _typed(cls: type[Any], data: dict[str, Any], types: dict[str, tuple[type, ...]], path: Path, remedy: str) -> Any:
+    """`cls` from a record's JSON object: unknown keys dropped, every field of `types` of its type (a bool is
+    no number here); UsageError naming the fields and the remedy otherwise."""
+    known = {f.name for f in dataclasses.fields(cls)}
     try:
-        record = NetworkRecord(**{**{k: v for k, v in data.items() if k in known}, "schema": NETWORK_SCHEMA})
+        record = cls(**{**{k: v for k, v in data.items() if k in known}, "schema": NETWORK_SCHEMA})
     except TypeError as exc:
-        raise UsageError(f"{path} is incomplete ({exc})") from None
-    wrong = [name for name, kinds in _NETWORK_FIELD_TYPES.items() if not isinstance(getattr(record, name), kinds)
+        raise UsageError(f"{path} is incomplete ({exc}); {remedy}") from None
+    wrong = [name for name, kinds in types.items() if not isinstance(getattr(record, name), kinds)
              or (isinstance(getattr(record, name), bool) and bool not in kinds)]
     if wrong:
-        raise UsageError(f"{path} is corrupt (wrong type of {', '.join(wrong)}); remove {path.parent} and the "
-                         "bridge and nftables table it names by hand")
+        raise UsageError(f"{path} is corrupt (wrong type of {', '.join(wrong)}); {remedy}")
     return record
 
 
@@ -398,8 +404,5 @@ def read_network_definition(path: Path) -> NetworkDefinition | None:
                            f"remove it ({path}) and create the network again")
     if data is None:
         return None
-    name, subnet, defined_at = data.get("name"), data.get("subnet"), data.get("defined_at")
-    if not (isinstance(name, str) and isinstance(subnet, str) and isinstance(defined_at, (int, float))):
-        raise UsageError(f"{path} is corrupt (name, subnet and defined_at are needed); remove it and create the "
-                         "network again")
-    return NetworkDefinition(name=name, subnet=subnet, defined_at=float(defined_at))
+    return _typed(NetworkDefinition, data, {"name": (str,), "subnet": (str,), "defined_at": (int, float)}, path,
+                  "remove it and create the network again")
