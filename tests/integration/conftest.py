@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,8 @@ class DebianImage:
                 "disks": [{"file": str(self.disk)}], **sections}
 
 
-def _build(script: str, env: str, default: str, *options: str) -> tuple[Path, dict[str, Any]]:
+def _build(script: str, env: str, default: str, *options: str, output: Any = None,
+           check: bool = True) -> tuple[Path, dict[str, Any]]:
     """Run scripts/SCRIPT into its folder -- <repo>/build/DEFAULT, cached across runs, unless $ENV names
     another -- and return the folder and its manifest."""
     outdir = Path(os.environ.get(env) or REPO / "build" / default)
@@ -68,8 +70,39 @@ def _build(script: str, env: str, default: str, *options: str) -> tuple[Path, di
     # One build at a time: parallel workers (pytest-xdist) each ask for the guest at their start.
     with open(outdir.parent / f".{outdir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        subprocess.run([str(REPO / "scripts" / script), *options, str(outdir)], check=True)
+        done = subprocess.run([str(REPO / "scripts" / script), *options, str(outdir)], check=check,
+                              stdout=output, stderr=subprocess.STDOUT if output is not None else None)
+    if done.returncode != 0:  # (the background build: the fixture builds again, and fails where one sees it)
+        return outdir, {}
     return outdir, json.loads((outdir / "manifest.json").read_text())
+
+
+_PREBUILDS: list[threading.Thread] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The Debian image takes minutes to build on a fresh machine: when a collected test needs it, one worker
+    (or the only process) starts that build at once, in the background, instead of a worker idling through it
+    when its first such test comes. The fixture then waits on the same build lock and finds it done."""
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        return
+    if not any("debian_image" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    log = REPO / "build" / "debian-image-build.log"
+
+    def build() -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:  # never into a test's captured output
+            _build("build-debian-image", "QEMUVM_DEBIAN_IMAGE_DIR", "debian", output=out, check=False)
+
+    thread = threading.Thread(target=build, name="debian-image-build", daemon=True)
+    thread.start()
+    _PREBUILDS.append(thread)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for thread in _PREBUILDS:  # never a build left running after the session
+        thread.join()
 
 
 def _guest(out: Path, manifest: dict[str, Any]) -> TestGuest:

@@ -55,7 +55,9 @@ def _unmeta(value: object) -> object:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_the_nomad_command_line_starts(path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_nomad_command_line_starts(path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                                       test_guest: object) -> None:
+    # (test_guest: the example profiles boot its files; built before, whichever worker runs this first)
     monkeypatch.chdir(path.parent)
     # accel tcg: this machine's /dev/kvm is software-backed, where `-cpu host` (which the driver adds under
     # kvm) aborts QEMU (QEMU-FACTS); the rest of the command line is the same under either.

@@ -18,7 +18,8 @@ VALID = [p for p in PROFILES if not p.stem.startswith("err-")]
 
 
 @pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
-def test_qemu_accepts_golden(path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_qemu_accepts_golden(path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, test_guest: object) -> None:
+    # (test_guest: built before, as a direct-kernel golden boots its kernel, whichever worker runs this first)
     monkeypatch.chdir(GOLDEN)
     case = Case.read(path)
     profile = load_and_validate(str(path.relative_to(GOLDEN)))

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("path", DOMAINS, ids=[p.stem for p in DOMAINS])
-def test_imported_domain_starts_in_qemu(path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imported_domain_starts_in_qemu(path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                                        test_guest: object) -> None:
+    # (test_guest: built before, as a direct-kernel domain boots its kernel, whichever worker runs this first)
     profile = imported_profile(path)
     # passt binds the host ports itself and takes no 0 (the supervisor plans them): give it free ones.
     plan = PortPlan(forwards={(nic_index, index): free_port() for nic_index, nic in enumerate(profile.network)
