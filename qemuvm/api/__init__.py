@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
-from qemuvm.runtime import instance, intent, launch, records
+from qemuvm.runtime import instance, intent, launch, records, spawn
 from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
 
 if TYPE_CHECKING:
@@ -65,26 +65,22 @@ def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 
 
 # -- up / start ------------------------------------------------------------------------------------
 
-_early: list[launch.Prestart] = []  # one supervisor started before the CLI parsed its arguments (prestart)
-
-
 def prestart() -> None:
-    """Start a supervisor now, before this process knows which instance it will supervise: the CLI calls this
-    first thing for `up` and `start`, so the supervisor's own start (a second interpreter, its imports) overlaps
-    with the CLI's imports and parsing instead of following them. The next `up` takes it; unused, it exits."""
-    if not _early:
-        _early.append(launch.Prestart())
+    """Start a supervisor now, before this process knows which instance it will supervise: the CLI does this
+    first thing for `up` and `start` (runtime/spawn.py, before it imports this module), so the supervisor's own
+    start (a second interpreter, its imports) overlaps with the CLI's imports and parsing instead of following
+    them. The next `up` takes it; unused, it exits."""
+    spawn.prestart()
 
 
 def release_prestart() -> None:
     """An early supervisor that no `up` took (the arguments were wrong, the command failed before it): its
     stdin closes, so it exits once its imports are done (and is reaped). Never one left waiting."""
-    while _early:
-        _early.pop().close()
+    spawn.release_early()
 
 
-def _prestarted() -> launch.Prestart:
-    return _early.pop() if _early else launch.Prestart()
+def _prestarted() -> spawn.Prestart:
+    return spawn.take_early()
 
 
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),

@@ -61,17 +61,19 @@ def main() -> None:
         print("qemuvm: an argument contains a NUL byte, which no file name or value can hold", file=sys.stderr)
         sys.exit(2)
     try:
-        api = None
+        spawn = None
         if _command(sys.argv[1:]) in ("up", "start") and not any(a in ("-h", "--help") for a in sys.argv[1:]):
-            from qemuvm import api
+            # The one import past the api: the supervisor starts before this process imports the api, typer and
+            # the command, and parses (runtime/spawn.py says why; tests/unit/import_graph.py allows exactly it).
+            from qemuvm.runtime import spawn
 
-            api.prestart()  # the supervisor starts while typer loads and parses (api.prestart says why)
+            spawn.prestart()
         app = load_commands(sys.argv[1:])
         try:
             result = app(standalone_mode=False)
         finally:
-            if api is not None:  # one that no `up` took (a usage error, a failure before it): never left waiting
-                api.release_prestart()
+            if spawn is not None:  # one that no `up` took (a usage error, a failure before it): never left waiting
+                spawn.release_early()
         if isinstance(result, int):
             sys.exit(result)
     except QemuvmError as exc:

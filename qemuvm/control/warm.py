@@ -21,13 +21,14 @@ from qemuvm.runtime import instance, launch, template
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile
     from qemuvm.qemu.facts import HostFacts
+    from qemuvm.runtime import spawn
 
 BUILD_MARGIN = 300.0  # seconds beyond the ready timeout that a parallel run waits for a template being built
 
 
 def start_warm(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
                remove_on_down: bool, timeout: float | None, progress: Callable[[str], None],
-               source: str | None = None, prestart: launch.Prestart | None = None) -> tuple[int, dict[str, Any]]:
+               source: str | None = None, prestart: spawn.Prestart | None = None) -> tuple[int, dict[str, Any]]:
     """Start `paths` as a clone; returns its serial offset and what `up` reports about the template."""
     problem = template.warm_problem(profile)
     if problem:
@@ -55,7 +56,7 @@ def start_warm(profile: Profile, paths: InstancePaths, host: HostFacts, *, home:
 
 def _build(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None, key: str,
            inputs: list[Any], source: str | None, ready_timeout: float, progress: Callable[[str], None],
-           prestart: launch.Prestart | None) -> tuple[Path, Any]:
+           prestart: spawn.Prestart | None) -> tuple[Path, Any]:
     """Boot `paths` cold to ready, save it and freeze it into template `key`. Any failure removes the
     instance and the half-made template: nothing is left but the error."""
     from qemuvm.control import save, stop

@@ -18,22 +18,14 @@ from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import decisions, instance, intent, ports, records, reuse
 from qemuvm.runtime.instance import CRASHED, PAUSED, RUNNING, SAVED, STOPPED
+from qemuvm.runtime.spawn import Prestart, supervisor_process
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile
     from qemuvm.qemu.facts import HostFacts
 
 START_TIMEOUT = 60.0
-_SUPERVISORS: list[subprocess.Popen[bytes]] = []
 KEEPS_RUNNING = "interrupted while waiting; {name} keeps running (qemuvm down {name} stops it)"
-
-
-def module_path() -> list[str]:
-    """The supervisor's sys.path: the folder this qemuvm is imported from, then this process's path."""
-    import qemuvm
-
-    package_parent = str(Path(qemuvm.__file__).resolve().parent.parent)
-    return list(dict.fromkeys([package_parent, *(entry for entry in sys.path if entry)]))
 
 
 def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, home: Path | None,
@@ -220,80 +212,13 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
         reuse.remember(paths, profile, source, overrides, name, first_boot)
 
 
-# The supervisor's interpreter arguments. (The fault tests run `up` through an entry point of their own that
-# points this at a wrapper, which stops the supervisor at a named step: tests/integration/supervisor_stops.py.)
-SUPERVISOR = ["-S", "-m", "qemuvm.runtime.supervisor"]
-
-
-def _supervisor_process(args: list[str], **stdio: Any) -> subprocess.Popen[bytes]:
-    """`python -S -m qemuvm.runtime.supervisor ARGS`, detached: its own session.
-
-    `-S` skips site initialisation (every .pth hook of every installed package): the supervisor gets this
-    process's module path instead, which finds the same libraries, starts sooner and stays smaller. That path
-    alone misses a qemuvm installed through an import hook (setuptools' default `pip install -e .`, whose
-    finder a .pth file registers), so the folder that holds this very qemuvm package goes first.
-    """
-    import threading
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(module_path()))
-    proc = subprocess.Popen([sys.executable, *SUPERVISOR, *args], **stdio,
-                            start_new_session=True, close_fds=True, cwd="/", env=env)
-    # Kept while it runs: a Popen freed while its child runs executes __del__, where a Ctrl-C arriving at that
-    # moment is swallowed ("Exception ignored in"). A daemon thread reaps it when it exits, so a long-lived
-    # caller (a pytest session, a server) collects no zombie per VM; a CLI process simply exits first.
-    _SUPERVISORS.append(proc)
-    threading.Thread(target=_reap, args=(proc,), name=f"reap-{proc.pid}", daemon=True).start()
-    return proc
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    proc.wait()
-    with contextlib.suppress(ValueError):
-        _SUPERVISORS.remove(proc)
-
-
-class Prestart:
-    """A supervisor started before `up` knows its instance, so that its imports (asyncio, qemu.qmp, psutil:
-    most of a supervisor's start) overlap with up's own validation, compile and prepare. `take` hands it the
-    instance folder over its stdin; unused, it gets EOF and exits without touching anything."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = _supervisor_process(
-            ["--instance-from-stdin"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def take(self, paths: InstancePaths) -> subprocess.Popen[bytes] | None:
-        """The prestarted supervisor, now supervising `paths`; None when it is used up or gone."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.stdin is None or proc.poll() is not None:
-            return None
-        try:
-            proc.stdin.write(f"{paths.root}\n".encode())
-            proc.stdin.close()
-        except OSError:  # it died meanwhile: a normal start instead
-            return None
-        return proc
-
-    def close(self) -> None:
-        """Unused: EOF ends it once its imports are done, and its reaper thread reaps it (nobody waits)."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-
-    def __enter__(self) -> Prestart:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
 def start_supervisor(paths: InstancePaths, prestart: Prestart | None = None) -> subprocess.Popen[bytes]:
     """The instance's supervisor, detached, stdio to supervisor.log: the prestarted one when there is one."""
     proc = prestart.take(paths) if prestart is not None else None
     if proc is not None:
         return proc
     with paths.supervisor_log.open("ab") as log:
-        return _supervisor_process([str(paths.root)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        return supervisor_process([str(paths.root)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
 
 def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:

@@ -503,7 +503,7 @@ class Supervisor:
 
 
 def _instance_from_stdin() -> str | None:
-    """Prestarted by `up` (launch.Prestart), imports done: the instance folder arrives as one line on stdin,
+    """Prestarted by `up` (runtime/spawn.Prestart), imports done: the instance folder arrives as one line on stdin,
     and from then on stdout and stderr go to its supervisor.log. EOF: up needed no supervisor after all."""
     root = sys.stdin.readline().strip()
     if not root:

@@ -32,7 +32,7 @@ from qemuvm.qemu import passt, segment, shares
 from qemuvm.qemu.compile import PortPlan, compile_argv
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.probe import probe
-from qemuvm.runtime import helpers, launch, records
+from qemuvm.runtime import helpers, records, spawn
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = Path(os.environ.get("QEMUVM_TEST_GUEST_DIR") or REPO / "build" / "guest")
@@ -153,7 +153,7 @@ def start_paused(profile: Profile, host: HostFacts, ports: PortPlan | None, scra
                 assert any(arg.startswith(f"driver={driver},") and f"filename={disk.file}" in arg for arg in argv)
         # Helpers (virtiofsd, passt): QEMU connects to each at start, so they run first, as the supervisor does.
         plan = ports or PortPlan()
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(launch.module_path()))  # a segment port runs `python -S`
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(spawn.module_path()))  # a segment port runs `python -S`
         started = [helpers.as_entry(helpers.start(records.Helper(**helper))) for helper in (
             *shares.helpers(ready, paths, host),
             *passt.helpers(ready, paths, host, plan.forwards, plan.ssh_host_port),

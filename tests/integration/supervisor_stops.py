@@ -34,9 +34,9 @@ def _supervisor(step: str, marker: str, args: list[str]) -> None:
 
 def _up(step: str, marker: str, args: list[str]) -> None:
     from qemuvm import cli
-    from qemuvm.runtime import launch
+    from qemuvm.runtime import spawn
 
-    launch.SUPERVISOR = ["-S", os.path.abspath(__file__), "qemuvm.runtime.supervisor", step, marker]
+    spawn.SUPERVISOR = ["-S", os.path.abspath(__file__), "qemuvm.runtime.supervisor", step, marker]
     sys.argv = ["qemuvm", *args]
     cli.main()
 

@@ -183,7 +183,7 @@ def test_a_setup_step_that_fails_after_qemu_started_stops_it_and_says_why(home: 
     fails while QEMU waits paused: QEMU is stopped and the record says why -- never `starting` for ever."""
     from helpers import guest_profile
 
-    from qemuvm.runtime import instance, launch
+    from qemuvm.runtime import instance, launch, spawn
 
     secret = tmp_path / "vnc-secret"
     secret.write_text("hunter2\n")
@@ -194,7 +194,7 @@ def test_a_setup_step_that_fails_after_qemu_started_stops_it_and_says_why(home: 
     secret.unlink()
     paths = InstancePaths.for_name("vncfail")
     supervisor = subprocess.run([sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", str(paths.root)],
-                                env=dict(os.environ, PYTHONPATH=os.pathsep.join(launch.module_path())),
+                                env=dict(os.environ, PYTHONPATH=os.pathsep.join(spawn.module_path())),
                                 capture_output=True, text=True, timeout=120)
     state = instance.read_state(paths)
     assert state is not None and state["state"] in ("stopped", "crashed"), (state, supervisor.stdout[-2000:])
@@ -211,7 +211,7 @@ def test_a_qemu_that_cannot_be_started_is_recorded_not_a_crashed_supervisor(home
 
     from helpers import guest_profile
 
-    from qemuvm.runtime import instance, launch
+    from qemuvm.runtime import instance, spawn
 
     profile = guest_profile(tmp_path, test_guest, "nobinary")
     api.up(str(profile), wait=False)
@@ -221,7 +221,7 @@ def test_a_qemu_that_cannot_be_started_is_recorded_not_a_crashed_supervisor(home
     spec["argv"][0] = str(tmp_path / "qemu-system-gone")
     paths.supervisor_config.write_text(json.dumps(spec))
     supervisor = subprocess.run([sys.executable, "-S", "-m", "qemuvm.runtime.supervisor", str(paths.root)],
-                                env=dict(os.environ, PYTHONPATH=os.pathsep.join(launch.module_path())),
+                                env=dict(os.environ, PYTHONPATH=os.pathsep.join(spawn.module_path())),
                                 capture_output=True, text=True, timeout=120)
     assert supervisor.returncode == 0 and "Traceback" not in paths.supervisor_log.read_text()
     state = instance.read_state(paths)

@@ -112,7 +112,7 @@ def test_every_import_points_down_and_none_cycles() -> None:
     """DESIGN.md's order (leaf < profile < qemu < runtime < convert < control < api < workflow/testing/top <
     cli), derived from every import in the code, lazy ones included: no module imports a higher layer, the CLI
     imports only the api and the layers it fronts, and no two modules import each other, even lazily."""
-    from import_graph import CLI_MAY_IMPORT, cycles, edges, layer, rank
+    from import_graph import CLI_MAY_ALSO_IMPORT, CLI_MAY_IMPORT, cycles, edges, layer, rank
 
     graph = edges()
     upward = sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
@@ -120,7 +120,7 @@ def test_every_import_points_down_and_none_cycles() -> None:
                     or (layer(target) != layer(module) and rank(layer(target)) == rank(layer(module))))
     assert upward == []
     cli = sorted(f"{module} -> {target}" for module, targets in graph.items() if layer(module) == "cli"
-                 for target in targets if layer(target) not in CLI_MAY_IMPORT)
+                 for target in targets if layer(target) not in CLI_MAY_IMPORT and target not in CLI_MAY_ALSO_IMPORT)
     assert cli == []
     assert cycles(graph) == []
 
