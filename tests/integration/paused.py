@@ -126,9 +126,22 @@ async def _status(qmp_socket: Path) -> str:
     return status["status"]
 
 
+def _listening(path: Path) -> bool:
+    """QEMU accepts on its QMP socket: the file appears at bind(), a moment before listen() (under load, long
+    enough for a connect in between to be refused)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def _wait_for_socket(proc: subprocess.Popen[bytes], qmp_socket: Path, stderr: Path) -> None:
     deadline = time.monotonic() + START_DEADLINE
-    while not qmp_socket.exists():
+    while not (qmp_socket.exists() and _listening(qmp_socket)):
         if proc.poll() is not None:
             pytest.fail(f"QEMU rejected the argv (exit {proc.returncode}):\n{stderr.read_text()}")
         if time.monotonic() > deadline:
@@ -185,7 +198,8 @@ def run_paused(argv: list[str], stderr: Path, qmp_socket: Path, started: list[di
         try:
             status = asyncio.run(_status(qmp_socket))
         except Exception as exc:  # QEMU may fail after creating its sockets: show why
-            proc.wait(timeout=START_DEADLINE)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # (one that lives is killed below)
+                proc.wait(timeout=START_DEADLINE)
             pytest.fail(f"QMP failed ({exc!r}); QEMU exit {proc.returncode}:\n{stderr.read_text()}")
         assert status == "prelaunch"
         assert proc.wait(timeout=START_DEADLINE) == 0, stderr.read_text()
