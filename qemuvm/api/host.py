@@ -144,14 +144,9 @@ def network_ls() -> list[dict[str, Any]]:
     first VM that joins them)."""
     from qemuvm.runtime import netdefs, networks
 
-    rows = networks.list_all()
-    for name, defined in netdefs.inactive():
-        readable = not isinstance(defined, UsageError)
-        rows.append({"name": name, "state": "inactive" if readable else "unreadable",
-                     "problems": [] if readable else [str(defined)], "bridge": None,
-                     "subnet": defined.subnet if readable else None, "gateway": None, "nft_table": None,
-                     "dnsmasq_pid": None, "leases": 0, "attached": [], "dir": None})
-    return rows
+    return [*networks.list_all(), *(
+        networks.not_up(name, "unreadable", problems=[str(defined)]) if isinstance(defined, UsageError)
+        else networks.not_up(name, "inactive", subnet=defined.subnet) for name, defined in netdefs.inactive())]
 
 
 def network_status(name: str) -> dict[str, Any]:

@@ -369,9 +369,16 @@ def view(record: records.NetworkRecord) -> dict[str, Any]:
 def list_all() -> list[dict[str, Any]]:
     """Every network's view; one whose record cannot be read is listed as `unreadable`, with why."""
     return [view(record) if isinstance(record, records.NetworkRecord) else
-            {"name": folder.name, "state": "unreadable", "problems": [str(record)], "bridge": None, "subnet": None,
-             "gateway": None, "nft_table": None, "dnsmasq_pid": None, "leases": 0, "attached": [], "dir": str(folder)}
+            not_up(folder.name, "unreadable", problems=[str(record)], folder=folder)
             for folder, record in _scan()]
+
+
+def not_up(name: str, state: str, *, problems: list[str] | None = None, subnet: str | None = None,
+           folder: Path | None = None) -> dict[str, Any]:
+    """A `network ls` row of a network with nothing live to show: unreadable, or defined but not up."""
+    return {"name": name, "state": state, "problems": problems or [], "bridge": None, "subnet": subnet,
+            "gateway": None, "nft_table": None, "dnsmasq_pid": None, "leases": 0, "attached": [],
+            "dir": str(folder) if folder else None}
 
 
 def status(name: str) -> dict[str, Any]:
