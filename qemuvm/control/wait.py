@@ -246,10 +246,7 @@ def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
                 now = time.monotonic()
                 if cancel is not None and cancel.is_set():
                     raise KeyboardInterrupt
-                for guard in guards:
-                    failure = guard()
-                    if failure is not None:
-                        raise WaitFailed(f"{paths.name}: {failure}", _serial_tail(paths))
+                _check(paths, guards)
                 if now - looked >= POLL:  # QEMU gone for good? (state.json and the processes: not at every write)
                     looked = now
                     ended = None if condition.until_exit else _ended(paths)
@@ -265,11 +262,16 @@ def wait_for(paths: InstancePaths, conditions: list[Condition], timeout: float,
                     time.sleep(min(POLL, max(deadline - now, 0.0)))
                 else:
                     watch.wait(min(POLL, max(deadline - now, 0.0)))
-    for guard in guards:  # what was reported before (or as) the last condition held
+    _check(paths, guards)  # what was reported before (or as) the last condition held
+    return time.monotonic() - started
+
+
+def _check(paths: InstancePaths, guards: Sequence[Callable[[], str | None]]) -> None:
+    """WaitFailed with the first guard's sentence, when one has something to say."""
+    for guard in guards:
         failure = guard()
         if failure is not None:
             raise WaitFailed(f"{paths.name}: {failure}", _serial_tail(paths))
-    return time.monotonic() - started
 
 
 def conditions_for(paths: InstancePaths, *, serial: str | None = None, port: int | None = None,
