@@ -36,6 +36,7 @@ import psutil
 
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance
+from qemuvm.runtime.records import StateView
 
 QMP_TIMEOUT = 0.5  # connect (greeting) and per-query deadline; longer means "busy", not "slow"
 _QUERIES = ("query-status", "query-blockstats", "query-cpus-fast", "query-memory-size-summary")
@@ -230,21 +231,21 @@ class Sampler:
             del self._memory[gone]
         return rows
 
-    def _base(self, paths: InstancePaths, state: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+    def _base(self, paths: InstancePaths, state: StateView | None) -> tuple[dict[str, Any], Any]:
         view = instance.effective_state(state)
         proc = instance.proven_qemu(state)
-        argv = (state or {}).get("qemu_cmdline") if proc is not None else instance_argv(paths)
+        argv = view.qemu_cmdline if proc is not None else instance_argv(paths)
         facts = argv_facts(argv)
         supervisor = instance.live_supervisor(state)
         row: dict[str, Any] = {
             "name": paths.name,
-            "state": view.get("state", instance.STOPPED),
+            "state": view.state,
             "pid": proc.pid if proc is not None else None,
-            "accel": view.get("accel") if proc is not None else None,
+            "accel": view.accel if proc is not None else None,
             "vcpus": facts["vcpus"],
             "memory_bytes": facts["memory_bytes"],
-            "uptime_s": view.get("uptime_s"),
-            "restarts": view.get("restarts", 0),
+            "uptime_s": view.uptime_s,
+            "restarts": view.restarts,
             "cpu_percent": None,
             "vcpu_percent": [],
             "rss_bytes": None,

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, intent, launch, records, spawn
-from qemuvm.runtime.instance import PAUSED, RUNNING, STOPPED
+from qemuvm.runtime.instance import PAUSED, RUNNING
+from qemuvm.runtime.records import StateView
 
 if TYPE_CHECKING:
     import threading
@@ -40,12 +41,11 @@ def instance_paths(name: str, home: Path | None = None) -> InstancePaths:
     return paths
 
 
-def _running_qemu(paths: InstancePaths) -> dict[str, Any]:
+def _running_qemu(paths: InstancePaths) -> StateView:
     """state.json of an instance whose QEMU runs (re-adopting it first when its supervisor died)."""
     state = launch.ensure_supervised(paths)
     if instance.proven_qemu(state) is None:
-        view = instance.effective_state(state)
-        raise OperationError(f"{paths.name} is not running (state {view.get('state', STOPPED)})")
+        raise OperationError(f"{paths.name} is not running (state {instance.effective_state(state).state})")
     assert state is not None
     return state
 
@@ -368,7 +368,7 @@ def pause(name: str, *, home: Path | None = None) -> dict[str, Any]:
     from qemuvm.control import wait as waiting
 
     _monitor(paths).execute("stop")
-    waiting.await_record(paths, "the pause", lambda s: s.get("state") == PAUSED)
+    waiting.await_record(paths, "the pause", lambda s: s.state == PAUSED)
     return status(name, home=home)
 
 
@@ -378,8 +378,8 @@ def resume(name: str, *, home: Path | None = None) -> dict[str, Any]:
 
     state = _running_qemu(paths)
     _monitor(paths).execute("cont")
-    if state.get("state") != instance.SHUTDOWN:  # a powered-off guest under -no-shutdown stays down
-        waiting.await_record(paths, "the resume", lambda s: s.get("state") == RUNNING)
+    if state.state != instance.SHUTDOWN:  # a powered-off guest under -no-shutdown stays down
+        waiting.await_record(paths, "the resume", lambda s: s.state == RUNNING)
     return status(name, home=home)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 from qemuvm.control import agent
 from qemuvm.control.client import Monitor
@@ -24,18 +23,14 @@ from qemuvm.runtime.instance import PAUSED, RUNNING
 Progress = Callable[[str], None]
 
 
-def resets_of(state: dict[str, Any]) -> int:
-    return int(state.get("resets") or 0)
-
-
-def reset(paths: InstancePaths, state: dict[str, Any]) -> None:
+def reset(paths: InstancePaths, state: records.StateView) -> None:
     """QMP system_reset; returns once the supervisor recorded the RESET (waits then start from the new boot)."""
-    before = resets_of(state)
+    before = state.resets
     Monitor(paths.qmp_socket).execute("system_reset")
-    await_record(paths, "the reset", lambda s: resets_of(s) > before)
+    await_record(paths, "the reset", lambda s: s.resets > before)
 
 
-def reboot(paths: InstancePaths, state: dict[str, Any], progress: Progress) -> str:
+def reboot(paths: InstancePaths, state: records.StateView, progress: Progress) -> str:
     """Ask the guest to reboot; "agent" or "acpi", the way that worked. OperationError when the guest did not
     act within shutdown.timeout (nothing is forced: `reset` is the way then)."""
     spec = records.read_launch_spec(paths)
@@ -44,21 +39,21 @@ def reboot(paths: InstancePaths, state: dict[str, Any], progress: Progress) -> s
     if monitor.execute("query-status").get("status") != "running":
         raise OperationError(f"{paths.name} is paused: the guest cannot answer a reboot request; resume it "
                              f"first, or reset it: qemuvm reset {paths.name}")
-    before = resets_of(state)
+    before = state.resets
     how = "agent" if agent.request_shutdown(paths, "reboot") else None
     if how is None:
         _acpi_reboot(paths, state, monitor, timeout, spec.argv if spec else [], progress)
         how = "acpi"
     else:
         progress(f"{paths.name}: reboot asked through the guest agent; waiting up to {timeout:g} s …")
-    await_record(paths, "the reboot", lambda s: resets_of(s) > before and s.get("state") in (RUNNING, PAUSED),
+    await_record(paths, "the reboot", lambda s: s.resets > before and s.state in (RUNNING, PAUSED),
                  timeout=timeout + 10)
     return how
 
 
-def _acpi_reboot(paths: InstancePaths, state: dict[str, Any], monitor: Monitor, timeout: float, argv: list[str],
+def _acpi_reboot(paths: InstancePaths, state: records.StateView, monitor: Monitor, timeout: float, argv: list[str],
                  progress: Progress) -> None:
-    intent.request_reboot(paths, state.get("qemu_pid"))  # first: killed after set-action, the supervisor knows
+    intent.request_reboot(paths, state.qemu_pid)  # first: killed after set-action, the supervisor knows
     monitor.execute("set-action", {"shutdown": "pause"})
     try:
         progress(f"ACPI power button pressed on {paths.name} (a reboot); waiting up to {timeout:g} s …")

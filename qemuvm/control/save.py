@@ -69,24 +69,24 @@ async def _migrate_to(session: QmpSession, target: str, timeout: float) -> list[
     return files
 
 
-def _ends_soon(state: dict[str, Any], within: float = 1.0) -> bool:
+def _ends_soon(state: records.StateView, within: float = 1.0) -> bool:
     """QEMU is gone, or going: a process killed closes its sockets (which is how the save saw it end) a moment
     before it is seen to have exited, and under load that moment is long enough to read it as alive."""
     deadline = time.monotonic() + within
-    while instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is not None:
+    while instance.process_if_alive(state.qemu_pid, state.qemu_start_time) is not None:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)  # a bounded look at a process that is exiting (no event tells its last moment)
     return True
 
 
-def _exit_recorded(paths: InstancePaths, since: float) -> dict[str, Any]:
+def _exit_recorded(paths: InstancePaths, since: float) -> records.StateView:
     """The state once the supervisor has recorded a QEMU exit that came after `since`."""
-    return await_record(paths, "QEMU's exit", lambda s: (s.get("last_exit") or {}).get("time", 0) >= since,
+    return await_record(paths, "QEMU's exit", lambda s: s.last_exit is not None and s.last_exit.time >= since,
                         timeout=60)
 
 
-def save(paths: InstancePaths, state: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+def save(paths: InstancePaths, state: records.StateView, timeout: float = 600.0) -> dict[str, Any]:
     """Save a running instance; returns what saved.json records. On failure the VM keeps running."""
     temporary = paths.saved_state.with_name(".saved.state.tmp")
     monitor = Monitor(paths.qmp_socket, timeout=30.0)
@@ -102,13 +102,13 @@ def save(paths: InstancePaths, state: dict[str, Any], timeout: float = 600.0) ->
         raise
     # Every byte is in the file and QEMU sits in postmigrate. Only now is its exit intended: QEMU dying
     # during the stream above is a crash (the restart policy applies), never a save.
-    intent.request(paths, "save", state.get("qemu_pid"), state.get("qemu_start_time"), lifetime=120)
+    intent.request(paths, "save", state.qemu_pid, state.qemu_start_time, lifetime=120)
     with contextlib.suppress(OperationError):  # quit closes the monitor as it answers
         monitor.execute("quit")
     ended = _exit_recorded(paths, began)
-    if ended.get("state") != instance.SAVED:  # killed before the intent was on record: a crash, not a save
+    if ended.state != instance.SAVED:  # killed before the intent was on record: a crash, not a save
         temporary.unlink(missing_ok=True)
-        reason = (ended.get("last_exit") or {}).get("reason")
+        reason = ended.last_exit.reason if ended.last_exit else None
         raise OperationError(f"{paths.name}'s QEMU ended before the save was complete ({reason}); nothing was saved")
     wait_recorded(paths)  # and its supervisor has exited: a `start` right after finds nothing running
     disks = [found for found in map(disk_print, files) if found is not None]  # after QEMU closed them

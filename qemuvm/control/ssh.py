@@ -18,12 +18,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import ports
 from qemuvm.runtime.instance import tail
+
+if TYPE_CHECKING:
+    from qemuvm.runtime.records import StateView
 
 # `ssh_ready` probes repeatedly. QEMU's user-mode forward accepts every TCP connection, so until the
 # guest's sshd answers, a probe waits for the banner: ConnectTimeout bounds that (long enough for an
@@ -107,7 +110,7 @@ def _ssh_settings(paths: InstancePaths) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
-def _last_boot(paths: InstancePaths, state: dict[str, Any]) -> float:
+def _last_boot(paths: InstancePaths, state: StateView) -> float:
     """When the guest last booted: QEMU's start, or its latest RESET event (a reboot).
 
     QEMU's start is its pidfile's mtime (written as it starts, on the clock known_hosts' mtime is on). The
@@ -116,7 +119,7 @@ def _last_boot(paths: InstancePaths, state: dict[str, Any]) -> float:
     try:
         boot = paths.pidfile.stat().st_mtime
     except OSError:
-        boot = float(state.get("qemu_start_time") or 0.0)
+        boot = state.qemu_start_time or 0.0
     for line in reversed(tail(paths.events, 200).splitlines()):
         if '"RESET"' in line:
             with contextlib.suppress(ValueError, TypeError):
@@ -125,7 +128,7 @@ def _last_boot(paths: InstancePaths, state: dict[str, Any]) -> float:
     return boot
 
 
-def forget_stale_host_keys(paths: InstancePaths, state: dict[str, Any]) -> None:
+def forget_stale_host_keys(paths: InstancePaths, state: StateView) -> None:
     """Drop the instance's known_hosts when it predates the guest's last boot.
 
     Images that create host keys at boot (an initramfs with `dropbear -R`, a fresh cloud image) show a
@@ -145,14 +148,14 @@ def resolve(name: str, home: Path | None = None) -> SshTarget:
     state = instance.read_state(paths)
     if state is None:
         raise UsageError(f"no instance named {name} (see `qemuvm ls`)")
-    status = instance.effective_state(state).get("state")
+    status = instance.effective_state(state).state
     if status == instance.PAUSED:
         raise OperationError(f"instance {name} is paused; resume it first: qemuvm resume {name}")
     if status not in (instance.RUNNING, instance.STARTING):
         raise OperationError(f"instance {name} is {status}, not running")
-    settings = {**(state.get("ssh") or {}), **_ssh_settings(paths)}
+    settings = {**(state.ssh or {}), **_ssh_settings(paths)}
     guest_port = int(settings.get("port") or 22)
-    found = ports.forward_address(state.get("forwards") or [], guest_port) or _leased_address(paths, guest_port)
+    found = ports.forward_address(state.forwards, guest_port) or _leased_address(paths, guest_port)
     if found is None:
         raise OperationError(f"instance {name} has no TCP forward to guest port {guest_port} and no leased "
                              "address on a qemuvm network (does it have a user-mode network, or has its DHCP "

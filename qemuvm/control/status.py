@@ -4,6 +4,7 @@ run state QEMU reports over QMP (`instance.qmp_state`, the one map)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Any
 
@@ -12,28 +13,28 @@ from qemuvm.control import autostart
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import helpers, instance, records
-from qemuvm.runtime.instance import PAUSED, STOPPED
+from qemuvm.runtime.instance import PAUSED
 
 
-def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
+def view(paths: InstancePaths, state: records.StateView | None) -> dict[str, Any]:
     """One row of `ls --json` (and the base of `status --json`)."""
     seen = instance.effective_state(state)
     return {
         "name": paths.name,
-        "state": seen.get("state", STOPPED),
-        "qemu_pid": seen.get("qemu_pid") if seen.get("qemu_pid_alive", True) else None,
-        "supervisor_pid": seen.get("supervisor_pid") if seen.get("supervised") else None,
-        "supervised": seen.get("supervised", False),
-        "accel": seen.get("accel"),
-        "uptime_s": seen.get("uptime_s"),
-        "restarts": seen.get("restarts", 0),
-        "policy": seen.get("policy"),
-        "forwards": seen.get("forwards") or [],
-        "vnc": seen.get("vnc"),
-        "last_exit": seen.get("last_exit"),
-        "restored_at": seen.get("restored_at"),  # this run continues a saved state (or a template's)
-        "clock_behind_s": seen.get("clock_behind_s"),  # restored from a saved state: the guest clock's lag
-        "problem": seen.get("unreadable"),  # state.json could not be read: the state comes from the processes
+        "state": seen.state,
+        "qemu_pid": seen.qemu_pid if seen.qemu_alive else None,
+        "supervisor_pid": seen.supervisor_pid if seen.supervised else None,
+        "supervised": seen.supervised,
+        "accel": seen.accel,
+        "uptime_s": seen.uptime_s,
+        "restarts": seen.restarts,
+        "policy": seen.policy,
+        "forwards": seen.forwards,
+        "vnc": seen.vnc,
+        "last_exit": dataclasses.asdict(seen.last_exit) if seen.last_exit else None,
+        "restored_at": seen.restored_at,  # this run continues a saved state (or a template's)
+        "clock_behind_s": seen.clock_behind_s,  # restored from a saved state: the guest clock's lag
+        "problem": seen.unreadable,  # state.json could not be read: the state comes from the processes
         "helpers": helper_views(seen),
         "started": state is not None,  # False: defined (`qemuvm define`), never started
         "autostart": autostart.is_enabled(paths.name, paths.root.parent),  # a systemd unit starts it at boot
@@ -41,24 +42,24 @@ def view(paths: InstancePaths, state: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def helper_views(seen: dict[str, Any]) -> list[dict[str, Any]]:
+def helper_views(seen: records.StateView) -> list[dict[str, Any]]:
     """The current run's helpers (virtiofsd), each checked live: `running`, or how it ended; while the VM is
     alive, one that ended carries `gone`: the sentence `status` shows (which share, how, why, its log)."""
-    alive_vm = seen.get("state") in instance.ALIVE_STATES
+    alive_vm = seen.state in instance.ALIVE_STATES
     out = []
-    for entry in seen.get("helpers") or []:
-        if not isinstance(entry, dict) or not entry.get("name"):
+    for entry in seen.helpers:
+        if not entry.name:
             continue
         running = helpers.proven(entry) is not None
-        item = {key: entry.get(key) for key in ("name", "what", "pid", "log", "exited")}
-        item["running"] = running
+        item: dict[str, Any] = {"name": entry.name, "what": entry.what, "pid": entry.pid, "log": entry.log,
+                                "exited": entry.exited, "running": running}
         if alive_vm and not running:
-            exited = entry.get("exited") or {}
+            exited = entry.exited or {}
             how = helpers.describe_exit(exited) if exited else "is gone (not yet recorded)"
             why = f" ({exited['why']})" if exited.get("why") else ""
-            program = os.path.basename((entry.get("cmdline") or ["helper"])[0])
-            item["gone"] = (f"{entry.get('what')} is gone: its {program} {how}{why}; what the guest does through it "
-                            f"fails or hangs until the VM restarts; log {entry.get('log')}")
+            program = os.path.basename((entry.cmdline or ["helper"])[0])
+            item["gone"] = (f"{entry.what} is gone: its {program} {how}{why}; what the guest does through it "
+                            f"fails or hangs until the VM restarts; log {entry.log}")
         out.append(item)
     return out
 
@@ -74,7 +75,7 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             live = Monitor(paths.qmp_socket, timeout=5.0, busy_timeout=3.0).execute("query-status")["status"]
             result["qmp_status"] = live
             # A reset while paused leaves QEMU in prelaunch until `cont`: it is paused, not starting (as `ls`).
-            paused_reset = live == "prelaunch" and (state or {}).get("state") == PAUSED
+            paused_reset = live == "prelaunch" and state is not None and state.state == PAUSED
             result["state"] = PAUSED if paused_reset else instance.qmp_state(live)
         except OperationError:
             result["qmp_status"] = None  # busy or going away: state.json's word stands
@@ -92,7 +93,7 @@ def status(paths: InstancePaths) -> dict[str, Any]:
             if result.get("state") in instance.ALIVE_STATES:
                 problems.extend(nics.tap_problems(spec.taps))
         if spec is not None and spec.shares and result.get("state") in instance.ALIVE_STATES:
-            problems.extend(share_problems(paths, spec.shares, (state or {}).get("serial_offset") or 0))
+            problems.extend(share_problems(paths, spec.shares, state.serial_offset if state else 0))
     # `problem`: every problem in one line (None: nothing wrong), `problems`: the same one by one.
     problems.extend(helper["gone"] for helper in result["helpers"] if helper.get("gone"))
     result["problems"] = problems

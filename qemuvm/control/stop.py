@@ -19,27 +19,27 @@ Progress = Callable[[str], None]
 GRACE_AFTER_QUIT = 10.0  # `quit` and SIGTERM each get this long before the next step
 
 
-def request_stop(paths: InstancePaths, action: str, state: dict[str, Any], lifetime: float = 30.0) -> None:
+def request_stop(paths: InstancePaths, action: str, state: records.StateView, lifetime: float = 30.0) -> None:
     """Tell the supervisor that the coming exit of this QEMU is intentional: no restart (runtime/intent.py)."""
-    intent.request(paths, action, state.get("qemu_pid"), state.get("qemu_start_time"), lifetime)
+    intent.request(paths, action, state.qemu_pid, state.qemu_start_time, lifetime)
 
 
-def wait_gone(state: dict[str, Any], timeout: float) -> bool:
+def wait_gone(state: records.StateView, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None:
+        if instance.process_if_alive(state.qemu_pid, state.qemu_start_time) is None:
             return True
         time.sleep(0.05)
-    return instance.process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is None
+    return instance.process_if_alive(state.qemu_pid, state.qemu_start_time) is None
 
 
-def wait_recorded(paths: InstancePaths, timeout: float = 10.0) -> dict[str, Any]:
+def wait_recorded(paths: InstancePaths, timeout: float = 10.0) -> records.StateView:
     """After QEMU is gone: wait until the supervisor recorded the exit (and exited), then the state."""
     deadline = time.monotonic() + timeout
-    state = instance.read_state(paths) or {}
+    state = instance.read_state(paths) or records.StateView()
     while time.monotonic() < deadline and instance.live_supervisor(state) is not None:
         time.sleep(0.05)
-        state = instance.read_state(paths) or {}
+        state = instance.read_state(paths) or records.StateView()
     return state
 
 
@@ -48,7 +48,7 @@ def stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
     """ACPI power-down, wait `timeout` (default: shutdown.timeout), `quit`, SIGTERM, SIGKILL; which step ended it.
 
     Its stop intent names the QEMU and lapses with this attempt, so an interrupted stop disables nothing."""
-    state = launch.ensure_supervised(paths) or {}
+    state = launch.ensure_supervised(paths) or records.StateView()
     started = time.monotonic()
     if instance.proven_qemu(state) is None:
         if instance.live_supervisor(state) is not None:  # waiting to restart: cancel that
@@ -56,7 +56,7 @@ def stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
             state = wait_recorded(paths)
         helpers.stop_orphans(state)
         view = instance.effective_state(state)
-        return {"name": name, "step": None, "state": view.get("state"), "already_stopped": True}
+        return {"name": name, "step": None, "state": view.state, "already_stopped": True}
     spec = records.read_launch_spec(paths)
     grace = timeout if timeout is not None else (spec or records.LaunchSpec("", [])).shutdown_timeout
     request_stop(paths, "down", state, lifetime=grace + 3 * GRACE_AFTER_QUIT)
@@ -67,7 +67,7 @@ def stop(name: str, paths: InstancePaths, timeout: float | None, force: bool,
             intent.withdraw(paths)
 
 
-def _escalate(name: str, paths: InstancePaths, state: dict[str, Any], grace: float, force: bool, started: float,
+def _escalate(name: str, paths: InstancePaths, state: records.StateView, grace: float, force: bool, started: float,
               progress: Progress) -> dict[str, Any]:
     monitor = Monitor(paths.qmp_socket, timeout=10.0, busy_timeout=5.0)
     step = None
@@ -99,18 +99,18 @@ def _escalate(name: str, paths: InstancePaths, state: dict[str, Any], grace: flo
         proc.send_signal(sig)
         step = label if wait_gone(state, GRACE_AFTER_QUIT) else None
     if step is None:
-        raise OperationError(f"QEMU pid {state['qemu_pid']} of {name} survived SIGKILL")
+        raise OperationError(f"QEMU pid {state.qemu_pid} of {name} survived SIGKILL")
     final = wait_recorded(paths)
-    last = final.get("last_exit") or {}
+    last = final.last_exit or records.ExitRecord()
     view = instance.effective_state(final)
     # A supervisor that has not recorded the exit yet (stopped, or slow): QEMU is gone, and by our hand.
-    stopped = STOPPED if view.get("stale") else view["state"]
+    stopped = STOPPED if view.stale else view.state
     return {"name": name, "step": step, "forced": step not in ("acpi", "agent"), "state": stopped,
-            "exit_code": last.get("exit_code"), "signal": last.get("signal"),
+            "exit_code": last.exit_code, "signal": last.signal,
             "elapsed_s": round(time.monotonic() - started, 2)}
 
 
-def _agent_shutdown(name: str, paths: InstancePaths, state: dict[str, Any], progress: Progress) -> str | None:
+def _agent_shutdown(name: str, paths: InstancePaths, state: records.StateView, progress: Progress) -> str | None:
     """The guest ignored ACPI (or is paused in its own way): ask its agent to power off (guest-shutdown sends no
     reply when it works). "agent" when QEMU then exits, None when no agent answers or the guest stays up."""
     from qemuvm.control import agent
@@ -123,16 +123,16 @@ def _agent_shutdown(name: str, paths: InstancePaths, state: dict[str, Any], prog
 
 def kill(name: str, paths: InstancePaths) -> dict[str, Any]:
     """SIGKILL QEMU at once (virsh destroy); the restart policy does not apply."""
-    state = launch.ensure_supervised(paths) or {}
+    state = launch.ensure_supervised(paths) or records.StateView()
     proc = instance.proven_qemu(state)
     if proc is None:
         if instance.live_supervisor(state) is not None:
             request_stop(paths, "kill", state)
             state = wait_recorded(paths)
         helpers.stop_orphans(state)
-        return {"name": name, "killed": False, "state": instance.effective_state(state)["state"]}
+        return {"name": name, "killed": False, "state": instance.effective_state(state).state}
     request_stop(paths, "kill", state)
     proc.kill()
     wait_gone(state, 10)
     final = wait_recorded(paths)
-    return {"name": name, "killed": True, "state": instance.effective_state(final)["state"]}
+    return {"name": name, "killed": True, "state": instance.effective_state(final).state}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
-from qemuvm.runtime import instance, ports
+from qemuvm.runtime import instance, ports, records
 from qemuvm.runtime.watch import FolderWatch
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def _probe_port(address: str, port: int) -> bool:
 
 def port_condition(paths: InstancePaths, guest_port: int) -> Condition:
     """The guest's TCP `guest_port` accepts connections through the instance's forward to it."""
-    found = ports.forward_address((instance.read_state(paths) or {}).get("forwards") or [], guest_port)
+    found = ports.forward_address((instance.read_state(paths) or records.StateView()).forwards, guest_port)
     if found is None:
         raise UsageError(f"{paths.name} has no TCP forward to guest port {guest_port}")
     address, port = found
@@ -158,7 +158,8 @@ def shutdown_condition(paths: InstancePaths) -> Condition:
     """QEMU has exited and will not be restarted."""
     def check() -> bool:
         state = instance.read_state(paths)
-        return not instance.is_active(state) or (state or {}).get("state") in (instance.STOPPED, instance.CRASHED)
+        return not instance.is_active(state) or (state is not None and state.state in (instance.STOPPED,
+                                                                                        instance.CRASHED))
     return Condition("shutdown", check, until_exit=True)
 
 
@@ -183,20 +184,20 @@ def ready_conditions(paths: InstancePaths, ready: Ready | None, *, serial_offset
 
 def _ended(paths: InstancePaths) -> str | None:
     """How QEMU ended, when it is gone for good (no restart coming); None while it runs or restarts."""
-    state = instance.read_state(paths) or {}
+    state = instance.read_state(paths) or records.StateView()
     supervised = instance.live_supervisor(state) is not None
-    if supervised and state.get("state") not in (instance.STOPPED, instance.CRASHED):
+    if supervised and state.state not in (instance.STOPPED, instance.CRASHED):
         return None
     if not supervised and instance.proven_qemu(state) is not None:
         return None  # unsupervised but alive: still worth waiting for
-    last = state.get("last_exit") or {}
-    how = last.get("reason") or "it is not running"
-    if last.get("signal"):
-        how += f", killed by {last['signal']}"
-    elif last.get("exit_code") is not None:
-        how += f", exit code {last['exit_code']}"
-    if last.get("gave_up"):
-        how += f"; the supervisor gave up after {state.get('restarts', 0)} restarts"
+    last = state.last_exit or records.ExitRecord()
+    how = last.reason or "it is not running"
+    if last.signal:
+        how += f", killed by {last.signal}"
+    elif last.exit_code is not None:
+        how += f", exit code {last.exit_code}"
+    if last.gave_up:
+        how += f"; the supervisor gave up after {state.restarts} restarts"
     return how
 
 
@@ -280,9 +281,9 @@ def conditions_for(paths: InstancePaths, *, serial: str | None = None, port: int
     """The conditions `qemuvm wait`, `api.wait` and the pytest plugin ask for, in that order; none given
     means the profile's `ready`. `since` is where serial and event matches start: boot (the current boot's
     first byte, as the supervisor recorded it at the start or the last reset), now, or start (the whole log)."""
-    state = instance.read_state(paths) or {}
+    state = instance.read_state(paths) or records.StateView()
     if since == "boot":
-        serial_at: int | None = int(state.get("serial_offset") or 0)
+        serial_at: int | None = state.serial_offset
         events_at: int | None = None
     elif since in ("now", "start"):
         serial_at = events_at = None if since == "now" else 0
@@ -310,13 +311,13 @@ def conditions_for(paths: InstancePaths, *, serial: str | None = None, port: int
 
 
 
-def await_record(paths: InstancePaths, what: str, holds: Callable[[dict[str, Any]], bool],
-                 timeout: float = 10.0) -> dict[str, Any]:
+def await_record(paths: InstancePaths, what: str, holds: Callable[[records.StateView], bool],
+                 timeout: float = 10.0) -> records.StateView:
     """Wait until the supervisor has recorded the result of a command in state.json: a command returns only
     once `ls`, `status` and state.json show what it did (read-your-writes)."""
     deadline = time.monotonic() + timeout
     while True:
-        state = instance.read_state(paths) or {}
+        state = instance.read_state(paths) or records.StateView()
         if holds(state):
             return state
         if instance.live_supervisor(state) is None or time.monotonic() > deadline:

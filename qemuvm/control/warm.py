@@ -70,7 +70,8 @@ def _build(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path |
         state = instance.read_state(paths)
         if instance.proven_qemu(state) is None:
             raise OperationError(f"{profile.name} stopped before its template was saved; see {paths.qemu_log}")
-        save.save(paths, state or {})
+        assert state is not None  # proven_qemu found its QEMU in it
+        save.save(paths, state)
         return template.freeze(paths, profile, key, inputs, ready_after, source=source)
     except BaseException:
         with contextlib.suppress(Exception):

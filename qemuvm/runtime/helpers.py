@@ -94,13 +94,13 @@ def start(helper: records.Helper, timeout: float = START_TIMEOUT) -> records.Hel
                                log=helper.log)
 
 
-def proven(entry: dict[str, Any]) -> psutil.Process | None:
+def proven(entry: records.HelperState) -> psutil.Process | None:
     """The live process a state.json helper entry names, if it provably is that helper; else None."""
-    if entry.get("exited") is not None or not entry.get("pid") or entry.get("start_time") is None:
+    if entry.exited is not None or not entry.pid or entry.start_time is None:
         return None
-    proc = instance.process_if_alive(entry["pid"], entry["start_time"])
+    proc = instance.process_if_alive(entry.pid, entry.start_time)
     try:
-        return proc if proc is not None and proc.cmdline() == entry.get("cmdline") else None
+        return proc if proc is not None and proc.cmdline() == entry.cmdline else None
     except psutil.Error:
         return None
 
@@ -126,19 +126,19 @@ def describe_exit(exited: dict[str, Any]) -> str:
     return "ended (while no supervisor watched it)"
 
 
-def ended(entry: dict[str, Any]) -> dict[str, Any]:
+def ended(entry: records.HelperState) -> records.HelperState:
     """The entry of a helper that is gone, with how and why (its log's last line)."""
-    exited = exit_of(entry["pid"])
+    exited = exit_of(entry.pid)
     if not exited.get("signal"):  # its own last words say why; a signal's victim has none
-        exited["why"] = last_line(entry.get("log") or "")
-    return {**entry, "exited": exited}
+        exited["why"] = last_line(entry.log)
+    return dataclasses.replace(entry, exited=exited)
 
 
-def stop_orphans(state: dict[str, Any] | None) -> None:
+def stop_orphans(state: records.StateView | None) -> None:
     """Helpers left by a supervisor killed before its QEMU started (virtiofsd then waits for QEMU forever):
     with neither QEMU nor a supervisor alive, end every one proven ours."""
-    if state and not instance.is_active(state) and any(proven(entry) for entry in state.get("helpers") or []):
-        stop(state["helpers"])
+    if state and not instance.is_active(state) and any(proven(entry) for entry in state.helpers):
+        stop(state.helpers)
 
 
 def stop_pid(pid: int, grace: float = STOP_GRACE) -> None:
@@ -154,7 +154,7 @@ def stop_pid(pid: int, grace: float = STOP_GRACE) -> None:
             proc.wait()
 
 
-def stop(entries: list[dict[str, Any]], grace: float = STOP_GRACE) -> list[dict[str, Any]]:
+def stop(entries: list[records.HelperState], grace: float = STOP_GRACE) -> list[records.HelperState]:
     """Stop every helper of `entries` that is provably ours (SIGTERM, then SIGKILL after `grace`); the entries
     come back with how each ended. One that cannot be proven ours is never signalled."""
     alive = [(entry, proc) for entry in entries if (proc := proven(entry)) is not None]
@@ -168,27 +168,23 @@ def stop(entries: list[dict[str, Any]], grace: float = STOP_GRACE) -> list[dict[
     psutil.wait_procs(still, timeout=grace)
     out = []
     for entry in entries:
-        if entry.get("exited") is None:
-            exited = exit_of(entry["pid"]) if entry.get("pid") else {"at": time.time()}
-            entry = {**entry, "exited": {**exited, "why": "stopped after QEMU"}}
+        if entry.exited is None:
+            exited = exit_of(entry.pid) if entry.pid else {"at": time.time()}
+            entry = dataclasses.replace(entry, exited={**exited, "why": "stopped after QEMU"})
         out.append(entry)
     return out
-
-
-def as_entry(state: records.HelperState) -> dict[str, Any]:
-    return dataclasses.asdict(state)
 
 
 class Watch:
     """A supervisor's helpers for the current QEMU run: started before QEMU, each one's end noticed the moment
     it comes (pidfd), stopped after QEMU; every change goes to `record` (state.json's `helpers`)."""
 
-    def __init__(self, record: Callable[[list[dict[str, Any]]], None], log: Callable[[str], None],
+    def __init__(self, record: Callable[[list[records.HelperState]], None], log: Callable[[str], None],
                  qemu_runs: Callable[[], bool]) -> None:
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[records.HelperState] = []
         self._record, self._log, self._qemu_runs = record, log, qemu_runs
 
-    def _set(self, entries: list[dict[str, Any]]) -> None:
+    def _set(self, entries: list[records.HelperState]) -> None:
         self.entries = entries
         self._record(entries)
 
@@ -202,28 +198,29 @@ class Watch:
                 self._log(str(exc))
                 self._set(stop(self.entries))
                 return str(exc)
-            self._set([*self.entries, as_entry(started)])
+            self._set([*self.entries, started])
             self._log(f"started {spec.name} pid {started.pid} for {spec.what}")
             self._watch(started.pid)
         return None
 
-    def adopt(self, previous: list[dict[str, Any]]) -> None:
+    def adopt(self, previous: list[records.HelperState]) -> None:
         """Adopting QEMU adopts its helpers: each one proven ours is watched again; one that is gone is recorded
         as such (it ended while no supervisor watched)."""
-        entries = [{**entry, "exited": {"at": time.time(), "why": "gone while no supervisor watched it"}}
-                   if entry.get("exited") is None and proven(entry) is None else entry for entry in previous]
+        gone = {"at": time.time(), "why": "gone while no supervisor watched it"}
+        entries = [dataclasses.replace(entry, exited=gone) if entry.exited is None and proven(entry) is None
+                   else entry for entry in previous]
         self._set(entries)
         for entry in entries:
-            if entry.get("exited") is None:
-                self._log(f"adopting {entry['name']} pid {entry['pid']}")
-                self._watch(entry["pid"])
+            if entry.exited is None:
+                self._log(f"adopting {entry.name} pid {entry.pid}")
+                self._watch(entry.pid)
 
     def pids(self) -> list[int]:
         """The helpers of this run that have not ended (their sockets are proven with QEMU's)."""
-        return [entry["pid"] for entry in self.entries if entry.get("pid") and entry.get("exited") is None]
+        return [entry.pid for entry in self.entries if entry.pid and entry.exited is None]
 
     def stop_all(self) -> None:
-        if any(entry.get("exited") is None for entry in self.entries):
+        if any(entry.exited is None for entry in self.entries):
             self._set(stop(self.entries))
 
     def _watch(self, pid: int) -> None:
@@ -244,13 +241,14 @@ class Watch:
             qemu_runs = self._qemu_runs()
             entries = []
             for entry in self.entries:
-                if entry["pid"] == pid and entry.get("exited") is None:
+                if entry.pid == pid and entry.exited is None:
                     entry = ended(entry)
+                    exited = entry.exited or {}
                     if not qemu_runs:
-                        entry["exited"]["why"] = "QEMU exited"
+                        exited["why"] = "QEMU exited"
                     else:
-                        self._log(f"{entry['name']} for {entry['what']} {describe_exit(entry['exited'])} while QEMU "
-                                  f"runs: {entry['exited'].get('why') or 'see ' + entry['log']}")
+                        self._log(f"{entry.name} for {entry.what} {describe_exit(exited)} while QEMU "
+                                  f"runs: {exited.get('why') or 'see ' + entry.log}")
                 entries.append(entry)
             self._set(entries)
 

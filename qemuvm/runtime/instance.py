@@ -6,6 +6,7 @@ Imported by the supervisor: stdlib and psutil only (no pydantic, no CLI), so it 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -13,7 +14,6 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -84,7 +84,7 @@ def check_home(home: Path) -> None:
                          "QEMUVM_HOME to a private folder (or chmod o-w / +t it)")
 
 
-def read_state(paths: InstancePaths) -> dict[str, Any] | None:
+def read_state(paths: InstancePaths) -> records.StateView | None:
     """state.json, checked, plus the processes the folder itself proves (qemu.pid, supervisor.lock).
 
     A state.json that is missing, truncated or of the wrong types never hides a live QEMU or supervisor:
@@ -95,7 +95,8 @@ def read_state(paths: InstancePaths) -> dict[str, Any] | None:
     exists = data is not None or paths.state.exists()
     problem = records.state_problem(data) if data is not None else ("not valid JSON" if exists else None)
     if problem:
-        view: dict[str, Any] | None = {"state": UNKNOWN, "unreadable": f"state.json unreadable ({problem})"}
+        unreadable = f"state.json unreadable ({problem})"
+        view: records.StateView | None = records.StateView(state=UNKNOWN, unreadable=unreadable)
     else:
         view = records.state_view(data) if data is not None else None
     return _with_found_processes(paths, view)
@@ -141,24 +142,25 @@ def scan_for_qemu(paths: InstancePaths) -> psutil.Process | None:
     return None
 
 
-def _with_found_processes(paths: InstancePaths, data: dict[str, Any] | None) -> dict[str, Any] | None:
-    state = dict(data) if data is not None else None
+def _with_found_processes(paths: InstancePaths, state: records.StateView | None) -> records.StateView | None:
     if proven_qemu(state) is None:
         qemu = _naming(_pid_in(paths.pidfile), "-pidfile", str(paths.pidfile))
         if qemu is not None:
             with contextlib.suppress(psutil.Error):
-                state = {**(state or {"state": UNKNOWN}), "qemu_pid": qemu.pid, "qemu_start_time": qemu.create_time(),
-                         "qemu_cmdline": qemu.cmdline(), "found_by": "qemu.pid"}
+                state = dataclasses.replace(state or records.StateView(state=UNKNOWN), qemu_pid=qemu.pid,
+                                            qemu_start_time=qemu.create_time(), qemu_cmdline=qemu.cmdline(),
+                                            found_by="qemu.pid")
     if live_supervisor(state) is None:
         supervisor = _holding_supervisor_lock(paths)
         if supervisor is not None:
             with contextlib.suppress(psutil.Error):
                 # A supervisor that has not written its first record yet: whatever the old record says, the
                 # instance is starting (and that record is not the new supervisor's word).
-                old = state or {}
-                state = {**old, "supervisor_pid": supervisor.pid, "supervisor_start_time": supervisor.create_time(),
-                         "supervisor_found_by": "supervisor.lock",
-                         "state": old.get("state") if old.get("state") in ALIVE_STATES else STARTING}
+                old = state or records.StateView(state=STARTING)
+                state = dataclasses.replace(old, supervisor_pid=supervisor.pid,
+                                            supervisor_start_time=supervisor.create_time(),
+                                            supervisor_found_by="supervisor.lock",
+                                            state=old.state if old.state in ALIVE_STATES else STARTING)
     return state
 
 
@@ -238,53 +240,51 @@ def process_if_alive(pid: int | None, start_time: float | None) -> psutil.Proces
         return None
 
 
-def proven_qemu(state: dict[str, Any] | None) -> psutil.Process | None:
+def proven_qemu(state: records.StateView | None) -> psutil.Process | None:
     """The QEMU recorded in `state` if a live process is provably it: same pid, start time and command line.
 
     Anything less is not proof: a process that fails this check is never signalled.
     """
-    if not state or not state.get("qemu_pid") or state.get("qemu_start_time") is None:
+    if not state or not state.qemu_pid or state.qemu_start_time is None:
         return None
-    proc = process_if_alive(state["qemu_pid"], state["qemu_start_time"])
+    proc = process_if_alive(state.qemu_pid, state.qemu_start_time)
     if proc is None:
         return None
     try:
-        return proc if proc.cmdline() == state.get("qemu_cmdline") else None
+        return proc if proc.cmdline() == state.qemu_cmdline else None
     except psutil.Error:
         return None
 
 
-def live_supervisor(state: dict[str, Any] | None) -> psutil.Process | None:
+def live_supervisor(state: records.StateView | None) -> psutil.Process | None:
     if not state:
         return None
-    return process_if_alive(state.get("supervisor_pid"), state.get("supervisor_start_time"))
+    return process_if_alive(state.supervisor_pid, state.supervisor_start_time)
 
 
-def effective_state(state: dict[str, Any] | None) -> dict[str, Any]:
+def effective_state(state: records.StateView | None) -> records.StateView:
     """state.json corrected by a cheap liveness check (no QMP): what `ls` shows.
 
     A state that claims a live VM whose QEMU is gone is stale (both processes were killed): it reads
     `stopped` after a clean exit record, else `crashed`.
     """
-    view = dict(state or {"state": STOPPED})
+    view = dataclasses.replace(state) if state is not None else records.StateView(state=STOPPED)
     supervisor = live_supervisor(state)
-    qemu_alive = bool(state) and process_if_alive(state.get("qemu_pid"), state.get("qemu_start_time")) is not None
-    view["supervised"] = supervisor is not None
-    restarting = supervisor is not None and view.get("state") == STARTING
-    if view.get("state") in ALIVE_STATES and not qemu_alive and not restarting \
-            and not (supervisor is not None and not view.get("qemu_pid")):
+    view.qemu_alive = process_if_alive(view.qemu_pid, view.qemu_start_time) is not None
+    view.supervised = supervisor is not None
+    restarting = supervisor is not None and view.state == STARTING
+    if view.state in ALIVE_STATES and not view.qemu_alive and not restarting \
+            and not (supervisor is not None and not view.qemu_pid):
         # QEMU is gone and nobody has recorded it yet (both processes were killed, or the supervisor is about
         # to write, or is stopped): say what is true now rather than what the record last said.
-        view["state"] = CRASHED if view.get("qemu_pid") else STOPPED
-        view["stale"] = True
-    if not qemu_alive:
-        view["qemu_pid_alive"] = False
-    started = view.get("qemu_start_time") if qemu_alive else None
-    view["uptime_s"] = round(time.time() - started, 1) if started else None
+        view.state = CRASHED if view.qemu_pid else STOPPED
+        view.stale = True
+    started = view.qemu_start_time if view.qemu_alive else None
+    view.uptime_s = round(time.time() - started, 1) if started else None
     return view
 
 
-def is_active(state: dict[str, Any] | None) -> bool:
+def is_active(state: records.StateView | None) -> bool:
     """True while a supervisor or a (proven) QEMU of this instance is alive."""
     return live_supervisor(state) is not None or proven_qemu(state) is not None
 

@@ -47,8 +47,7 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
             # Nothing of value yet (no earlier run): a failure before launch removes the folder again.
             fresh = state is None and not paths.profile.exists()
             if instance.is_active(state):
-                pid = (state or {}).get("qemu_pid") or (state or {}).get("supervisor_pid")
-                raise OperationError(f"{profile.name} is already running (pid {pid})")
+                raise OperationError(f"{profile.name} is already running (pid {_pid_of(state)})")
             # A save interrupted before its state file got its name leaves only the temporary one: not a state.
             paths.saved_state.with_name(".saved.state.tmp").unlink(missing_ok=True)
             if discard_saved:
@@ -81,8 +80,7 @@ def start_reused(reusable: reuse.Reusable, *, home: Path | None, remove_on_down:
         with instance.instance_lock(paths, timeout=120):
             state = instance.read_state(paths)
             if instance.is_active(state):
-                pid = (state or {}).get("qemu_pid") or (state or {}).get("supervisor_pid")
-                raise OperationError(f"{paths.name} is already running (pid {pid})")
+                raise OperationError(f"{paths.name} is already running (pid {_pid_of(state)})")
             if paths.saved_state.exists() or state is None:
                 return None
             with instance.locked(paths.root.parent / ".ports.lock", timeout=120):
@@ -94,6 +92,10 @@ def start_reused(reusable: reuse.Reusable, *, home: Path | None, remove_on_down:
     except BaseException:
         _after_failure(paths, fresh=False)
         raise
+
+
+def _pid_of(state: records.StateView | None) -> int | None:
+    return (state.qemu_pid or state.supervisor_pid) if state else None
 
 
 MIN_FREE = 1 << 20  # bytes free on the instance folder's device that a start needs
@@ -160,7 +162,7 @@ def define_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, 
 
 
 def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, home: Path | None,
-                      remove_on_down: bool, state: dict[str, Any] | None, progress: Callable[[str], None],
+                      remove_on_down: bool, state: records.StateView | None, progress: Callable[[str], None],
                       clone_of: tuple[Path, records.TemplateRecord] | None = None,
                       invocation: tuple[Any, ...] | None = None) -> None:
     """Ports (under one home-wide lock, recorded in supervisor.json before it is let go: a parallel `up` sees
@@ -181,7 +183,7 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
         if vnc is not None and "unix" in vnc:
             vnc = {"unix": str(paths.vnc_socket)}
         # boot.once applies to the instance's first start only (an install ISO, as virt-install does).
-        first_boot = state is None or not state.get("started_at")
+        first_boot = state is None or not state.started_at
         argv = compile_argv(profile, paths, host, plan, first_boot=first_boot)
         paused_argv = compile_argv(profile, paths, host, plan, start_paused=True, first_boot=first_boot)
         # A clone stays one for its life: its overlays back onto the template at every later start too.
@@ -221,19 +223,19 @@ def start_supervisor(paths: InstancePaths, prestart: Prestart | None = None) -> 
         return supervisor_process([str(paths.root)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
 
-def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:
+def failure_message(paths: InstancePaths, state: records.StateView | None) -> str:
     """`NAME failed to start: how QEMU ended`, then the last lines of qemu.log."""
-    last = (state or {}).get("last_exit") or {}
-    if last.get("signal"):
-        how = f"QEMU was killed by {last['signal']}"
-    elif last.get("exit_code") is not None:
-        how = f"QEMU exited with code {last['exit_code']}"
+    last = (state.last_exit if state else None) or records.ExitRecord()
+    if last.signal:
+        how = f"QEMU was killed by {last.signal}"
+    elif last.exit_code is not None:
+        how = f"QEMU exited with code {last.exit_code}"
     else:
         how = "QEMU ended"
-    if last.get("helper"):  # QEMU never started: a helper it needs did not come up
-        return f"{paths.name} failed to start: {last['helper']}; nothing is left running"
+    if last.helper:  # QEMU never started: a helper it needs did not come up
+        return f"{paths.name} failed to start: {last.helper}; nothing is left running"
     log = instance.tail(paths.qemu_log, 12)
-    if last.get("reason") == "restore-failed":
+    if last.reason == "restore-failed":
         spec = None
         with contextlib.suppress(UsageError):
             spec = records.read_launch_spec(paths)
@@ -247,7 +249,7 @@ def failure_message(paths: InstancePaths, state: dict[str, Any] | None) -> str:
 
 
 def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
-                  timeout: float = START_TIMEOUT) -> dict[str, Any]:
+                  timeout: float = START_TIMEOUT) -> records.StateView:
     """Wait until the supervisor `proc` records QEMU running (or paused) in state.json; fail fast otherwise.
     The folder watch wakes this at the supervisor's write, so `up` returns as soon as QEMU runs."""
     from qemuvm.runtime.watch import FolderWatch
@@ -257,14 +259,14 @@ def wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes],
 
 
 def _wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes], timeout: float,
-                   watch: Any) -> dict[str, Any]:
+                   watch: Any) -> records.StateView:
     deadline = time.monotonic() + timeout
     while True:
         state = instance.read_state(paths)
-        ours = state is not None and state.get("supervisor_pid") == proc.pid and not state.get("supervisor_found_by")
-        if ours and state["state"] in (RUNNING, PAUSED):
+        ours = state is not None and state.supervisor_pid == proc.pid and not state.supervisor_found_by
+        if state is not None and ours and state.state in (RUNNING, PAUSED):
             return state
-        if ours and state["state"] in (CRASHED, STOPPED, SAVED):
+        if state is not None and ours and state.state in (CRASHED, STOPPED, SAVED):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)  # it exits right after recording: leave nothing running behind
             raise OperationError(failure_message(paths, state))
@@ -275,11 +277,11 @@ def _wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes], timeout:
             if instance.proven_qemu(state) is not None:
                 # The supervisor died (killed) after starting QEMU: a new one adopts it and finishes the start.
                 adopted = ensure_supervised(paths)
-                if adopted is not None and adopted.get("state") in (RUNNING, PAUSED):
+                if adopted is not None and adopted.state in (RUNNING, PAUSED):
                     return adopted
                 raise OperationError(failure_message(paths, adopted))
             final = instance.read_state(paths)
-            if ours and final and final.get("state") in (CRASHED, STOPPED, SAVED):  # recorded just before it exited
+            if ours and final and final.state in (CRASHED, STOPPED, SAVED):  # recorded just before it exited
                 raise OperationError(failure_message(paths, final))
             how = f"was killed by {decisions.signal_name(-proc.returncode)}" if proc.returncode < 0 \
                 else f"exited with code {proc.returncode}"
@@ -291,7 +293,7 @@ def _wait_until_up(paths: InstancePaths, proc: subprocess.Popen[bytes], timeout:
         watch.wait(0.05)  # woken by the supervisor's write; the timeout only notices a supervisor that died
 
 
-def _pidfile_proof(paths: InstancePaths, timeout: float = 10.0) -> dict[str, Any] | None:
+def _pidfile_proof(paths: InstancePaths, timeout: float = 10.0) -> records.StateView | None:
     deadline = time.monotonic() + timeout
     state = instance.read_state(paths)
     while instance.proven_qemu(state) is None and instance.scan_for_qemu(paths) is not None \
@@ -301,7 +303,7 @@ def _pidfile_proof(paths: InstancePaths, timeout: float = 10.0) -> dict[str, Any
     return state
 
 
-def ensure_supervised(paths: InstancePaths, timeout: float = 15.0) -> dict[str, Any] | None:
+def ensure_supervised(paths: InstancePaths, timeout: float = 15.0) -> records.StateView | None:
     """Adopt a QEMU that runs without a supervisor (it was killed): start one and wait until it took over.
 
     Returns the current state. Does nothing when a supervisor is alive or no proven QEMU runs.
@@ -314,9 +316,9 @@ def ensure_supervised(paths: InstancePaths, timeout: float = 15.0) -> dict[str, 
     while time.monotonic() < deadline:
         state = instance.read_state(paths)
         # Its own record, not the dead supervisor's last one (which a live lock holder makes look current).
-        if state and state.get("supervisor_pid") == proc.pid and not state.get("supervisor_found_by") \
+        if state and state.supervisor_pid == proc.pid and not state.supervisor_found_by \
                 and instance.live_supervisor(state) is not None \
-                and state.get("accel") is not None and state.get("state") != instance.STARTING:
+                and state.accel is not None and state.state != instance.STARTING:
             return state
         if proc.poll() is not None:
             # Another supervisor won the race, or QEMU is gone: either way someone recorded it.

@@ -135,6 +135,33 @@ def read_launch_spec(paths: InstancePaths) -> LaunchSpec | None:
 
 
 @dataclass
+class ExitRecord:
+    """How a QEMU run ended (state.json's `last_exit`): written by the supervisor, read by every command."""
+
+    time: float = 0.0
+    reason: str = ""  # runtime/decisions.classify: guest-shutdown, down, kill, save, signal, start-failed, ...
+    failure: bool = False  # the exit counts as a failure (the restart policy on-failure applies)
+    exit_code: int | None = None  # None: killed by a signal, or adopted (the code is lost)
+    signal: str | None = None  # e.g. "SIGKILL"
+    shutdown_reason: str | None = None  # the SHUTDOWN event's reason, if one came
+    helper: str | None = None  # QEMU never started: what did not come up (a helper, or QEMU's binary)
+    gave_up: bool = False  # the restart policy gave up after this exit
+
+
+@dataclass
+class HelperState:
+    """One helper in state.json: running while `exited` is None; `exited` says how it ended (and when)."""
+
+    name: str
+    what: str
+    pid: int
+    start_time: float | None
+    cmdline: list[str]
+    log: str
+    exited: dict[str, Any] | None = None  # {"at": time, "exit_code" | "signal": ..., "why": "last log line"}
+
+
+@dataclass
 class InstanceState:
     """state.json: the supervisor's record of an instance (`status --json` shows it, plus live checks)."""
 
@@ -156,26 +183,13 @@ class InstanceState:
     started_at: float | None = None  # the guest first ran (boot.once applies until it is set)
     serial_offset: int = 0  # where the current boot's output starts in serial.log
     resets: int = 0  # RESET events seen (reboot waits on this)
-    last_exit: dict[str, Any] | None = None  # how the last QEMU ended (reason, exit_code, signal, ...)
+    last_exit: ExitRecord | None = None  # how the last QEMU ended
     restored_at: float | None = None  # this run continues a saved state (restored then)
     clock_behind_s: float | None = None  # the restored guest's wall clock is behind by this until it syncs
-    # The helpers of the current QEMU run, as HelperState dicts (pid, start_time, cmdline prove each one).
-    helpers: list[dict[str, Any]] = field(default_factory=list)
+    # The helpers of the current QEMU run (pid, start_time, cmdline prove each one).
+    helpers: list[HelperState] = field(default_factory=list)
     updated_at: float | None = None
     schema: int = STATE_SCHEMA
-
-
-@dataclass
-class HelperState:
-    """One helper in state.json: running while `exited` is None; `exited` says how it ended (and when)."""
-
-    name: str
-    what: str
-    pid: int
-    start_time: float | None
-    cmdline: list[str]
-    log: str
-    exited: dict[str, Any] | None = None  # {"at": time, "exit_code" | "signal": ..., "why": "last log line"}
 
 
 _STATE_HINTS = typing.get_type_hints(InstanceState)
@@ -186,6 +200,8 @@ def _allowed(hint: Any) -> tuple[type, ...]:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return tuple(t for arg in typing.get_args(hint) for t in _allowed(arg))
     base = typing.get_origin(hint) or hint
+    if dataclasses.is_dataclass(base):
+        return (dict,)  # a nested record: a JSON object on disk
     return (int, float) if base is float else (base,)
 
 
@@ -202,11 +218,48 @@ def state_problem(data: dict[str, Any]) -> str | None:
     return None
 
 
-def state_view(data: dict[str, Any]) -> dict[str, Any]:
-    """A checked state.json record (state_problem is None) as a complete dict: every field, defaults filled,
-    unknown keys dropped. Commands read this view; the supervisor writes `InstanceState`."""
+@dataclass
+class StateView(InstanceState):
+    """state.json as every command reads it (`instance.read_state`): the checked record, plus what the instance
+    folder itself proves when the record does not say it (the supervisor writes `InstanceState`)."""
+
+    found_by: str | None = None  # "qemu.pid": this QEMU was proven through its pidfile, not by the record
+    supervisor_found_by: str | None = None  # "supervisor.lock": a supervisor that has not written its record yet
+    unreadable: str | None = None  # why state.json could not be trusted (state is then "unknown")
+    # Set by instance.effective_state, the cheap liveness check (no QMP) that `ls` shows:
+    supervised: bool = False  # a supervisor of this instance is alive
+    qemu_alive: bool = False  # the recorded QEMU pid is alive (started when recorded)
+    stale: bool = False  # the record claimed a live VM whose QEMU is gone: `state` says what is true now
+    uptime_s: float | None = None
+
+
+def helper_state(data: dict[str, Any]) -> HelperState:
+    """One entry of state.json's helpers (records the supervisor wrote), typed; missing fields read as empty."""
+    pid, start_time, cmdline, exited = (data.get(key) for key in ("pid", "start_time", "cmdline", "exited"))
+    return HelperState(name=str(data.get("name", "")), what=str(data.get("what", "")),
+                       pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
+                       start_time=float(start_time) if isinstance(start_time, (int, float)) else None,
+                       cmdline=[str(arg) for arg in cmdline] if isinstance(cmdline, list) else [],
+                       log=str(data.get("log", "")), exited=exited if isinstance(exited, dict) else None)
+
+
+def exit_record(data: dict[str, Any]) -> ExitRecord:
+    """state.json's last_exit, typed; a field of the wrong type reads as its default."""
+    hints = typing.get_type_hints(ExitRecord)
+    fitting: dict[str, Any] = {key: value for key, value in data.items() if key in hints
+                               and isinstance(value, _allowed(hints[key]))
+                               and (hints[key] is bool) == isinstance(value, bool)}
+    return ExitRecord(**fitting)
+
+
+def state_view(data: dict[str, Any]) -> StateView:
+    """A checked state.json record (state_problem is None) as a complete view: every field, defaults filled,
+    unknown keys dropped."""
     known = {key: data[key] for key in _STATE_HINTS if data.get(key) is not None}
-    return dataclasses.asdict(InstanceState(**{**known, "schema": STATE_SCHEMA}))
+    known["helpers"] = [helper_state(entry) for entry in known.get("helpers", []) if isinstance(entry, dict)]
+    if "last_exit" in known:
+        known["last_exit"] = exit_record(known["last_exit"])
+    return StateView(**{**known, "schema": STATE_SCHEMA})
 
 
 def write_state(paths: InstancePaths, state: InstanceState) -> None:

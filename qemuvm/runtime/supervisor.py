@@ -326,7 +326,7 @@ class Supervisor:
         self.restoring = False
         log(f"restored {state_file}")
 
-    async def run_qemu(self, adopted: bool) -> dict[str, Any]:
+    async def run_qemu(self, adopted: bool) -> records.ExitRecord:
         """One QEMU lifetime: start (or adopt), watch until it exits; returns the last_exit record."""
         self.shutdown_reason, self.panicked, self.reached_running = None, False, adopted
         self.ending_poweroff = False
@@ -336,17 +336,16 @@ class Supervisor:
             checkpoint("after-helpers")
             if failed is not None:
                 reason, failure = decisions.classify(decisions.Exit(reached_running=False, restarted=self.restarted))
-                return {"time": time.time(), "exit_code": None, "signal": None, "shutdown_reason": None,
-                        "reason": reason, "failure": failure, "helper": failed}
+                return records.ExitRecord(time=time.time(), reason=reason, failure=failure, helper=failed)
             try:
                 self.spawn()
             except OSError as exc:  # no binary any more, no memory, no pids: every helper goes, the record says
                 self.helpers.stop_all()
                 log(f"cannot start QEMU: {exc!r}")
                 reason, failure = decisions.classify(decisions.Exit(reached_running=False, restarted=self.restarted))
-                return {"time": time.time(), "exit_code": None, "signal": None, "shutdown_reason": None,
-                        "reason": reason, "failure": failure,
-                        "helper": f"QEMU could not be started ({self.spec.argv[0]}: {exc.strerror or exc})"}
+                return records.ExitRecord(
+                    time=time.time(), reason=reason, failure=failure,
+                    helper=f"QEMU could not be started ({self.spec.argv[0]}: {exc.strerror or exc})")
         exited = self.exit_future()
         attach_failure: str | None = None
         self.qmp = await self.connect(exited, time.monotonic() + CONNECT_TIMEOUT)
@@ -398,7 +397,7 @@ class Supervisor:
         await self._drain_events()
         record = self._exit_record(self.reached_running)
         if attach_failure is not None:
-            record["helper"] = attach_failure  # launch reports it as "failed to start: ..."
+            record.helper = attach_failure  # launch reports it as "failed to start: ..."
         self.helpers.stop_all()  # virtiofsd ends by itself when QEMU does; one still running gets SIGTERM
         return record
 
@@ -413,19 +412,18 @@ class Supervisor:
             await asyncio.wait_for(self.qmp.disconnect(), 2)
         self.qmp = None
 
-    def _exit_record(self, reached_running: bool) -> dict[str, Any]:
+    def _exit_record(self, reached_running: bool) -> records.ExitRecord:
         code: int | None = None
         if self.proc is not None:
             code = self.proc.wait()
             self.proc = None
-        record: dict[str, Any] = {"time": time.time(), "exit_code": None, "signal": None,
-                                  "shutdown_reason": self.shutdown_reason}
+        record = records.ExitRecord(time=time.time(), shutdown_reason=self.shutdown_reason)
         if code is not None and code < 0:
-            record["signal"] = decisions.signal_name(-code)
+            record.signal = decisions.signal_name(-code)
         elif code is not None:
-            record["exit_code"] = code
-        record["reason"], record["failure"] = decisions.classify(decisions.Exit(
-            exit_code=record["exit_code"], signal=record["signal"], shutdown_reason=self.shutdown_reason,
+            record.exit_code = code
+        record.reason, record.failure = decisions.classify(decisions.Exit(
+            exit_code=record.exit_code, signal=record.signal, shutdown_reason=self.shutdown_reason,
             intended=intent.action_for(self.paths, self.qemu_pid), panicked=self.panicked,
             reached_running=reached_running, restarted=self.restarted, restoring=self.restoring))
         log(f"QEMU exited: {record}")
@@ -443,42 +441,40 @@ class Supervisor:
         return not intent.action_for(self.paths, self.qemu_pid)
 
     async def run(self) -> int:
-        previous = instance.read_state(self.paths) or {}
+        previous = instance.read_state(self.paths) or records.StateView()
         adopt = instance.proven_qemu(previous) is not None
         me = instance.process_if_alive(os.getpid(), None)
         self.state = records.InstanceState(
             name=self.spec.name or self.paths.name, state=STARTING, supervisor_pid=os.getpid(),
             supervisor_start_time=me.create_time() if me else None, policy=self.policy,
-            forwards=self.spec.forwards, vnc=self.spec.vnc, ssh=self.spec.ssh, last_exit=previous.get("last_exit"))
+            forwards=self.spec.forwards, vnc=self.spec.vnc, ssh=self.spec.ssh, last_exit=previous.last_exit)
         if adopt:  # the same QEMU run goes on: its counters and where its boot's output starts go on too
-            self.state.restarts = int(previous.get("restarts") or 0)
-            self.state.started_at = previous.get("started_at")
-            self.state.serial_offset = int(previous.get("serial_offset") or 0)
-            self.state.resets = int(previous.get("resets") or 0)
-        if adopt:
-            self.qemu_pid = previous["qemu_pid"]
-            self.save(qemu_pid=self.qemu_pid, qemu_start_time=previous["qemu_start_time"],
-                      qemu_cmdline=previous["qemu_cmdline"], accel=previous.get("accel"))
+            self.state.restarts = previous.restarts
+            self.state.started_at = previous.started_at
+            self.state.serial_offset = previous.serial_offset
+            self.state.resets = previous.resets
+            self.qemu_pid = previous.qemu_pid or 0
+            self.save(qemu_pid=self.qemu_pid, qemu_start_time=previous.qemu_start_time,
+                      qemu_cmdline=previous.qemu_cmdline, accel=previous.accel)
             log(f"adopting QEMU pid {self.qemu_pid}")
-            self.helpers.adopt(previous.get("helpers") or [])
+            self.helpers.adopt(previous.helpers)
         else:
             # Helpers of a run whose QEMU is gone (a supervisor killed before QEMU connected): ours, so ended.
-            helpers.stop(previous.get("helpers") or [])
+            helpers.stop(previous.helpers)
             self.save()
         saver = asyncio.get_running_loop().create_task(self.housekeeping())
         while True:
             last_exit = await self.run_qemu(adopted=adopt)
             adopt = False
-            failure = last_exit.pop("failure")
+            failure, reason = last_exit.failure, last_exit.reason
             # After `save`, or a restore that failed: the saved state is there for the next `start`.
-            final = SAVED if last_exit["reason"] in ("save", "restore-failed") else CRASHED if failure else STOPPED
+            final = SAVED if reason in ("save", "restore-failed") else CRASHED if failure else STOPPED
             self.restoring = False
             restarts = self.state.restarts
-            delay = decisions.restart_delay(self.policy, last_exit["reason"], failure, restarts, self.max_retries,
-                                            self.backoff)
-            if decisions.gives_up(self.policy, last_exit["reason"], failure, restarts, self.max_retries):
+            delay = decisions.restart_delay(self.policy, reason, failure, restarts, self.max_retries, self.backoff)
+            if decisions.gives_up(self.policy, reason, failure, restarts, self.max_retries):
                 log(f"giving up after {restarts} restarts")
-                last_exit["gave_up"] = True
+                last_exit.gave_up = True
             if delay is None:
                 self.save(state=final, last_exit=last_exit, qmp_status=None)
                 break

@@ -455,7 +455,8 @@ class _Runner:
         from qemuvm.runtime import instance
 
         state = instance.read_state(self.paths)
-        return instance.is_active(state) and (state or {}).get("state") not in (instance.STOPPED, instance.CRASHED)
+        return state is not None and instance.is_active(state) and state.state not in (instance.STOPPED,
+                                                                                        instance.CRASHED)
 
     def _serial_tail(self) -> str:
         return last_lines(_read(self.paths.serial_log))

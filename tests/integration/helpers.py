@@ -18,6 +18,7 @@ import yaml
 
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import helpers, instance
+from qemuvm.runtime.records import StateView
 
 REPO = Path(__file__).resolve().parents[2]
 CI_SMOKE = REPO / "profiles" / "ci-smoke.yaml"
@@ -79,14 +80,19 @@ def alive(pid: int | None) -> bool:
     return instance.process_if_alive(pid, None) is not None
 
 
-def state_of(name: str) -> dict[str, Any]:
-    return instance.read_state(InstancePaths.for_name(name)) or {}
+def state_at(paths: InstancePaths) -> StateView:
+    """The instance's state as commands read it (an empty view when it has none)."""
+    return instance.read_state(paths) or StateView()
+
+
+def state_of(name: str) -> StateView:
+    return state_at(InstancePaths.for_name(name))
 
 
 def assert_gone(result: dict[str, Any]) -> None:
     """Neither the QEMU nor the supervisor recorded in a status result is alive."""
     state = state_of(result["name"])
-    assert not alive(state.get("qemu_pid")), "QEMU still runs"
+    assert not alive(state.qemu_pid), "QEMU still runs"
     # The supervisor records the final state, then exits.
     poll("the supervisor to exit", lambda: instance.live_supervisor(state) is None, 10)
 
@@ -103,7 +109,7 @@ def kill_everything(home: Path) -> None:
         if qemu is not None:
             qemu.kill()
             poll("QEMU to die", lambda q=qemu: not alive(q.pid), 10)
-        helpers.stop((instance.read_state(paths) or {}).get("helpers") or [], grace=1.0)
+        helpers.stop((instance.read_state(paths) or StateView()).helpers, grace=1.0)
 
 
 @dataclass(frozen=True)

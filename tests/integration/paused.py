@@ -167,7 +167,7 @@ def start_paused(profile: Profile, host: HostFacts, ports: PortPlan | None, scra
         # Helpers (virtiofsd, passt): QEMU connects to each at start, so they run first, as the supervisor does.
         plan = ports or PortPlan()
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(spawn.module_path()))  # a segment port runs `python -S`
-        started = [helpers.as_entry(helpers.start(records.Helper(**helper))) for helper in (
+        started = [helpers.start(records.Helper(**helper)) for helper in (
             *shares.helpers(ready, paths, host),
             *passt.helpers(ready, paths, host, plan.forwards, plan.ssh_host_port),
             *segment.helpers(ready, paths, sys.executable))]
@@ -188,7 +188,8 @@ def start_paused(profile: Profile, host: HostFacts, ports: PortPlan | None, scra
         run_paused(argv, stderr, paths.qmp_socket, started)
 
 
-def run_paused(argv: list[str], stderr: Path, qmp_socket: Path, started: list[dict] | None = None) -> None:
+def run_paused(argv: list[str], stderr: Path, qmp_socket: Path,
+               started: list[records.HelperState] | None = None) -> None:
     """Run argv (which starts QEMU paused with a QMP socket at qmp_socket): its status must be prelaunch, and
     it must quit cleanly when told; then stop the helpers `started`."""
     with stderr.open("wb") as err:

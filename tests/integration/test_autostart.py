@@ -56,10 +56,10 @@ def test_autostart_unit_verifies_and_its_commands_run(home: Path, test_guest: An
 
     started = _run_like_systemd(_directive(text, "ExecStart"), _directive(text, "Environment"))
     assert started.returncode == 0, started.stderr
-    assert state_of("bootvm")["state"] == "running"
+    assert state_of("bootvm").state == "running"
     stopped = _run_like_systemd(_directive(text, "ExecStop"), _directive(text, "Environment"))
     assert stopped.returncode == 0, stopped.stderr
-    assert state_of("bootvm")["state"] == "stopped" and state_of("bootvm")["last_exit"]["reason"] == "down"
+    assert state_of("bootvm").state == "stopped" and state_of("bootvm").last_exit.reason == "down"
 
     off = cli("autostart", "bootvm", "--disable")
     assert off.returncode == 0 and not unit.exists() and not link.is_symlink(), off.stderr

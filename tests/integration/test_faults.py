@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import alive, cli, guest_profile, kill_everything, poll, up_with_supervisor_stopped_at
+from helpers import alive, cli, guest_profile, kill_everything, poll, state_of, up_with_supervisor_stopped_at
 
 from qemuvm import api
 from qemuvm.paths import InstancePaths
@@ -187,18 +187,18 @@ def test_interrupted_down_does_not_disable_the_restart_policy(home: Path, test_g
     assert down.wait(30) == 130
     assert not instance.read_json(paths.stop_request)  # the intent went with the attempt
     os.kill(first["qemu_pid"], signal.SIGKILL)  # a real crash afterwards is restarted
-    again = poll("the restart", lambda: (s := instance.read_state(paths) or {}).get("state") == "running"
-                 and s.get("qemu_pid") != first["qemu_pid"] and s, 60)
-    assert again["restarts"] == 1 and again["last_exit"]["reason"] == "signal"
+    again = poll("the restart", lambda: (s := instance.read_state(paths)) and s.state == "running"
+                 and s.qemu_pid != first["qemu_pid"] and s, 60)
+    assert again.restarts == 1 and again.last_exit.reason == "signal"
     # And a stale intent left by a down that was killed outright (no chance to clean up) expires with it.
     instance.write_json_atomic(paths.stop_request, {"action": "down", "requester_pid": 1, "expires_at": 0,
-                                                     "qemu_pid": again["qemu_pid"]})
-    os.kill(again["qemu_pid"], signal.SIGKILL)
-    third = poll("the second restart", lambda: (s := instance.read_state(paths) or {}).get("restarts") == 2
-                 and s.get("state") == "running" and s, 60)
-    assert third["last_exit"]["reason"] == "signal"
+                                                     "qemu_pid": again.qemu_pid})
+    os.kill(again.qemu_pid, signal.SIGKILL)
+    third = poll("the second restart", lambda: (s := instance.read_state(paths)) and s.restarts == 2
+                 and s.state == "running" and s, 60)
+    assert third.last_exit.reason == "signal"
     api.kill("intr")
-    assert (instance.read_state(paths) or {})["last_exit"]["reason"] == "kill"
+    assert state_of("intr").last_exit.reason == "kill"
 
 
 def test_down_with_a_stopped_supervisor_says_stopped(home: Path, test_guest: Any) -> None:

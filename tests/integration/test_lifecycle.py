@@ -39,7 +39,7 @@ def test_up_pause_resume_reboot_down(home: Path, test_guest: Any) -> None:
     events_at = paths.events.stat().st_size
     assert api.pause("life")["state"] == "paused"
     waiting.wait_for(paths, [waiting.event_condition(paths, "STOP", offset=events_at)], 10)
-    assert state_of("life")["state"] == "paused"
+    assert state_of("life").state == "paused"
     assert api.resume("life")["state"] == "running"
     waiting.wait_for(paths, [waiting.event_condition(paths, "RESUME", offset=events_at)], 10)
 
@@ -57,7 +57,7 @@ def test_up_pause_resume_reboot_down(home: Path, test_guest: Any) -> None:
     stopped = api.down("life")
     assert (stopped["step"], stopped["exit_code"], stopped["state"]) == ("acpi", 0, "stopped")
     assert "QEMUVM_GUEST_POWEROFF" in paths.serial_log.read_text(errors="replace")
-    assert state_of("life")["last_exit"]["reason"] == "down"
+    assert state_of("life").last_exit.reason == "down"
     assert_gone(status)
     assert api.status("life")["state"] == "stopped"
 
@@ -93,24 +93,24 @@ def test_on_failure_restarts_after_kill9(home: Path, test_guest: Any) -> None:
     profile = guest_profile(home, test_guest, "phoenix", restart={"policy": "on-failure", "backoff": "1s"})
     first = api.up(profile, wait=False)
     os.kill(first["qemu_pid"], signal.SIGKILL)
-    restarted = poll("a restarted QEMU", lambda: (s := state_of("phoenix"))["state"] == "running"
-                     and s["qemu_pid"] != first["qemu_pid"] and s, 60)
-    assert restarted["restarts"] == 1
-    assert restarted["last_exit"]["signal"] == "SIGKILL"
+    restarted = poll("a restarted QEMU", lambda: (s := state_of("phoenix")).state == "running"
+                     and s.qemu_pid != first["qemu_pid"] and s, 60)
+    assert restarted.restarts == 1
+    assert restarted.last_exit.signal == "SIGKILL"
     assert api.status("phoenix")["restarts"] == 1
     waiting.wait_for(InstancePaths.for_name("phoenix"),
                      [waiting.serial_condition(InstancePaths.for_name("phoenix"), "QEMUVM_GUEST_READY",
-                                               offset=restarted["serial_offset"])], BOOT_TIMEOUT)
+                                               offset=restarted.serial_offset)], BOOT_TIMEOUT)
     assert api.down("phoenix")["step"] == "acpi"
-    assert state_of("phoenix")["state"] == "stopped"  # down is not a failure: no restart
+    assert state_of("phoenix").state == "stopped"  # down is not a failure: no restart
 
 
 def test_never_is_crashed_after_kill9(home: Path, test_guest: Any) -> None:
     profile = guest_profile(home, test_guest, "mortal")
     first = api.up(profile, wait=False)
     os.kill(first["qemu_pid"], signal.SIGKILL)
-    final = poll("the crash to be recorded", lambda: (s := state_of("mortal"))["state"] == "crashed" and s, 20)
-    assert final["last_exit"]["signal"] == "SIGKILL" and final["restarts"] == 0
+    final = poll("the crash to be recorded", lambda: (s := state_of("mortal")).state == "crashed" and s, 20)
+    assert final.last_exit.signal == "SIGKILL" and final.restarts == 0
     assert_gone(first)
     listed = {row["name"]: row for row in api.ls()}
     assert listed["mortal"]["state"] == "crashed"
@@ -128,16 +128,16 @@ def test_guest_panic_applies_the_restart_policy(home: Path, test_guest: Any, pol
     paths = InstancePaths.for_name(name)
     waiting.wait_for(paths, [waiting.event_condition(paths, "GUEST_PANICKED", offset=0)], 60)
     if policy == "never":
-        final = poll("the panic to be recorded", lambda: (s := state_of(name))["state"] == "crashed" and s, 20)
-        assert final["last_exit"]["reason"] == "guest-panic"
+        final = poll("the panic to be recorded", lambda: (s := state_of(name)).state == "crashed" and s, 20)
+        assert final.last_exit.reason == "guest-panic"
         assert_gone(first)
         return
-    again = poll("the restart after the panic", lambda: (s := state_of(name))["restarts"] == 1
-                 and s["state"] == "running" and s, 30)
-    assert again["last_exit"]["reason"] == "guest-panic" and again["qemu_pid"] != first["qemu_pid"]
+    again = poll("the restart after the panic", lambda: (s := state_of(name)).restarts == 1
+                 and s.state == "running" and s, 30)
+    assert again.last_exit.reason == "guest-panic" and again.qemu_pid != first["qemu_pid"]
     # The restarted guest panics again; max_retries 1 makes the supervisor give up.
-    final = poll("the supervisor to give up", lambda: (s := state_of(name))["state"] == "crashed" and s, 120)
-    assert final["last_exit"].get("gave_up") is True and final["restarts"] == 1
+    final = poll("the supervisor to give up", lambda: (s := state_of(name)).state == "crashed" and s, 120)
+    assert final.last_exit.gave_up is True and final.restarts == 1
 
 
 # -- 5. adoption ------------------------------------------------------------------------------------------------

@@ -197,8 +197,9 @@ def test_a_setup_step_that_fails_after_qemu_started_stops_it_and_says_why(home: 
                                 env=dict(os.environ, PYTHONPATH=os.pathsep.join(spawn.module_path())),
                                 capture_output=True, text=True, timeout=120)
     state = instance.read_state(paths)
-    assert state is not None and state["state"] in ("stopped", "crashed"), (state, supervisor.stdout[-2000:])
-    assert "could not set QEMU up" in state["last_exit"]["helper"] and "vnc-secret" in state["last_exit"]["helper"]
+    assert state is not None and state.state in ("stopped", "crashed"), (state, supervisor.stdout[-2000:])
+    assert state.last_exit is not None and state.last_exit.helper is not None
+    assert "could not set QEMU up" in state.last_exit.helper and "vnc-secret" in state.last_exit.helper
     assert instance.proven_qemu(state) is None and instance.scan_for_qemu(paths) is None
     assert "could not set QEMU up" in launch.failure_message(paths, state)
 
@@ -225,9 +226,9 @@ def test_a_qemu_that_cannot_be_started_is_recorded_not_a_crashed_supervisor(home
                                 capture_output=True, text=True, timeout=120)
     assert supervisor.returncode == 0 and "Traceback" not in paths.supervisor_log.read_text()
     state = instance.read_state(paths)
-    assert state is not None and state["state"] in ("stopped", "crashed")
-    assert "QEMU could not be started" in state["last_exit"]["helper"] and "qemu-system-gone" in \
-        state["last_exit"]["helper"]
+    assert state is not None and state.state in ("stopped", "crashed")
+    assert state.last_exit is not None and state.last_exit.helper is not None
+    assert "QEMU could not be started" in state.last_exit.helper and "qemu-system-gone" in state.last_exit.helper
 
 
 def test_a_port_another_instance_holds_is_named_with_that_instance(home: Path, test_guest: Any,

@@ -27,7 +27,7 @@ def test_vm_gives_ssh_qmp_serial_wait_and_status(test_guest, qemuvm_home):
         assert guest.qmp("query-status")["status"] == "paused"
         guest.qmp("cont")
         state = instance.read_state(guest.paths)
-        pid, started = state["qemu_pid"], state["qemu_start_time"]
+        pid, started = state.qemu_pid, state.qemu_start_time
     assert instance.process_if_alive(pid, started) is None
     assert not guest.paths.root.exists()
 
@@ -37,7 +37,7 @@ def test_vm_is_torn_down_when_the_test_body_raises(test_guest, qemuvm_home):
             vm(CI_SMOKE, wait=False, **guest_overrides(test_guest)) as guest:
         state = instance.read_state(guest.paths)
         raise RuntimeError("test failed")
-    assert instance.process_if_alive(state["qemu_pid"], state["qemu_start_time"]) is None
+    assert instance.process_if_alive(state.qemu_pid, state.qemu_start_time) is None
     assert not guest.paths.root.exists()
 
 
@@ -129,5 +129,5 @@ def test_a_session_ended_by_sigterm_tears_its_vms_down(pytester, test_guest, qem
         run.send_signal(signal.SIGTERM)
         out, _ = run.communicate(timeout=300)
     assert run.returncode != 0 and "interrupted by SIGTERM" in out, out
-    assert instance.process_if_alive(state["qemu_pid"], state["qemu_start_time"]) is None
+    assert instance.process_if_alive(state.qemu_pid, state.qemu_start_time) is None
     assert [p for p in qemuvm_home.iterdir() if not p.name.startswith(".")] == []

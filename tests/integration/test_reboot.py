@@ -26,12 +26,12 @@ def _new_boot_ready(name: str, offset: int) -> None:
 def test_reboot_asks_the_guest_through_acpi_and_keeps_qemu(home: Path, test_guest: Any) -> None:
     started = api.up(guest_profile(home, test_guest, "acpirb"))
     paths = InstancePaths.for_name("acpirb")
-    offset, resets = paths.serial_log.stat().st_size, state_of("acpirb").get("resets", 0)
+    offset, resets = paths.serial_log.stat().st_size, state_of("acpirb").resets
     rebooted = cli("reboot", "acpirb", "--json")
     assert rebooted.returncode == 0, rebooted.stderr
     result = json.loads(rebooted.stdout)
     assert result["how"] == "acpi" and result["qemu_pid"] == started["qemu_pid"]  # the same QEMU
-    assert result["state"] == "running" and state_of("acpirb")["resets"] > resets
+    assert result["state"] == "running" and state_of("acpirb").resets > resets
     assert "QEMUVM_GUEST_POWEROFF" in paths.serial_log.read_bytes()[offset:].decode(errors="replace")
     assert "`qemuvm reset` (or `reboot --force`) is the hard reset" in rebooted.stderr  # the notice, once
     _new_boot_ready("acpirb", offset)
@@ -60,7 +60,7 @@ def test_a_guest_that_ignores_the_request_gets_nothing_forced(home: Path, test_g
     refused = cli("reboot", "deafrb")
     assert refused.returncode == 1 and "did not act on the ACPI power button within 3 s" in refused.stderr
     assert "qemuvm reset deafrb" in refused.stderr and "Traceback" not in refused.stderr
-    assert api.status("deafrb")["state"] == "running" and state_of("deafrb")["qemu_pid"] == started["qemu_pid"]
+    assert api.status("deafrb")["state"] == "running" and state_of("deafrb").qemu_pid == started["qemu_pid"]
     api.pause("deafrb")
     paused = cli("reboot", "deafrb")
     assert paused.returncode == 1 and "is paused" in paused.stderr, paused.stderr
@@ -77,5 +77,5 @@ def test_a_pause_at_power_off_that_no_reboot_claims_ends_qemu(home: Path, test_g
     api.qmp("leftpause", "set-action", {"shutdown": "pause"})  # as a killed reboot leaves it
     stopped = api.down("leftpause")
     assert stopped["step"] == "acpi" and stopped["state"] == "stopped", stopped
-    last = state_of("leftpause")["last_exit"]
-    assert last["shutdown_reason"] == "guest-shutdown" and last["reason"] != "signal", last
+    last = state_of("leftpause").last_exit
+    assert last.shutdown_reason == "guest-shutdown" and last.reason != "signal", last

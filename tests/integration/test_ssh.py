@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import CI_SMOKE, cli, guest_overrides, poll
+from helpers import CI_SMOKE, cli, guest_overrides, poll, state_at
 
 from qemuvm.control import ssh
 from qemuvm.testing import VM, vm
@@ -138,17 +138,16 @@ def test_ssh_to_an_unknown_instance_is_a_usage_error(qemuvm_home):
 
 
 def test_a_paused_instance_says_so(own_guest):
-    from qemuvm.runtime import instance
 
     own_guest.qmp("stop")
     try:
         poll("state.json to say paused (the supervisor saw STOP)",
-             lambda: (instance.read_state(own_guest.paths) or {}).get("state") == "paused", 30)
+             lambda: state_at(own_guest.paths).state == "paused", 30)
         done = cli("ssh", own_guest.name, "--", "true")
         assert done.returncode == 1 and f"qemuvm resume {own_guest.name}" in done.stderr
         assert not ssh.ssh_ready(own_guest.name)
     finally:
         own_guest.qmp("cont")
     poll("state.json to say running again (the supervisor saw RESUME)",
-         lambda: (instance.read_state(own_guest.paths) or {}).get("state") == "running", 30)
+         lambda: state_at(own_guest.paths).state == "running", 30)
     assert own_guest.ssh("true").returncode == 0

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cli, guest_profile, poll
+from helpers import cli, guest_profile, poll, state_at
 
 from qemuvm import api
 from qemuvm.paths import InstancePaths
-from qemuvm.runtime import instance
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +48,7 @@ def test_ctrl_c_during_up_wait_says_the_vm_keeps_running(home: Path, test_guest:
     up = subprocess.Popen([sys.executable, "-m", "qemuvm", "up", str(profile)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
     paths = InstancePaths.for_name("patient")
-    poll("the VM to run", lambda: (instance.read_state(paths) or {}).get("state") == "running", 120)
+    poll("the VM to run", lambda: state_at(paths).state == "running", 120)
     up.send_signal(signal.SIGINT)
     _, err = up.communicate(timeout=60)
     assert up.returncode == 130 and "patient keeps running (qemuvm down patient" in err and "Traceback" not in err
@@ -83,6 +82,6 @@ def test_qmp_warns_before_a_command_that_ends_the_vm(home: Path, test_guest: Any
     done = cli("qmp", "quitter", "quit")
     assert done.returncode in (0, 1) and "warning: quit ends QEMU at once" in done.stderr
     assert "Traceback" not in done.stderr
-    poll("QEMU to exit", lambda: (instance.read_state(InstancePaths.for_name("quitter")) or {}).get("state")
+    poll("QEMU to exit", lambda: state_at(InstancePaths.for_name("quitter")).state
          == "stopped", 30)
     assert cli("qmp", "quitter", "query-status").returncode == 1  # not running: one sentence

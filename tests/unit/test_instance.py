@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from qemuvm.errors import UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import atomic, instance
+from qemuvm.runtime.records import StateView
 
 
 def test_create_dir_is_private_and_never_changes_an_existing_folder(short_tmp: Path) -> None:
@@ -96,10 +98,10 @@ def test_process_identity_guards_pid_reuse() -> None:
     me = psutil.Process()
     assert instance.process_if_alive(me.pid, me.create_time()) is not None
     assert instance.process_if_alive(me.pid, me.create_time() - 5) is None
-    state = {"qemu_pid": me.pid, "qemu_start_time": me.create_time(), "qemu_cmdline": me.cmdline()}
+    state = StateView(qemu_pid=me.pid, qemu_start_time=me.create_time(), qemu_cmdline=me.cmdline())
     assert instance.proven_qemu(state) is not None
-    assert instance.proven_qemu({**state, "qemu_cmdline": ["qemu-system-x86_64"]}) is None
-    assert instance.proven_qemu({**state, "qemu_start_time": None}) is None
+    assert instance.proven_qemu(dataclasses.replace(state, qemu_cmdline=["qemu-system-x86_64"])) is None
+    assert instance.proven_qemu(dataclasses.replace(state, qemu_start_time=None)) is None
 
 
 def test_zombie_is_not_alive() -> None:
@@ -114,12 +116,13 @@ def test_zombie_is_not_alive() -> None:
 
 
 def test_effective_state_of_dead_processes_is_stale() -> None:
-    dead = {"state": "running", "qemu_pid": 2**22 + 1, "qemu_start_time": 1.0, "supervisor_pid": 2**22 + 2,
-            "supervisor_start_time": 1.0}
+    dead = StateView(state="running", qemu_pid=2**22 + 1, qemu_start_time=1.0, supervisor_pid=2**22 + 2,
+                     supervisor_start_time=1.0)
     view = instance.effective_state(dead)
-    assert (view["state"], view["supervised"], view["stale"], view["uptime_s"]) == ("crashed", False, True, None)
-    assert instance.effective_state(None)["state"] == "stopped"
-    assert instance.effective_state({"state": "stopped"})["state"] == "stopped"
+    assert (view.state, view.supervised, view.stale, view.uptime_s) == ("crashed", False, True, None)
+    assert dead.state == "running"  # the record read is not changed by the check
+    assert instance.effective_state(None).state == "stopped"
+    assert instance.effective_state(StateView(state="stopped")).state == "stopped"
     assert not instance.is_active(dead)
 
 

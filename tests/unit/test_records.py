@@ -3,6 +3,7 @@ place, versions, type checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,11 +64,28 @@ def test_state_round_trip_and_view(paths: InstancePaths) -> None:
     state = records.InstanceState(name="vm", state="running", qemu_pid=7, restarts=2)
     records.write_state(paths, state)
     view = instance.read_state(paths)
-    assert view is not None and records.InstanceState(**view) == state  # every field, nothing else
+    assert view == records.StateView(**dataclasses.asdict(state))  # every field, nothing the folder added
     # An unversioned record (qemuvm before records were typed) reads with its defaults filled in.
     paths.state.write_text(json.dumps({"state": "stopped", "gone_field": 1}))
     view = instance.read_state(paths)
-    assert view is not None and view["restarts"] == 0 and "gone_field" not in view and view["schema"] == 1
+    assert view is not None and view.restarts == 0 and not hasattr(view, "gone_field") and view.schema == 1
+
+
+def test_nested_records_read_typed_and_tolerant(paths: InstancePaths) -> None:
+    from qemuvm.runtime import instance
+
+    exited = records.ExitRecord(time=5.0, reason="signal", failure=True, signal="SIGKILL", gave_up=True)
+    helper = records.HelperState(name="virtiofs0", what="shares[0]", pid=9, start_time=1.0, cmdline=["v"], log="l")
+    records.write_state(paths, records.InstanceState(name="vm", last_exit=exited, helpers=[helper]))
+    view = instance.read_state(paths)
+    assert view is not None and view.last_exit == exited and view.helpers == [helper]
+    # A field of the wrong type inside a nested record reads as its default, never as a crash.
+    paths.state.write_text(json.dumps({"last_exit": {"reason": 3, "exit_code": True, "signal": "SIGTERM"},
+                                       "helpers": [{"name": "h", "pid": "x"}, "junk"]}))
+    view = instance.read_state(paths)
+    assert view is not None and view.last_exit == records.ExitRecord(signal="SIGTERM")
+    assert [(h.name, h.pid, h.cmdline) for h in view.helpers] == [("h", 0, [])]
+    assert records.state_problem({"last_exit": "killed"}) == "last_exit is str, not dict"
 
 
 def test_a_newer_state_is_unknown_with_one_sentence(paths: InstancePaths) -> None:
@@ -75,8 +93,8 @@ def test_a_newer_state_is_unknown_with_one_sentence(paths: InstancePaths) -> Non
 
     paths.state.write_text(json.dumps({"schema": 7, "state": "running", "qemu_pid": "new-format"}))
     view = instance.read_state(paths)
-    assert view == {"state": "unknown", "unreadable": "state.json unreadable (written by a newer qemuvm: schema 7, "
-                                                      "this qemuvm reads up to 1)"}
+    assert view == records.StateView(state="unknown", unreadable="state.json unreadable (written by a newer "
+                                                                  "qemuvm: schema 7, this qemuvm reads up to 1)")
 
 
 def test_saved_state_round_trip_and_refusals(paths: InstancePaths) -> None:

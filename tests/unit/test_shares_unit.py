@@ -123,14 +123,15 @@ def _helper(tmp_path: Path, argv: list[str]) -> records.Helper:
 def test_a_helper_is_up_once_it_listens_and_is_stopped_proven(tmp_path: Path) -> None:
     helper = _helper(tmp_path, [sys.executable, "-c", LISTENER, str(tmp_path / "h.sock")])
     started = helpers.start(helper)
-    entry = helpers.as_entry(started)
+    entry = started
     assert helpers.proven(entry) is not None
     assert stat.S_IMODE((tmp_path / "h.sock").stat().st_mode) == 0o600
     with socket_.socket(socket_.AF_UNIX) as client:
         client.connect(str(tmp_path / "h.sock"))
-    assert helpers.proven({**entry, "cmdline": ["something", "else"]}) is None  # a reused pid is not ours
+    assert helpers.proven(replace(entry, cmdline=["something", "else"])) is None  # a reused pid
     [stopped] = helpers.stop([entry], grace=2)
-    assert stopped["exited"]["why"] == "stopped after QEMU" and helpers.proven(entry) is None
+    assert stopped.exited is not None and stopped.exited["why"] == "stopped after QEMU"
+    assert helpers.proven(entry) is None
 
 
 def test_a_helper_that_fails_says_how_and_why(tmp_path: Path) -> None:
@@ -152,10 +153,10 @@ def test_status_names_a_share_whose_helper_is_gone() -> None:
     entry = {"name": "virtiofs0", "what": "shares[0] (tag src)", "pid": 1 << 30, "start_time": 1.0,
              "cmdline": ["/usr/lib/qemu/virtiofsd"], "log": "/x/virtiofs0.log",
              "exited": {"at": 2.0, "signal": "SIGKILL"}}
-    [view] = helper_views({"state": "running", "helpers": [entry]})
+    [view] = helper_views(records.state_view({"state": "running", "helpers": [entry]}))
     assert not view["running"]
     assert view["gone"].startswith("shares[0] (tag src) is gone: its virtiofsd was killed by SIGKILL;")
-    assert "gone" not in helper_views({"state": "stopped", "helpers": [entry]})[0]  # a stopped VM: no news
+    assert "gone" not in helper_views(records.state_view({"state": "stopped", "helpers": [entry]}))[0]  # no news
 
 
 def test_a_linked_source_is_resolved_once_for_both_kinds(tmp_path: Path) -> None:
