@@ -9,6 +9,7 @@ gives back every field both formats express (tests/unit/test_libvirt_roundtrip.p
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element, SubElement, indent, register_namespace, tostring
 
@@ -27,53 +28,84 @@ class Exported:
     not_expressed: list[str] = field(default_factory=list)  # "field: why"
 
 
-def export_domain(profile: Profile, vnc_password: str | None = None) -> Exported:
-    """vnc_password: put the VNC password into the XML (virsh dumpxml --security-info does the same)."""
-    lost: list[str] = []
-    kvm = profile.machine.accel != "tcg"
-    domain = Element("domain", {"type": "kvm" if kvm else "qemu"})
-    SubElement(domain, "name").text = profile.name
-    extra = list(profile.qemu.extra_args)
-    uuid = _take(extra, "-uuid", 1)
+@dataclass
+class _Domain:
+    """What the sections below share while they build one domain."""
+
+    profile: Profile
+    vnc_password: str | None
+    domain: Element
+    extra: list[str]  # qemu.extra_args not yet given their libvirt element: each section takes its own
+    lost: list[str] = field(default_factory=list)
+
+    @property
+    def kvm(self) -> bool:
+        return self.profile.machine.accel != "tcg"
+
+    @property
+    def devices(self) -> Element:
+        found = self.domain.find("devices")
+        return found if found is not None else SubElement(self.domain, "devices")
+
+
+def _identity(d: _Domain) -> None:
+    SubElement(d.domain, "name").text = d.profile.name
+    uuid = _take(d.extra, "-uuid", 1)
     if uuid:
-        SubElement(domain, "uuid").text = uuid[0]
-    if profile.description:
-        SubElement(domain, "description").text = profile.description
-    machine = profile.machine
-    SubElement(domain, "memory", {"unit": "MiB"}).text = str(machine.memory)
-    backing = _memory_backing(profile)
+        SubElement(d.domain, "uuid").text = uuid[0]
+    if d.profile.description:
+        SubElement(d.domain, "description").text = d.profile.description
+
+
+def _memory_and_vcpus(d: _Domain) -> None:
+    machine = d.profile.machine
+    SubElement(d.domain, "memory", {"unit": "MiB"}).text = str(machine.memory)
+    backing = _memory_backing(d.profile)
     if backing is not None:
-        domain.append(backing)
-    SubElement(domain, "vcpu", {"placement": "static"}).text = str(machine.cpus)
-    _os(domain, profile, lost)
-    features = SubElement(domain, "features")
+        d.domain.append(backing)
+    SubElement(d.domain, "vcpu", {"placement": "static"}).text = str(machine.cpus)
+
+
+def _features_and_cpu(d: _Domain) -> None:
+    features = SubElement(d.domain, "features")
     SubElement(features, "acpi")
     SubElement(features, "apic")
-    cpu = machine.cpu or ("host" if kvm else "max")
+    cpu = d.profile.machine.cpu or ("host" if d.kvm else "max")
     if cpu == "host":
-        SubElement(domain, "cpu", {"mode": "host-passthrough"})
+        SubElement(d.domain, "cpu", {"mode": "host-passthrough"})
     elif cpu == "max":
-        SubElement(domain, "cpu", {"mode": "maximum"})
+        SubElement(d.domain, "cpu", {"mode": "maximum"})
     else:
-        SubElement(SubElement(domain, "cpu", {"mode": "custom", "match": "exact"}), "model").text = cpu
-    policy = profile.restart.policy
-    SubElement(domain, "on_poweroff").text = "restart" if policy == "always" else "destroy"
-    SubElement(domain, "on_reboot").text = "restart"
-    SubElement(domain, "on_crash").text = "destroy" if policy == "never" else "restart"
-    devices = SubElement(domain, "devices")
-    binary = profile.qemu.binary
-    SubElement(devices, "emulator").text = binary if os.path.isabs(binary) else f"/usr/bin/{binary}"
+        SubElement(SubElement(d.domain, "cpu", {"mode": "custom", "match": "exact"}), "model").text = cpu
+
+
+def _lifecycle(d: _Domain) -> None:
+    policy = d.profile.restart.policy
+    SubElement(d.domain, "on_poweroff").text = "restart" if policy == "always" else "destroy"
+    SubElement(d.domain, "on_reboot").text = "restart"
+    SubElement(d.domain, "on_crash").text = "destroy" if policy == "never" else "restart"
+
+
+def _emulator_and_disks(d: _Domain) -> None:
+    binary = d.profile.qemu.binary
+    SubElement(d.devices, "emulator").text = binary if os.path.isabs(binary) else f"/usr/bin/{binary}"
     counters: dict[str, int] = {}
-    for index, disk in enumerate(profile.disks):
-        devices.append(_disk(disk, index, counters, lost))
-    SubElement(devices, "controller", {"type": "usb", "model": "none"})  # qemuvm adds no USB by itself
-    for index, nic in enumerate(profile.network):
-        element = _interface(nic, index, lost)
+    for index, disk in enumerate(d.profile.disks):
+        d.devices.append(_disk(disk, index, counters, d.lost))
+    SubElement(d.devices, "controller", {"type": "usb", "model": "none"})  # qemuvm adds no USB by itself
+
+
+def _interfaces(d: _Domain) -> None:
+    for index, nic in enumerate(d.profile.network):
+        element = _interface(nic, index, d.lost)
         if element is not None:
-            devices.append(element)
-    for index, share in enumerate(profile.shares):
-        fs = SubElement(devices, "filesystem", {"type": "mount", "accessmode":
-                                                 "passthrough" if share.type == "virtiofs" else "squash"})
+            d.devices.append(element)
+
+
+def _filesystems(d: _Domain) -> None:
+    for index, share in enumerate(d.profile.shares):
+        fs = SubElement(d.devices, "filesystem", {"type": "mount", "accessmode":
+                                                   "passthrough" if share.type == "virtiofs" else "squash"})
         SubElement(fs, "driver", {"type": "virtiofs" if share.type == "virtiofs" else "path"})
         if share.type == "virtiofs" and share.cache != "auto":
             SubElement(SubElement(fs, "binary"), "cache", {"mode": share.cache})
@@ -82,34 +114,68 @@ def export_domain(profile: Profile, vnc_password: str | None = None) -> Exported
         if share.readonly:
             SubElement(fs, "readonly")
         if share.type == "auto":
-            lost.append(f"shares[{index}].type: auto becomes 9p (libvirt's virtiofs needs virtiofsd as root)")
+            d.lost.append(f"shares[{index}].type: auto becomes 9p (libvirt's virtiofs needs virtiofsd as root)")
         if share.mount:
-            lost.append(f"shares[{index}].mount: libvirt mounts nothing in the guest")
-    SubElement(SubElement(devices, "serial", {"type": "pty"}), "target", {"port": "0"})
-    SubElement(SubElement(devices, "console", {"type": "pty"}), "target", {"type": "serial", "port": "0"})
-    if profile.guest_agent:
-        channel = SubElement(devices, "channel", {"type": "unix"})
+            d.lost.append(f"shares[{index}].mount: libvirt mounts nothing in the guest")
+
+
+def _consoles(d: _Domain) -> None:
+    SubElement(SubElement(d.devices, "serial", {"type": "pty"}), "target", {"port": "0"})
+    SubElement(SubElement(d.devices, "console", {"type": "pty"}), "target", {"type": "serial", "port": "0"})
+    if d.profile.guest_agent:
+        channel = SubElement(d.devices, "channel", {"type": "unix"})
         SubElement(channel, "target", {"type": "virtio", "name": "org.qemu.guest_agent.0"})
-    _display(devices, profile, vnc_password, lost)
-    tablet = "-usb" in extra and _take(extra, "-device", 1, "usb-tablet") is not None
-    if tablet:
-        _take(extra, "-usb", 0)
-        devices.find("controller[@type='usb']").set("model", "qemu-xhci")  # type: ignore[union-attr]
-        SubElement(devices, "input", {"type": "tablet", "bus": "usb"})
-    balloon = _take(extra, "-device", 1, "virtio-balloon-pci") is not None
-    SubElement(devices, "memballoon", {"model": "virtio" if balloon else "none"})
-    if _take(extra, "-device", 1, "virtio-rng-pci") is not None:
-        rng = SubElement(devices, "rng", {"model": "virtio"})
+
+
+def _input_balloon_rng(d: _Domain) -> None:
+    """The devices qemuvm can only name through qemu.extra_args, back to their libvirt elements."""
+    if "-usb" in d.extra and _take(d.extra, "-device", 1, "usb-tablet") is not None:
+        _take(d.extra, "-usb", 0)
+        d.devices.find("controller[@type='usb']").set("model", "qemu-xhci")  # type: ignore[union-attr]
+        SubElement(d.devices, "input", {"type": "tablet", "bus": "usb"})
+    balloon = _take(d.extra, "-device", 1, "virtio-balloon-pci") is not None
+    SubElement(d.devices, "memballoon", {"model": "virtio" if balloon else "none"})
+    if _take(d.extra, "-device", 1, "virtio-rng-pci") is not None:
+        rng = SubElement(d.devices, "rng", {"model": "virtio"})
         SubElement(rng, "backend", {"model": "random"}).text = "/dev/urandom"
-    if extra:
+
+
+def _commandline(d: _Domain) -> None:
+    """What is left of qemu.extra_args: <qemu:commandline>, verbatim."""
+    if d.extra:
         register_namespace("qemu", QEMU_NS)
-        commandline = SubElement(domain, f"{{{QEMU_NS}}}commandline")
-        for arg in extra:
+        commandline = SubElement(d.domain, f"{{{QEMU_NS}}}commandline")
+        for arg in d.extra:
             SubElement(commandline, f"{{{QEMU_NS}}}arg", {"value": arg})
-    lost += _not_in_libvirt(profile)
-    indent(domain, "  ")
-    text = tostring(domain, encoding="unicode")
-    return Exported(text + "\n", lost)
+    d.lost += _not_in_libvirt(d.profile)
+
+
+# The domain's sections in libvirt's element order (virsh dumpxml's), each named; one builds on the
+# elements the ones before it made (the devices), and takes the extra args it maps.
+SECTIONS: tuple[tuple[str, Callable[[_Domain], None]], ...] = (
+    ("name, uuid, description", _identity),
+    ("memory, hugepages, vcpus", _memory_and_vcpus),
+    ("os, firmware, boot order", lambda d: _os(d.domain, d.profile, d.lost)),
+    ("features, cpu", _features_and_cpu),
+    ("on_poweroff, on_reboot, on_crash", _lifecycle),
+    ("emulator, disks, usb controller", _emulator_and_disks),
+    ("interfaces", _interfaces),
+    ("filesystems", _filesystems),
+    ("serial, console, agent channel", _consoles),
+    ("graphics, video", lambda d: _display(d.devices, d.profile, d.vnc_password, d.lost)),
+    ("input, memballoon, rng", _input_balloon_rng),
+    ("qemu:commandline, fields libvirt cannot say", _commandline),
+)
+
+
+def export_domain(profile: Profile, vnc_password: str | None = None) -> Exported:
+    """vnc_password: put the VNC password into the XML (virsh dumpxml --security-info does the same)."""
+    d = _Domain(profile, vnc_password, Element("domain", {"type": "kvm" if profile.machine.accel != "tcg" else "qemu"}),
+                list(profile.qemu.extra_args))
+    for _name, build in SECTIONS:
+        build(d)
+    indent(d.domain, "  ")
+    return Exported(tostring(d.domain, encoding="unicode") + "\n", d.lost)
 
 
 def _take(args: list[str], option: str, values: int, value: str | None = None) -> list[str] | None:

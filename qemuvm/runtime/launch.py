@@ -53,21 +53,58 @@ def start_instance(profile: Profile, paths: InstancePaths, host: HostFacts, *, h
             if discard_saved:
                 for saved in (paths.saved_state, paths.saved_info):
                     saved.unlink(missing_ok=True)
-            restoring = paths.saved_state.exists() or template is not None
-            if template is not None:
-                _plan_and_prepare(profile, paths, host, home, remove_on_down, state, progress, clone_of=template)
-                progress(f"restoring {profile.name} from template {template[1].fingerprint} …")
-            elif restoring:
-                from qemuvm.runtime import restore
-
-                records.write_launch_spec(paths, restore.launch_spec(paths, profile, remove_on_down))
-                progress(f"restoring {profile.name} from {paths.saved_state} …")
-            else:
-                _plan_and_prepare(profile, paths, host, home, remove_on_down, state, progress, invocation=invocation)
-            return _launch(paths, prestart, progress), restoring
+            kind = start_kind(saved=paths.saved_state.exists(), template=template is not None)
+            PREPARE[kind](_Start(profile, paths, host, home, remove_on_down, state, progress, template, invocation))
+            return _launch(paths, prestart, progress), kind != COLD
     except BaseException:
         _after_failure(paths, fresh)
         raise
+
+
+# Which start an instance gets, each prepared its own way before the same launch-and-wait (`_launch`) and the
+# same cleanup on failure (`_after_failure`).
+COLD, RESTORE, CLONE = "cold", "restore", "clone"
+
+
+def start_kind(*, saved: bool, template: bool) -> str:
+    """clone (a template was given: a new instance from its saved state), restore (this instance has a saved
+    state: `start` continues it), or cold (a boot from the profile)."""
+    return CLONE if template else RESTORE if saved else COLD
+
+
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    profile: Profile
+    paths: InstancePaths
+    host: HostFacts
+    home: Path | None
+    remove_on_down: bool
+    state: records.StateView | None
+    progress: Callable[[str], None]
+    template: tuple[Path, records.TemplateRecord] | None
+    invocation: tuple[Any, ...] | None
+
+
+def _prepare_cold(s: _Start) -> None:
+    _plan_and_prepare(s.profile, s.paths, s.host, s.home, s.remove_on_down, s.state, s.progress,
+                      invocation=s.invocation)
+
+
+def _prepare_restore(s: _Start) -> None:
+    """The launch records the state was saved with (the argv must match the saved devices), restoring it."""
+    from qemuvm.runtime import restore
+
+    records.write_launch_spec(s.paths, restore.launch_spec(s.paths, s.profile, s.remove_on_down))
+    s.progress(f"restoring {s.profile.name} from {s.paths.saved_state} …")
+
+
+def _prepare_clone(s: _Start) -> None:
+    assert s.template is not None
+    _plan_and_prepare(s.profile, s.paths, s.host, s.home, s.remove_on_down, s.state, s.progress, clone_of=s.template)
+    s.progress(f"restoring {s.profile.name} from template {s.template[1].fingerprint} …")
+
+
+PREPARE: dict[str, Callable[[_Start], None]] = {COLD: _prepare_cold, RESTORE: _prepare_restore, CLONE: _prepare_clone}
 
 
 def start_reused(reusable: reuse.Reusable, *, home: Path | None, remove_on_down: bool,

@@ -107,6 +107,16 @@ def evaluate_serial(check: SmokeCheck, serial_text: str, seconds: float, finishe
                 last_lines(serial_text))
 
 
+# A smoke step's kind is the field it sets (validation allows exactly one), and each kind has its runner.
+STEP_KINDS = {"ssh": "_ssh_check", "agent": "_agent_check", "send": "_typing_step", "keys": "_typing_step",
+              "serial": "_serial_check"}
+
+
+def check_kind(check: SmokeCheck) -> str:
+    """ssh | agent | send | keys | serial: the one of those fields `check` sets."""
+    return next(kind for kind in STEP_KINDS if getattr(check, kind) is not None)
+
+
 def last_lines(text: str, count: int = TAIL_LINES) -> str:
     lines = text.splitlines()[-count:]
     return "\n".join(lines)
@@ -388,10 +398,7 @@ class _Runner:
         for check in self.profile.smoke.checks:
             self.current = check.name
             with self.progress.step(f"{check.name}: running", announce=False):
-                case = self._ssh_check(check) if check.ssh is not None else \
-                    self._agent_check(check) if check.agent is not None else \
-                    self._typing_step(check) if check.send is not None or check.keys is not None else \
-                    self._serial_check(check)
+                case = getattr(self, STEP_KINDS[check_kind(check)])(check)
             self._record(case)
 
     def _ssh_check(self, check: SmokeCheck) -> Case:

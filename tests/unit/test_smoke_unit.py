@@ -231,3 +231,14 @@ def test_forward_address_reaches_wildcards_through_loopback() -> None:
     assert ports.forward_address([{"host_port": 1, "guest_port": 22, "host_address": "0.0.0.0"}], 22) \
         == ("127.0.0.1", 1)
     assert ports.forward_address([{"host_port": 1, "guest_port": 22, "protocol": "udp"}], 22) is None
+
+
+@pytest.mark.parametrize(("fields", "kind"), [
+    ({"ssh": "true"}, "ssh"), ({"agent": "true"}, "agent"), ({"serial": "READY"}, "serial"),
+    ({"send": "echo hi\\n"}, "send"), ({"keys": ["ctrl-b"]}, "keys"),
+    ({"serial": "x", "timeout": "3s"}, "serial"), ({"ssh": "true", "expect": "ok"}, "ssh"),
+])
+def test_each_step_kind_has_its_runner(fields: dict, kind: str) -> None:
+    check = SmokeCheck.model_validate({"name": "c", **fields})
+    assert smoke.check_kind(check) == kind
+    assert callable(getattr(smoke._Runner, smoke.STEP_KINDS[kind]))
