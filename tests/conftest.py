@@ -70,6 +70,14 @@ def _host_network_left(before: set[str]) -> dict[str, str]:
     return left
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with a test marked slow (minutes of TCG boots) go first: parallel workers take whole files in
+    collection order, so the longest start early and the run does not end on one worker finishing a Debian
+    boot alone. Within a file, and among the rest, the order stays as collected."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if a test left a QEMU or supervisor running (and end those processes)."""
     before = getattr(session.config, "_qemuvm_before", {})
