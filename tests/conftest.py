@@ -134,9 +134,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(autouse=True)
 def _network_definitions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No test writes the host's network definitions (/var/lib/qemuvm/networks): each gets a folder of its own."""
+    """No test writes the host's network definitions (/var/lib/qemuvm/networks) or its image cache
+    (~/.cache/qemuvm/images): each gets folders of its own."""
     folder = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp"))
     monkeypatch.setenv("QEMUVM_NETWORK_DEFS", str(folder / "defs"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+    monkeypatch.delenv("QEMUVM_IMAGE_MIRROR", raising=False)
     yield
     shutil.rmtree(folder, ignore_errors=True)
 

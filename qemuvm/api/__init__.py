@@ -86,14 +86,15 @@ def _prestarted() -> spawn.Prestart:
 def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tuple[str, ...] | list[str] = (),
        wait: bool | None = None, timeout: float | None = None, home: Path | None = None,
        remove_on_down: bool = False, discard_saved: bool = False, warm: bool = False,
-       progress: Progress = _silent, cancel: threading.Event | None = None) -> dict[str, Any]:
+       progress: Progress = _silent, cancel: threading.Event | None = None,
+       download: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
     """Start a VM from a profile file (or restart a stopped instance by name) and return its status.
 
     wait None: wait for `ready` when the profile has one. timeout overrides ready.timeout.
     remove_on_down: `down` also removes the instance (its folder and ephemeral overlays), as `up --rm`.
     warm: start a new instance as a clone of the profile's template (made by this call when there is none):
     ready in a fraction of a boot (control/warm.py). cancel: set by another thread, ends the ready-wait as
-    Ctrl-C does (up_many).
+    Ctrl-C does (up_many). download: called as the bytes of a url or catalog image disk arrive (done, total).
     """
     from qemuvm.control import wait as waiting
     from qemuvm.control.status import view
@@ -109,7 +110,7 @@ def up(source: str | os.PathLike[str], *, name: str | None = None, overrides: tu
                 serial_offset = launch.start_reused(reused, home=home, remove_on_down=remove_on_down,
                                                     progress=progress, prestart=prestart)
             if serial_offset is None:
-                profile = preflight.load_profile(source, overrides, name, home)
+                profile = preflight.load_profile(source, overrides, name, home, progress, download)
                 paths, ready = InstancePaths.for_name(profile.name, home), profile.ready
                 host, notice = preflight.check_host(profile, paths)
                 if notice:
@@ -167,7 +168,7 @@ def up_many(sources: Sequence[str | os.PathLike[str]], *, count: int = 1, name: 
         raise UsageError("--name names the VMs of one profile; give one profile with --name, or none")
     planned = []
     for source in sources:
-        profile = preflight.load_profile(source, overrides, name, home)
+        profile = preflight.load_profile(source, overrides, name, home, progress)
         preflight.check_host(profile, InstancePaths.for_name(profile.name, home))  # one that cannot run: none starts
         planned += [(source, instance_name) for instance_name in preflight.series(profile.name, count)]
     names = [instance_name for _, instance_name in planned]
@@ -213,7 +214,7 @@ def define(source: str | os.PathLike[str], *, name: str | None = None, overrides
 
     if not Path(source).is_file():
         raise UsageError(f"profile file {source} does not exist")
-    profile = preflight.load_profile(source, overrides, name, home)
+    profile = preflight.load_profile(source, overrides, name, home, progress)
     paths = InstancePaths.for_name(profile.name, home)
     host, notice = preflight.check_host(profile, paths)
     if notice:
@@ -617,4 +618,10 @@ from qemuvm.api.host import (  # noqa: E402, F401  (re-exported: the one facade)
     schema,
     validate,
 )
-
+from qemuvm.api.images import (  # noqa: E402, F401  (re-exported: the one facade)
+    image_catalog,
+    image_ls,
+    image_prune,
+    image_pull,
+    image_rm,
+)

@@ -4,6 +4,7 @@ and schema, NAT networks. What the CLI calls for them; `qemuvm.api` re-exports e
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +91,20 @@ def schema() -> dict[str, Any]:
 
 
 def render(source: str | os.PathLike[str], *, overrides: tuple[str, ...] | list[str] = (), name: str | None = None,
-           home: Path | None = None) -> tuple[str, list[Any]]:
+           home: Path | None = None, note: Callable[[str], None] = lambda _: None) -> tuple[str, list[Any]]:
     """The QEMU binary and the compiled options (each with the profile fields behind it) of a profile file,
-    as `up` would start it (ports not yet planned)."""
+    as `up` would start it (ports not yet planned). A url or catalog image disk is named by its path in the
+    image cache, pulled or not (`note` says which are not pulled yet); render itself downloads nothing."""
     from qemuvm.profile.validate import load_and_validate
     from qemuvm.qemu import probe
     from qemuvm.qemu.compile import compile_options
     from qemuvm.runtime import preflight
 
     profile = preflight.resolve_shares(load_and_validate(str(source), overrides, name))
+    if any(disk.file is None for disk in profile.disks):
+        from qemuvm.runtime import imagecache
+
+        profile = imagecache.resolve_disks(profile, pull=False, note=note)
     return profile.qemu.binary, compile_options(profile, InstancePaths.for_name(profile.name, home),
                                                 probe.probe(profile.qemu.binary))
 

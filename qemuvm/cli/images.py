@@ -7,10 +7,12 @@ from pathlib import Path
 
 import typer
 
+from qemuvm.cli import image_cache
 from qemuvm.cli.app import app
 from qemuvm.cli.output import JsonOption, NameArg, info, print_json, print_table
 
-image_app = typer.Typer(name="image", help="Create and inspect disk images (qemu-img).", no_args_is_help=True)
+image_app = typer.Typer(name="image", help="Disk images: create and inspect (qemu-img); pull cloud images into a "
+                        "verified cache.", no_args_is_help=True)
 snapshot_app = typer.Typer(name="snapshot", help="Internal snapshots of a running VM's qcow2 disks.",
                            no_args_is_help=True)
 template_app = typer.Typer(name="template", help="Saved, ready VMs that `up --warm` starts clones of.",
@@ -191,3 +193,6 @@ def template_rm(
     done = api.template_rm(fingerprint, force=force)
     info(f"removed template {fingerprint}" + (f" (its clones {', '.join(done['clones'])} no longer start)"
                                               if done["clones"] else ""))
+
+
+image_cache.register(image_app)  # pull, ls, rm, prune, catalog: the cache of cloud images (listed after these)

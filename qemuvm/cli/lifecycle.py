@@ -14,7 +14,16 @@ from typing import Any
 import typer
 
 from qemuvm.cli.app import app
-from qemuvm.cli.output import JsonOption, NameArg, ReadyTimeoutOption, WaitOption, info, print_json, print_table
+from qemuvm.cli.output import (
+    Download,
+    JsonOption,
+    NameArg,
+    ReadyTimeoutOption,
+    WaitOption,
+    info,
+    print_json,
+    print_table,
+)
 from qemuvm.errors import UsageError
 
 SetOption = typer.Option(None, "--set", help="Override a field: KEY.PATH=VALUE (YAML value; repeatable).")
@@ -83,8 +92,13 @@ def up(
         if foreground:
             raise UsageError("--foreground follows one VM; start one profile without --count")
         return _up_many(profiles, name, count, set_, wait, timeout, remove, warm, json_)
-    result = api.up(profiles[0], name=name, overrides=set_ or (), wait=wait, timeout=_seconds(timeout, "--timeout"),
-                    remove_on_down=remove, warm=warm, progress=info)
+    download = Download("pulling")  # a url or catalog image disk's first use: a progress bar (or 10 % lines)
+    try:
+        result = api.up(profiles[0], name=name, overrides=set_ or (), wait=wait,
+                        timeout=_seconds(timeout, "--timeout"), remove_on_down=remove, warm=warm, progress=info,
+                        download=download)
+    finally:
+        download.close()
     if json_:
         print_json(result)
     else:

@@ -39,3 +39,37 @@ JsonOption = typer.Option(False, "--json", help="Print JSON on stdout.")
 WaitOption = typer.Option(None, "--wait/--no-wait", help="Wait for the profile's `ready` condition "
                           "[default: when it has one].")
 ReadyTimeoutOption = typer.Option(None, "--timeout", help="How long to wait for ready [default: ready.timeout].")
+
+
+class Download:
+    """How a download shows itself: a progress bar with bytes, rate and time left on a terminal (rich), one
+    line per 10 % otherwise (a CI log gets ten lines, not thousands). Call it as (done, total) per chunk."""
+
+    def __init__(self, label: str = "downloading") -> None:
+        self.label, self._bar, self._task, self._shown = label, None, None, -1
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._tty:
+            if self._bar is None:
+                from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+                self._bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                                     TransferSpeedColumn(), TimeRemainingColumn(), transient=False)
+                self._bar.start()
+                self._task = self._bar.add_task(self.label, total=total)
+            self._bar.update(self._task, completed=done, total=total)
+            if total is not None and done >= total:
+                self.close()  # complete: what follows (the boot's progress lines) prints below it
+            return
+        # Without a size from the server: a line per 100 MiB.
+        step = done * 10 // total if total else done // (100 << 20)
+        if step != self._shown:
+            self._shown = step
+            info(f"{self.label}: {step * 10} % ({done >> 20} of {total >> 20} MiB)" if total
+                 else f"{self.label}: {done >> 20} MiB")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from qemuvm.cli.app import app
-from qemuvm.cli.output import print_json
+from qemuvm.cli.output import info, print_json
 
 SetOption = typer.Option(None, "--set", help="Override a field: KEY.PATH=VALUE (YAML value; repeatable).")
 NameOption = typer.Option(None, "--name", help="Instance name (default: the profile's name, else its file stem).")
@@ -25,7 +25,7 @@ def render(
     """Print the QEMU command line a profile compiles to (one option per line, ready to paste)."""
     from qemuvm import api
 
-    binary, options = api.render(profile, overrides=set_ or (), name=name)
+    binary, options = api.render(profile, overrides=set_ or (), name=name, note=info)
     if json_:
         print_json([binary, *(arg for option in options for arg in option.args)])
     else:

@@ -218,13 +218,13 @@ def _os(domain: Element, profile: Profile, lost: list[str]) -> None:
 
 
 def _disk(disk: Disk, index: int, counters: dict[str, int], lost: list[str]) -> Element:
-    block = disk.file.startswith("/dev/")
+    block = disk.path.startswith("/dev/")
     element = Element("disk", {"type": "block" if block else "file", "device": disk.media})
     driver = {"name": "qemu", "type": disk.image_format, "cache": disk.cache}
     if disk.discard:
         driver["discard"] = "unmap"
     SubElement(element, "driver", driver)
-    SubElement(element, "source", {"dev" if block else "file": disk.file})
+    SubElement(element, "source", {"dev" if block else "file": disk.path})
     bus = "sata" if disk.interface == "nvme" else disk.interface
     if disk.interface == "nvme":
         lost.append(f"disks[{index}].interface: nvme becomes sata (this libvirt schema has no nvme bus)")

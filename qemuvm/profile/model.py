@@ -66,8 +66,23 @@ class Boot(Section):
         return self
 
 
+Digest = Annotated[str, Field(pattern=r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")]
+
+
 class Disk(Section):
-    file: SafeStr = Field(description="Image file; relative to the profile that names it")
+    file: SafeStr | None = Field(None, description="Image file; relative to the profile that names it. Exactly one "
+                                 "of file, url and image")
+    url: SafeStr | None = Field(
+        None, description="An http(s) URL of the image: pulled into the verified cache on first use (`qemuvm image "
+        "pull`); the VM runs on an overlay in its instance folder, so the cached image is never written. Needs "
+        "digest or sums")
+    image: SafeStr | None = Field(
+        None, description="A catalog image by name (`qemuvm image catalog`: debian-12, ubuntu-24.04, ...), for "
+        "machine's architecture; pulled and verified against the distribution's checksum file, as url is")
+    digest: Digest | None = Field(None, description="sha256:HEX or sha512:HEX: what url's content must hash to")
+    sums: SafeStr | None = Field(
+        None, description="URL of a SHA256SUMS or SHA512SUMS file (GNU or BSD lines) that names url's file: "
+        "its digest, read at each pull")
     format: Literal["raw", "qcow2"] | None = Field(
         None, description="raw | qcow2; default from the extension (.qcow2 -> qcow2, else raw)"
     )
@@ -95,7 +110,14 @@ class Disk(Section):
     def image_format(self) -> str:
         if self.format:
             return self.format
-        return "qcow2" if self.file.lower().endswith(".qcow2") else "raw"
+        return "qcow2" if (self.file or "").lower().endswith(".qcow2") else "raw"
+
+    @property
+    def path(self) -> str:
+        """The image file; a url or image disk has one once runtime/imagecache.resolve_disks set it."""
+        if self.file is None:
+            raise ValueError(f"the image of {self.url or self.image} has no local path yet (not resolved)")
+        return self.file
 
     @property
     def is_cdrom(self) -> bool:
@@ -111,6 +133,21 @@ class Disk(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Disk:
+        sources = [name for name in ("file", "url", "image") if getattr(self, name) is not None]
+        if len(sources) != 1:
+            both = f" (not {sources[0]} and {sources[1]})" if sources else ""
+            raise ValueError(f"a disk has exactly one of file, url or image{both}")
+        if self.url is not None:
+            if not re.match(r"^https?://[^/\s]+", self.url):
+                raise ValueError("url must be an http:// or https:// URL")
+            if self.digest is None and self.sums is None:
+                raise ValueError("a url disk needs digest (sha256:HEX) or sums (a SHA256SUMS URL) to verify it")
+        elif self.digest is not None or self.sums is not None:
+            raise ValueError("digest and sums verify a url disk; this disk has no url")
+        if self.sums is not None and not re.match(r"^https?://[^/\s]+", self.sums):
+            raise ValueError("sums must be an http:// or https:// URL")
+        if (self.url or self.image) and self.size is not None:
+            raise ValueError("a url or image disk is downloaded, not created with size")
         if self.is_cdrom and self.size is not None:
             raise ValueError("a cdrom cannot be created with size")
         if self.ephemeral and self.size is not None:

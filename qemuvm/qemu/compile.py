@@ -259,8 +259,8 @@ class _Compiler:
         else:
             # QEMU's `file` driver refuses a device node: a block device (a path under /dev, as libvirt's
             # <disk type='block'>) is opened with host_device, an optical drive with host_cdrom.
-            protocol = ("host_cdrom" if disk.is_cdrom else "host_device") if disk.file.startswith("/dev/") else "file"
-            self._blockdev(node, disk.file, disk.image_format, tuple(fields), common, protocol)
+            protocol = ("host_cdrom" if disk.is_cdrom else "host_device") if disk.path.startswith("/dev/") else "file"
+            self._blockdev(node, disk.path, disk.image_format, tuple(fields), common, protocol)
         driver, placement = self._disk_device(index, disk)
         props: dict[str, str | int | bool | None] = {**placement, "drive": node, "id": f"{node}-dev"}
         props["serial"] = disk.serial or (f"disk{index}" if disk.interface == "nvme" else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,21 +24,30 @@ if TYPE_CHECKING:
 
 
 def load_profile(source: str | os.PathLike[str], overrides: tuple[str, ...] | list[str], name: str | None,
-                 home: Path | None) -> Profile:
-    """The profile to start: a file, or the saved profile.yaml of the instance named `source`."""
+                 home: Path | None, progress: Callable[[str], None] = lambda _: None,
+                 download: Callable[[int, int | None], None] | None = None) -> Profile:
+    """The profile to start: a file, or the saved profile.yaml of the instance named `source`. Its url and
+    catalog image disks are pulled into the image cache now (`download` shows the bytes arriving), before any
+    lock is taken: a start then only ever names files."""
     from qemuvm.profile.validate import load_and_validate
 
     text = str(source)
     if Path(text).is_file():
-        return resolve_shares(load_and_validate(text, overrides, name))
-    if "/" not in text and not text.endswith((".yaml", ".yml")):
+        profile = load_and_validate(text, overrides, name)
+    elif "/" not in text and not text.endswith((".yaml", ".yml")):
         saved = InstancePaths.for_name(text, home).profile
-        if saved.is_file():
-            if name not in (None, text):
-                raise UsageError("--name cannot rename an existing instance")
-            return resolve_shares(load_and_validate(str(saved), overrides, text))
-        raise UsageError(f"no profile file or instance named {text}")
-    raise UsageError(f"profile file {text} does not exist")
+        if not saved.is_file():
+            raise UsageError(f"no profile file or instance named {text}")
+        if name not in (None, text):
+            raise UsageError("--name cannot rename an existing instance")
+        profile = load_and_validate(str(saved), overrides, text)
+    else:
+        raise UsageError(f"profile file {text} does not exist")
+    if any(disk.file is None for disk in profile.disks):  # urllib and hashlib load only for such a profile
+        from qemuvm.runtime import imagecache
+
+        profile = imagecache.resolve_disks(profile, progress=download, note=progress)
+    return resolve_shares(profile)
 
 
 def resolve_shares(profile: Profile) -> Profile:
@@ -120,8 +130,8 @@ def check_host(profile: Profile, paths: InstancePaths) -> tuple[HostFacts, str |
                 netdefs.activate(nic.network)
         nics.check_nics(profile)
     for index, disk in enumerate(profile.disks):
-        if disk.file.startswith("/dev/"):
-            problem = device_problem(disk.file, writable=not (disk.readonly or disk.is_cdrom or disk.ephemeral))
+        if disk.path.startswith("/dev/"):
+            problem = device_problem(disk.path, writable=not (disk.readonly or disk.is_cdrom or disk.ephemeral))
             if problem:
                 raise UsageError(f"disks[{index}].file: {disk.file} {problem}")
     for index, share in enumerate(profile.shares):

@@ -129,7 +129,7 @@ def _create_atomically(target: Path, create) -> None:
 
 
 def _prepare_disk(index: int, disk: Disk, paths: InstancePaths) -> None:
-    path = Path(disk.file)
+    path = Path(disk.path)
     if disk.ephemeral:
         if not path.exists():
             raise UsageError(f"disks[{index}].file: {path} does not exist (an ephemeral disk overlays an existing "

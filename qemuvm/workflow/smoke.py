@@ -68,7 +68,7 @@ def isolation_overrides(profile: Profile, scratch: Path) -> list[str]:
     for index, disk in enumerate(profile.disks):
         if disk.is_cdrom or disk.ephemeral:
             continue
-        if disk.size is not None and not Path(disk.file).exists():
+        if disk.size is not None and not Path(disk.path).exists():
             sets.append(f"disks.{index}.file={scratch / f'disk{index}.{disk.image_format}'}")
             sets.append(f"disks.{index}.format={disk.image_format}")
         else:

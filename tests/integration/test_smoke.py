@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -134,17 +135,39 @@ def test_an_invalid_profile_exits_2_before_booting(qemuvm_home, short_tmp):
 
 
 @pytest.mark.slow
-def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp):
+def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp, monkeypatch):
     """The realistic image: systemd, OpenSSH, cloud-init with a per-instance key injected by qemuvm.
 
     The project's one boot of the Debian image (2 minutes under TCG), so it proves all of it at once: the image
     from scripts/build-debian-image boots to a login prompt, the NoCloud seed applies (hostname, runcmd), and
     SSH works with the key qemuvm generated and injected. It runs `--warm`, twice: the first run boots it and
     saves a template, the second is a clone of that template -- the same checks pass on a restored systemd
-    guest (its sshd, its key, cloud-init's results), and neither run writes the image."""
+    guest (its sshd, its key, cloud-init's results), and neither run writes the image.
+
+    The disk is the catalog's `image: debian-12`, served from loopback at the catalog's own path through
+    QEMUVM_IMAGE_MIRROR, with a SHA512SUMS beside it as Debian publishes one: the first run pulls and verifies
+    it, the second finds it in the cache (one download in all)."""
+    from imageserver import ImageServer
+
+    from qemuvm.runtime import catalog
+
+    entry = catalog.find("debian-12", "x86_64", mirror="")
+    www = short_tmp / "www"
+    served = www / urllib.parse.urlsplit(entry.url).path.lstrip("/")  # the catalog's path below the mirror
+    folder = served.parent
+    folder.mkdir(parents=True)
+    served.symlink_to(debian_image.disk)
+    sha512 = hashlib.sha512()
+    with open(debian_image.disk, "rb") as image:
+        while chunk := image.read(1 << 20):
+            sha512.update(chunk)
+    (folder / "SHA512SUMS").write_text(f"{'0' * 128}  debian-12-genericcloud-arm64.qcow2\n"
+                                       f"{sha512.hexdigest()}  {served.name}\n")
+    server = ImageServer(www).__enter__()
+    monkeypatch.setenv("QEMUVM_IMAGE_MIRROR", server.base)
     profile = short_tmp / "debian-smoke.yaml"
-    profile.write_text(yaml.safe_dump(debian_image.profile(  # its disk: smoke makes it ephemeral
-        "debian-smoke",
+    profile.write_text(yaml.safe_dump(debian_image.profile(  # its disk: from the catalog, through the mirror
+        "debian-smoke", disks=[{"image": "debian-12"}],
         cloud_init={"user_data": {"hostname": "smoked", "runcmd": [
             ["sh", "-c", "echo QEMUVM_RUNCMD_MARKER > /var/tmp/runcmd-marker"]]}},
         guest_agent=True,
@@ -158,11 +181,15 @@ def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp):
             {"name": "kernel", "ssh": "uname -r", "expect": r"^6\."},
         ]})))
     before = debian_image.disk.stat().st_mtime_ns
-    for run in ("makes the template", "is a clone"):
-        done = smoke(str(profile), "--warm", "--junit", "out.xml", cwd=short_tmp, timeout=900)
-        assert done.returncode == 0, (run, done.stderr)
-        assert list(report(short_tmp / "out.xml")) == ["boot", "ready", "login", "agent", "cloud-init", "hostname",
-                                                        "runcmd", "kernel"]
+    try:
+        for run in ("makes the template", "is a clone"):
+            done = smoke(str(profile), "--warm", "--junit", "out.xml", cwd=short_tmp, timeout=900)
+            assert done.returncode == 0, (run, done.stderr)
+            assert list(report(short_tmp / "out.xml")) == ["boot", "ready", "login", "agent", "cloud-init",
+                                                            "hostname", "runcmd", "kernel"]
+    finally:
+        server.__exit__()
+    assert server.requests[f"/{served.relative_to(www)}"] == 1  # pulled once, verified; the clone used the cache
     assert debian_image.disk.stat().st_mtime_ns == before
     templates = [p for p in (qemuvm_home / ".templates").iterdir() if not p.name.startswith(".")]
     assert len(templates) == 1  # the second run found the first one's template
