@@ -254,3 +254,27 @@ def test_a_redirect_is_followed(served: tuple[ImageServer, bytes]) -> None:
     assert done.returncode == 0, done.stderr
     assert server.requests["/latest.raw"] == 1 and server.requests["/img.raw"] == 1
     assert Path(json.loads(done.stdout)["path"]).read_bytes() == data
+
+
+def test_a_catalog_name_through_a_mirror(tmp_path: Path) -> None:
+    """`image pull debian-12` fetches Debian's path below QEMUVM_IMAGE_MIRROR and verifies it against the
+    SHA512SUMS beside it, as Debian publishes it (the Debian smoke test boots the real image this way)."""
+    from qemuvm.runtime import catalog
+
+    entry = catalog.find("debian-12", "aarch64", mirror="")
+    path = entry.url.split("://", 1)[1].split("/", 1)[1]
+    served = tmp_path / "www" / path
+    served.parent.mkdir(parents=True)
+    data = write_blob(served, 1 << 20)
+    (served.parent / "SHA512SUMS").write_text(f"{hashlib.sha512(data).hexdigest()}  {served.name}\n")
+    with ImageServer(tmp_path / "www") as server:
+        env = dict(os.environ, QEMUVM_IMAGE_MIRROR=server.base)
+        done = cli("image", "pull", "debian-12", "--arch", "aarch64", "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        pulled = json.loads(done.stdout)
+        assert pulled["digest"] == "sha512:" + hashlib.sha512(data).hexdigest()
+        assert pulled["url"] == server.url(path) and server.requests[f"/{path}"] == 1
+        listed = json.loads(cli("image", "catalog", "--json", env=env).stdout)
+        assert server.url(path) in [row["url"] for row in listed]
+        digest_too = cli("image", "pull", "debian-12", "--digest", pulled["digest"], env=env)
+        assert digest_too.returncode == 2 and "is a catalog name" in digest_too.stderr
