@@ -65,7 +65,9 @@ def checkpoint(step: str) -> None:
 
 def log(message: str) -> None:
     with contextlib.suppress(OSError):  # supervisor.log on a full disk: the message is lost, the VM is not
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+        now = time.time()  # milliseconds: a start's steps are tens of them apart
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}.{int(now * 1000) % 1000:03d} {message}",
+              flush=True)
 
 
 class _Recorder(EventListener):
