@@ -9,16 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Finding instances (folder, running QEMU, monitor) is api/instances.py, shared with api/guest.py.
+from qemuvm.api.instances import _monitor, _running_qemu, instance_paths, monitor_socket  # noqa: F401
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, intent, launch, records, spawn
 from qemuvm.runtime.instance import PAUSED, RUNNING
-from qemuvm.runtime.records import StateView
 
 if TYPE_CHECKING:
     import threading
@@ -28,39 +28,6 @@ Progress = Callable[[str], None]
 
 def _silent(_message: str) -> None:
     pass
-
-
-# -- finding instances ------------------------------------------------------------------------------
-
-
-def instance_paths(name: str, home: Path | None = None) -> InstancePaths:
-    """The folder of an existing instance, or a UsageError naming `ls`."""
-    paths = InstancePaths.for_name(name, home)
-    if not (paths.state.exists() or paths.profile.exists()):
-        raise UsageError(f"no instance named {name} (see `qemuvm ls`)")
-    return paths
-
-
-def _running_qemu(paths: InstancePaths) -> StateView:
-    """state.json of an instance whose QEMU runs (re-adopting it first when its supervisor died)."""
-    state = launch.ensure_supervised(paths)
-    if instance.proven_qemu(state) is None:
-        raise OperationError(f"{paths.name} is not running (state {instance.effective_state(state).state})")
-    assert state is not None
-    return state
-
-
-def monitor_socket(name: str, home: Path | None = None) -> Path:
-    """The client QMP socket of a running instance (for screenshot, snapshot, ...); errors name the state."""
-    paths = instance_paths(name, home)
-    _running_qemu(paths)
-    return paths.qmp_socket
-
-
-def _monitor(paths: InstancePaths, timeout: float = 10.0, busy_timeout: float = 10.0):  # -> Monitor
-    from qemuvm.control.client import Monitor
-
-    return Monitor(paths.qmp_socket, timeout=timeout, busy_timeout=busy_timeout)
 
 
 # -- up / start ------------------------------------------------------------------------------------
@@ -442,7 +409,8 @@ def export(target: str, source: str, *, overrides: tuple[str, ...] | list[str] =
 
 
 def wait(name: str, *, serial: str | None = None, port: int | None = None, event: str | None = None,
-         ssh: bool = False, shutdown: bool = False, ready: bool = False, timeout: float = 120.0,
+         ssh: bool = False,  # noqa: F811 (a condition here; the verb api.ssh is api/guest.py's)
+         shutdown: bool = False, ready: bool = False, timeout: float = 120.0,
          since: str = "boot", home: Path | None = None, progress: Progress = _silent) -> float:
     """Wait until every condition holds (none: the profile's `ready`); the seconds it took. Fails at once,
     with the last serial lines, when QEMU exits for good first (control/wait.py)."""
@@ -452,69 +420,6 @@ def wait(name: str, *, serial: str | None = None, port: int | None = None, event
     conditions = waiting.conditions_for(paths, serial=serial, port=port, event=event, ssh=ssh, shutdown=shutdown,
                                         ready=ready, since=since)
     return waiting.wait_for(paths, conditions, timeout, progress=progress)
-
-
-def ssh(name: str, command: Sequence[str] | str = (), *, timeout: float | None = None, input: str | None = None,
-        home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command in the guest over SSH (captured): returncode is the remote exit status (255: SSH
-    failed, 124: timed out)."""
-    from qemuvm.control import ssh as ssh_
-
-    return ssh_.run(name, command, timeout=timeout, input=input, home=home)
-
-
-def ssh_interactive(name: str, command: Sequence[str] = (), *, home: Path | None = None) -> int:
-    """`qemuvm ssh NAME [-- CMD]` with the terminal's streams; the remote exit code."""
-    from qemuvm.control import ssh as ssh_
-
-    return ssh_.interactive(name, command, home=home)
-
-
-def exec_(name: str, argv: Sequence[str], *, env: dict[str, str] | None = None, stdin: bytes | None = None,
-          timeout: float | None = None, home: Path | None = None):  # -> agent.ExecResult
-    """Run a command in the guest through its guest agent (no network needed): exit code (128+N for signal N),
-    stdout and stderr. A VM without `guest_agent: true` is a UsageError saying how to enable it."""
-    from qemuvm.control import agent
-
-    paths = instance_paths(name, home)
-    _running_qemu(paths)
-    with agent.Agent(paths) as session:
-        return agent.exec_command(session, list(argv), env=env, stdin=stdin, timeout=timeout)
-
-
-def cp(source: str, target: str, *, max_size: int | None = None, home: Path | None = None,
-       progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Copy one file between the host and a guest through its agent: one side is `NAME:/guest/path`; from the
-    guest, regular files only, at most max_size bytes, never with setuid/setgid/sticky bits."""
-    from qemuvm.control import agent
-
-    name, guest_path, to_guest = agent.split_cp(source, target)
-    paths = instance_paths(name, home)
-    _running_qemu(paths)
-    return agent.cp(paths, source if to_guest else target, guest_path, to_guest, max_size, progress)
-
-
-def send(name: str, text: str, *, home: Path | None = None) -> int:
-    """Type `text` on the serial console (escapes: \\n \\r \\t \\e \\xHH, see control/keys.py); bytes sent."""
-    from qemuvm.control import keys
-
-    paths = instance_paths(name, home)
-    _running_qemu(paths)
-    return keys.send_serial(paths.serial_socket, keys.unescape(text))
-
-
-def sendkey(name: str, combos: Sequence[str] = (), *, text: str | None = None, delay: float = 0.05,
-            home: Path | None = None) -> int:
-    """Press keys on the VM's keyboard (QMP send-key): each combo (`ctrl-alt-delete`), then `text` typed key by
-    key on a US layout, `delay` seconds apart; how many presses were sent."""
-    from qemuvm.control import keys
-
-    presses = [keys.combo(spec) for spec in combos] + (keys.text_combos(text) if text else [])
-    if not presses:
-        raise UsageError("sendkey: give keys (ctrl-alt-delete, esc, ret, ...) or --text")
-    paths = instance_paths(name, home)
-    _running_qemu(paths)
-    return _monitor(paths).run(lambda session: keys.press(session.execute, presses, delay))
 
 
 def screenshot(name: str, out: str | os.PathLike[str], *, home: Path | None = None) -> Path:
@@ -599,8 +504,9 @@ def events(name: str, *, home: Path | None = None) -> list[dict[str, Any]]:
     return logs.events(instance_paths(name, home))
 
 
-# The host-side verbs (images, doctor, render, validate, schema, NAT networks) live in api/host.py; they are
-# part of the same facade.
+# The host-side verbs (images, doctor, render, validate, schema, NAT networks) live in api/host.py, the verbs
+# inside a running guest (ssh, exec_, cp, send, sendkey) in api/guest.py; they are part of the same facade.
+from qemuvm.api.guest import cp, exec_, send, sendkey, ssh, ssh_interactive  # noqa: E402, F401 (re-exported)
 from qemuvm.api.host import (  # noqa: E402, F401  (re-exported: the one facade)
     doctor,
     image_convert,
