@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Finding instances (folder, running QEMU, monitor) is api/instances.py, shared with api/guest.py.
-from qemuvm.api.instances import _monitor, _running_qemu, instance_paths, monitor_socket  # noqa: F401
+from qemuvm.api.instances import _monitor, _running_qemu, instance_paths, monitor_socket
 from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, intent, launch, records, spawn
