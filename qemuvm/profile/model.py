@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -137,6 +138,11 @@ class Disk(Section):
         if len(sources) != 1:
             both = f" (not {sources[0]} and {sources[1]})" if sources else ""
             raise ValueError(f"a disk has exactly one of file, url or image{both}")
+        for field, value in (("url", self.url), ("sums", self.sums)):
+            try:
+                _ = urllib.parse.urlsplit(value or "").port
+            except ValueError as exc:
+                raise ValueError(f"{field} is not a valid URL ({exc})") from None
         if self.url is not None:
             if not re.match(r"^https?://[^/\s]+", self.url):
                 raise ValueError("url must be an http:// or https:// URL")

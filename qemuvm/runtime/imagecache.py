@@ -90,7 +90,11 @@ def cache_dir() -> Path:
 
 def public_url(url: str) -> str:
     """`url` without user and password: what is printed and stored."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # a malformed host or port raises here
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//", url)  # unparsable: at least no userinfo
     if parts.username is None and parts.password is None:
         return url
     host = parts.hostname or ""
@@ -259,6 +263,11 @@ def pull(url: str, digest: Digest | None = None, *, sums: str | None = None, ins
     what arrived)."""
     if not re.match(r"^https?://[^/\s]+", url):
         raise UsageError(f"{public_url(url)}: only http:// and https:// URLs can be pulled")
+    for checked in (url, sums):
+        try:
+            _ = urllib.parse.urlsplit(checked or "").port
+        except ValueError as exc:
+            raise UsageError(f"{public_url(checked or '')} is not a valid URL ({exc})") from None
     if digest is None and sums is not None:
         file_name = os.path.basename(urllib.parse.urlsplit(url).path)
         digest = digest_from_sums(fetch_text(sums, timeout), file_name, public_url(sums))

@@ -51,6 +51,7 @@ def test_a_checksum_file_without_the_image_is_one_sentence() -> None:
 def test_credentials_never_leave_the_request() -> None:
     assert imagecache.public_url("https://user:s3cret@host:8443/a/b.qcow2?x=1") == "https://host:8443/a/b.qcow2?x=1"
     assert imagecache.public_url("http://host/a") == "http://host/a"
+    assert imagecache.public_url("http://u:pw@[::1/a") == "http://[::1/a"  # unparsable: still no credentials
     request = imagecache._request("http://user:s3cret@host/a")
     assert request.full_url == "http://host/a" and "s3cret" not in request.full_url
     assert request.unredirected_hdrs["Authorization"].startswith("Basic ")  # not sent on to a redirect
@@ -99,6 +100,7 @@ def test_catalog_names_and_arches_are_checked() -> None:
     ({"url": "http://h/a", "sums": "file:///etc/passwd"}, "sums must be an http"),
     ({"image": "debian-12", "size": "1G"}, "downloaded, not created with size"),
     ({"url": "http://h/a", "digest": "sha256:short"}, "String should match pattern"),
+    ({"url": "http://[::1/a", "digest": f"sha256:{H256}"}, r"url is not a valid URL \(Invalid IPv6 URL\)"),
 ])
 def test_disk_sources_are_validated(fields: dict, error: str) -> None:
     with pytest.raises(ValueError, match=error):
