@@ -277,7 +277,10 @@ def pull(url: str, digest: Digest | None = None, *, sums: str | None = None, ins
     folder = cache or cache_dir()
     if digest is not None and (hit := lookup(digest, folder)) is not None:
         return hit
-    instance.create_dir(folder / ".partial")
+    try:
+        instance.create_dir(folder / ".partial")
+    except OSError as exc:
+        raise _unusable(folder, exc) from None
     key = hashlib.sha256(f"{public_url(url)} {digest}".encode()).hexdigest()[:32]
     part = folder / ".partial" / key
     with _one_download(folder / ".partial" / f"{key}.lock", lambda: note(
@@ -347,6 +350,11 @@ def _download(url: str, digest: Digest | None, part: Path, folder: Path, progres
     return cached
 
 
+def _unusable(folder: Path, exc: OSError) -> UsageError:
+    return UsageError(f"the image cache {folder} cannot be used ({exc.strerror or exc}); set XDG_CACHE_HOME to a "
+                      "folder of your own")
+
+
 def list_cached(cache: Path | None = None) -> list[Cached]:
     folder = cache or cache_dir()
     try:
@@ -354,6 +362,8 @@ def list_cached(cache: Path | None = None) -> list[Cached]:
                        if re.fullmatch(r"sha(256|512)-[0-9a-f]+", entry.name))
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise _unusable(folder, exc) from None
     return [found for name in names if (found := _read_meta(folder / name)) is not None]
 
 

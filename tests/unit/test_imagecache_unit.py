@@ -111,3 +111,12 @@ def test_an_unresolved_disk_has_no_path_yet() -> None:
     disk = Disk.model_validate({"image": "debian-12"})
     with pytest.raises(ValueError, match="debian-12 has no local path yet"):
         _ = disk.path
+
+
+def test_a_cache_folder_that_cannot_be_one_is_one_sentence(tmp_path, monkeypatch) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    with pytest.raises(UsageError, match=r"the image cache .*/file/qemuvm/images cannot be used \(Not a directory\)"):
+        imagecache.list_cached()
+    with pytest.raises(UsageError, match="set XDG_CACHE_HOME to a folder of your own"):
+        imagecache.pull("http://127.0.0.1:9/x.img", Digest("sha256", H256))
