@@ -1,6 +1,6 @@
 """Test-only entry points for the fault tests: `up` whose supervisor stops itself (SIGSTOP) at one named
 bring-up step, so a test can kill -9 it at exactly that step. Nothing of this ships in qemuvm: the supervisor
-only raises an audit event at each step (`qemuvm.supervisor.step`, runtime/supervisor.checkpoint), and this
+only raises an audit event at each step (`qemuvm.supervisor.step`, runtime/supervisor_base.checkpoint), and this
 module listens to it.
 
     python supervisor_stops.py up STEP MARKER [qemuvm up arguments]   # the CLI, with its supervisors wrapped

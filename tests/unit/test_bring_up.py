@@ -1,5 +1,5 @@
 """The supervisor's bring-up, from a QEMU paused in prelaunch to a running guest, as a table of named steps
-(runtime/supervisor.Supervisor.BRING_UP), tested without QEMU: the order, and that a step that refuses keeps
+(runtime/supervision.Supervisor.BRING_UP), tested without QEMU: the order, and that a step that refuses keeps
 every later one -- `cont` above all -- from running."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from qemuvm.paths import InstancePaths
-from qemuvm.runtime import records, supervisor
+from qemuvm.runtime import records
+from qemuvm.runtime import supervision as supervisor
 
 
 def _supervisor(tmp_path: Path) -> supervisor.Supervisor:

@@ -184,7 +184,8 @@ def test_records_survive_a_full_disk_in_place(short_tmp: Path, monkeypatch) -> N
 
 def test_events_jsonl_is_capped(short_tmp: Path) -> None:
     """A guest that makes an event a second (RTC_CHANGE) cannot grow events.jsonl without bound."""
-    from qemuvm.runtime import records, supervisor
+    from qemuvm.runtime import records
+    from qemuvm.runtime import supervision as supervisor
 
     paths = InstancePaths(short_tmp / "vm")
     paths.root.mkdir()
