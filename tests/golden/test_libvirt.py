@@ -24,6 +24,7 @@ from qemuvm.convert import libvirt_export, libvirt_import
 from qemuvm.profile.model import Profile
 from qemuvm.profile.validate import load_and_validate
 from qemuvm.qemu.compile import compile_options
+from qemuvm.runtime import imagecache
 from qemuvm.runtime.preflight import read_vnc_password
 
 REPO = GOLDEN.parents[1]
@@ -73,8 +74,14 @@ def test_most_common_unsupported_elements() -> None:
     assert 0 < clean < len(DOMAINS)
 
 
+def _as_exported(profile: Profile) -> Profile:
+    """As `export` reads a profile: a url or catalog image disk named by its path in the image cache."""
+    return imagecache.resolve_disks(profile, pull=False)
+
+
 def _export(path: Path) -> str:
-    return libvirt_export.export_domain(load_and_validate(str(path))).xml.replace(str(REPO), "@REPO@")
+    xml = libvirt_export.export_domain(_as_exported(load_and_validate(str(path)))).xml
+    return xml.replace(str(imagecache.cache_dir()), "@CACHE@").replace(str(REPO), "@REPO@")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -101,7 +108,7 @@ def _libvirt_accepts(xml: str, tmp_path: Path) -> None:
 def test_libvirt_accepts_the_export_and_import_gives_it_back(path: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(path.parent)
-    original = load_and_validate(path.name)
+    original = _as_exported(load_and_validate(path.name))
     vnc = original.display.vnc if original.display else None
     password = None
     if vnc and vnc.password_file:  # (a golden's password file need not exist: any password does here)
