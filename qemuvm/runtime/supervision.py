@@ -29,6 +29,7 @@ if "ssl" not in sys.modules:
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -487,4 +488,6 @@ class Supervisor:
 def run(paths: InstancePaths, previous: records.StateView | None, early: EarlyQemu | None) -> int:
     """The loop, until the instance stops for good: `previous` is the state read before `early` (a QEMU the entry
     started before this module was imported) or None to read it here."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # connect retries are expected, not errors
     return asyncio.run(Supervisor(paths, previous, early).run())

@@ -18,7 +18,6 @@ Imports: stdlib, psutil and qemuvm.runtime only; asyncio and qemu.qmp come with 
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -81,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = InstancePaths(Path(args[0]).resolve())
     os.umask(0o077)  # what QEMU and the helpers create (logs, sockets) is the owner's only, as the folder is
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # connect retries are expected, not errors
     # Terminal signals are for the CLI in front of us (`up --foreground` turns Ctrl-C into `down`).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
