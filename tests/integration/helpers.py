@@ -5,6 +5,7 @@ from each other."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -74,6 +75,17 @@ def poll(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def listening(path: Path) -> bool:
+    """Something accepts on the unix socket `path`. QEMU's socket file appears at bind(), a moment before
+    listen(), and under load that is long enough for a connect in between to be refused."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def alive(pid: int | None) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import netns
 import pytest
+from helpers import listening
 from qemu.qmp import QMPClient
 
 from qemuvm.paths import InstancePaths
@@ -126,22 +127,9 @@ async def _status(qmp_socket: Path) -> str:
     return status["status"]
 
 
-def _listening(path: Path) -> bool:
-    """QEMU accepts on its QMP socket: the file appears at bind(), a moment before listen() (under load, long
-    enough for a connect in between to be refused)."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def _wait_for_socket(proc: subprocess.Popen[bytes], qmp_socket: Path, stderr: Path) -> None:
     deadline = time.monotonic() + START_DEADLINE
-    while not (qmp_socket.exists() and _listening(qmp_socket)):
+    while not (qmp_socket.exists() and listening(qmp_socket)):
         if proc.poll() is not None:
             pytest.fail(f"QEMU rejected the argv (exit {proc.returncode}):\n{stderr.read_text()}")
         if time.monotonic() > deadline:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from helpers import listening
 from qemu.qmp import QMPClient
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -102,9 +103,10 @@ class RawQemu:
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.started = time.monotonic()
-        # The sockets exist once QEMU has parsed its options; fail fast on a bad command line.
+        # The sockets accept once QEMU has parsed its options (the file alone is not enough: it appears at bind(),
+        # a moment before listen()); fail fast on a bad command line.
         deadline = time.monotonic() + 10
-        while not (self.qmp_sock.exists() and self.serial_sock.exists()):
+        while not (listening(self.qmp_sock) and listening(self.serial_sock)):
             if self.proc.poll() is not None:
                 raise AssertionError(f"QEMU exited {self.proc.returncode}: {self.log_text()}")
             if time.monotonic() > deadline:
