@@ -100,11 +100,8 @@ def render(source: str | os.PathLike[str], *, overrides: tuple[str, ...] | list[
     from qemuvm.qemu.compile import compile_options
     from qemuvm.runtime import preflight
 
-    profile = preflight.resolve_shares(load_and_validate(str(source), overrides, name))
-    if any(disk.file is None for disk in profile.disks):
-        from qemuvm.runtime import imagecache
-
-        profile = imagecache.resolve_disks(profile, pull=False, note=note)
+    profile = preflight.resolve_images(preflight.resolve_shares(load_and_validate(str(source), overrides, name)),
+                                       pull=False, note=note)
     return profile.qemu.binary, compile_options(profile, InstancePaths.for_name(profile.name, home),
                                                 probe.probe(profile.qemu.binary))
 

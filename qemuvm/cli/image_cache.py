@@ -7,16 +7,7 @@ from typing import Any
 
 import typer
 
-from qemuvm.cli.output import Download, JsonOption, info, print_json, print_table
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(size)
+from qemuvm.cli.output import Download, JsonOption, human_size, info, print_json, print_table
 
 
 def image_pull(
@@ -43,7 +34,7 @@ def image_pull(
     if json_:
         print_json(pulled)
     else:
-        info(f"{pulled['path']} ({pulled['format']}, {_human(pulled['size'])}, {pulled['digest']})")
+        info(f"{pulled['path']} ({pulled['format']}, {human_size(pulled['size'])}, {pulled['digest']})")
 
 
 def image_ls(json_: bool = JsonOption) -> None:
@@ -55,7 +46,7 @@ def image_ls(json_: bool = JsonOption) -> None:
         print_json(found)
         return
     print_table(["digest", "size", "format", "last used", "url"],
-                [[c["digest"][:19], _human(c["size"]), c["format"], _when(c["used_at"]), c["url"] or "-"]
+                [[c["digest"][:19], human_size(c["size"]), c["format"], _when(c["used_at"]), c["url"] or "-"]
                  for c in found])
 
 
@@ -74,7 +65,7 @@ def image_prune(keep: str = typer.Option("0", "--keep", help="Keep this much (e.
     from qemuvm import api
 
     removed = api.image_prune(api.parse_size(keep, "--keep"))
-    info(f"removed {len(removed)} image(s), {_human(sum(c['size'] for c in removed))}")
+    info(f"removed {len(removed)} image(s), {human_size(sum(c['size'] for c in removed))}")
 
 
 def image_catalog(

@@ -9,7 +9,7 @@ import typer
 
 from qemuvm.cli import image_cache
 from qemuvm.cli.app import app
-from qemuvm.cli.output import JsonOption, NameArg, info, print_json, print_table
+from qemuvm.cli.output import JsonOption, NameArg, human_size, info, print_json, print_table
 
 image_app = typer.Typer(name="image", help="Disk images: create and inspect (qemu-img); pull cloud images into a "
                         "verified cache.", no_args_is_help=True)
@@ -28,16 +28,6 @@ def _size(text: str) -> int:
     from qemuvm import api
 
     return api.parse_size(text, "SIZE")
-
-
-def _human(size: int | None) -> str:
-    if size is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(size)
 
 
 @image_app.command("create")
@@ -67,12 +57,12 @@ def image_info(
         print_json(image.raw)
         return
     rows = [["file", image.filename], ["format", image.format],
-            ["virtual size", f"{_human(image.virtual_size)} ({image.virtual_size} bytes)"],
-            ["disk size", _human(image.actual_size)]]
+            ["virtual size", f"{human_size(image.virtual_size)} ({image.virtual_size} bytes)"],
+            ["disk size", human_size(image.actual_size)]]
     if image.backing_filename:
         rows.append(["backing file", f"{image.backing_filename} ({image.backing_format or '?'})"])
     for snap in image.snapshots:
-        rows.append(["snapshot", f"{snap.name} (id {snap.id}, vm state {_human(snap.vm_state_size)})"])
+        rows.append(["snapshot", f"{snap.name} (id {snap.id}, vm state {human_size(snap.vm_state_size)})"])
     print_table(["field", "value"], rows)
 
 
@@ -84,7 +74,7 @@ def image_resize(
     """Change an image's virtual size (the guest must grow its partitions itself)."""
     from qemuvm import api
 
-    info(f"resized {file} to {_human(api.image_resize(file, size))}")
+    info(f"resized {file} to {human_size(api.image_resize(file, size))}")
 
 
 @image_app.command("convert")
@@ -157,7 +147,7 @@ def snapshot_list(
         print_json(snaps)
         return
     rows = [[s["tag"], datetime.datetime.fromtimestamp(s["date"]).isoformat(sep=" ", timespec="seconds"),
-             _human(s["vm_state_size"]), f"{s['vm_clock_ns'] / 1e9:.1f} s"] for s in snaps]
+             human_size(s["vm_state_size"]), f"{s['vm_clock_ns'] / 1e9:.1f} s"] for s in snaps]
     print_table(["tag", "date", "vm state", "guest clock"], rows)
 
 
@@ -175,7 +165,7 @@ def template_ls(json_: bool = JsonOption) -> None:
         return
     rows = [[t["fingerprint"], t["source"] or "-", t["made_from"] or "(incomplete)",
              datetime.datetime.fromtimestamp(t["created_at"]).isoformat(sep=" ", timespec="seconds")
-             if t["created_at"] else "-", _human(t["bytes"]),
+             if t["created_at"] else "-", human_size(t["bytes"]),
              f"{t['ready_after_s']:g} s" if t["ready_after_s"] is not None else "-", str(t["hits"]),
              ", ".join(t["clones"]) or "-"]
             for t in found]

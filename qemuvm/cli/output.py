@@ -28,6 +28,17 @@ def print_table(columns: list[str], rows: list[list[Any]], title: str | None = N
     Console(width=width).print(table)
 
 
+def human_size(size: float | None) -> str:
+    """Bytes for people: 512 B, 1.5 MiB, 2.0 GiB; None is "-"."""
+    if size is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
 def info(message: str) -> None:
     """Progress and notices go to stderr so stdout stays parseable."""
     print(message, file=sys.stderr, flush=True)

@@ -91,12 +91,9 @@ def _profile(source: str, overrides: tuple[str, ...] | list[str], home: Path | N
         if paths is None or not paths.profile.is_file():
             raise UsageError(f"{source} is neither a profile file nor an instance (see `qemuvm ls`)")
         path = paths.profile
-    profile = load_and_validate(str(path), overrides)
-    if any(disk.file is None for disk in profile.disks):  # url and catalog disks: their path in the image cache
-        from qemuvm.runtime import imagecache
+    from qemuvm.runtime.preflight import resolve_images
 
-        profile = imagecache.resolve_disks(profile, pull=False)
-    return profile
+    return resolve_images(load_and_validate(str(path), overrides), pull=False)  # url/catalog disks: cached path
 
 
 def _read_document(path: str) -> str:

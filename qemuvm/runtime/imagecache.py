@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.errors import OperationError, UsageError
-from qemuvm.runtime import instance
+from qemuvm.runtime import instance, records
+from qemuvm.runtime.atomic import read_json, write_json_atomic
 
 if TYPE_CHECKING:
     from qemuvm.profile.model import Profile
@@ -70,9 +71,9 @@ class Digest:
 class Cached:
     """An image in the cache (`image ls --json`, `image pull --json`)."""
 
-    path: str
-    digest: str
-    size: int
+    path: str = ""
+    digest: str = ""  # from the file's name, never from its note
+    size: int = 0
     url: str | None = None
     format: str = "raw"
     pulled_at: float = 0.0
@@ -153,13 +154,17 @@ def _http_failure(url: str, exc: BaseException, timeout: float = TIMEOUT) -> str
     return f"{public_url(url)}: {reason}"
 
 
+class SumsUnreachable(OperationError):
+    """The checksum file could not be read (offline, its server down)."""
+
+
 def fetch_text(url: str, timeout: float = TIMEOUT) -> str:
     """A small text resource (a checksum file), at most SUMS_MAX bytes."""
     try:
         with _OPENER.open(_request(url), timeout=timeout) as response:
             body = response.read(SUMS_MAX + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise OperationError(f"could not read the checksum file {_http_failure(url, exc, timeout)}") from None
+        raise SumsUnreachable(f"could not read the checksum file {_http_failure(url, exc, timeout)}") from None
     if len(body) > SUMS_MAX:
         raise OperationError(f"{public_url(url)} is over {SUMS_MAX >> 10} KiB: not a checksum file")
     return body.decode("utf-8", errors="replace")
@@ -222,29 +227,27 @@ def _meta_path(image: Path) -> Path:
 
 
 def _read_meta(image: Path) -> Cached | None:
-    data = instance.read_json(_meta_path(image))
-    if not image.exists():
+    """The cached `image` with its note (a missing or damaged note reads as defaults: the image is what counts)."""
+    try:
+        size = image.stat().st_size
+    except OSError:
         return None
     algorithm, _, hex_ = image.name.partition("-")
-    known = {f.name for f in dataclasses.fields(Cached)}
-    values = {k: v for k, v in (data or {}).items() if k in known}
-    values.update(path=str(image), digest=f"{algorithm}:{hex_}", size=image.stat().st_size)
-    try:
-        return Cached(**values)
-    except TypeError:
-        return Cached(path=str(image), digest=f"{algorithm}:{hex_}", size=image.stat().st_size)
+    noted = records.fitting(Cached, read_json(_meta_path(image)) or {})
+    return dataclasses.replace(noted, path=str(image), digest=f"{algorithm}:{hex_}", size=size)
 
 
 def _write_meta(cached: Cached) -> None:
     path = _meta_path(Path(cached.path))
     with contextlib.suppress(OSError):  # the image is what counts; a lost note only loses prune's ordering
-        instance.write_json_atomic(path, dataclasses.asdict(cached))
+        write_json_atomic(path, dataclasses.asdict(cached))
 
 
-def lookup(digest: Digest, cache: Path | None = None) -> Cached | None:
-    """The cached image with this digest (marked used now), or None."""
+def lookup(digest: Digest, cache: Path | None = None, use: bool = True) -> Cached | None:
+    """The cached image with this digest, or None; `use` marks it used now (prune keeps the recently used), which
+    naming it (render, exports) does not."""
     found = _read_meta((cache or cache_dir()) / digest.name)
-    if found is not None:
+    if found is not None and use:
         found.used_at = time.time()
         _write_meta(found)
     return found
@@ -406,8 +409,6 @@ def resolve_disks(profile: Profile, *, pull: bool = True, progress: Progress | N
     Such a disk always runs on an overlay in the instance folder (ephemeral), so the cached image is never
     written. Without `pull` (render, exports) an image not in the cache yet is named by the path it will have
     once pulled, when its digest is known, and `note` says it is not pulled yet."""
-    if not any(disk.file is None for disk in profile.disks):
-        return profile
     from qemuvm.runtime import catalog
 
     disks = []
@@ -426,7 +427,7 @@ def resolve_disks(profile: Profile, *, pull: bool = True, progress: Progress | N
             found = _pull_for_disk(url, digest, sums, progress, note)
             path, image_format = found.path, image_format or found.format
         else:
-            found = lookup(digest) if digest else _by_url(url)
+            found = lookup(digest, use=False) if digest else _by_url(url)
             path = found.path if found else str(cache_dir() / (digest.name if digest else "not-pulled-yet"))
             note(f"disks[{index}]: {public_url(url)} is {path}, the overlay's backing file" if found else
                  f"disks[{index}]: {public_url(url)} is not pulled yet (`qemuvm image pull` or `up` pulls it"
@@ -447,9 +448,9 @@ def _pull_for_disk(url: str, digest: Digest | None, sums: str | None, progress: 
                    note: Callable[[str], None]) -> Cached:
     try:
         return pull(url, digest, sums=sums, progress=progress, note=note)
-    except OperationError as exc:
-        # The checksum file cannot be read (offline): an image pulled from this URL before still boots.
-        earlier = _by_url(url) if digest is None and "checksum file" in str(exc) else None
+    except SumsUnreachable as exc:
+        # Offline: an image pulled from this URL before still boots.
+        earlier = _by_url(url)
         if earlier is None:
             raise
         note(f"{exc}; using {earlier.path}, pulled from it before")

@@ -43,11 +43,18 @@ def load_profile(source: str | os.PathLike[str], overrides: tuple[str, ...] | li
         profile = load_and_validate(str(saved), overrides, text)
     else:
         raise UsageError(f"profile file {text} does not exist")
-    if any(disk.file is None for disk in profile.disks):  # urllib and hashlib load only for such a profile
-        from qemuvm.runtime import imagecache
+    return resolve_shares(resolve_images(profile, progress=download, note=progress))
 
-        profile = imagecache.resolve_disks(profile, progress=download, note=progress)
-    return resolve_shares(profile)
+
+def resolve_images(profile: Profile, *, pull: bool = True, progress: Callable[[int, int | None], None] | None = None,
+                   note: Callable[[str], None] = lambda _: None) -> Profile:
+    """Its url and catalog image disks as the files they are in the image cache (imagecache.resolve_disks);
+    urllib and hashlib load only for a profile that has such a disk."""
+    if all(disk.file is not None for disk in profile.disks):
+        return profile
+    from qemuvm.runtime import imagecache
+
+    return imagecache.resolve_disks(profile, pull=pull, progress=progress, note=note)
 
 
 def resolve_shares(profile: Profile) -> Profile:

@@ -18,16 +18,18 @@ sentence: an older qemuvm must never act on a record it does not understand.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qemuvm.errors import UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime.atomic import read_json, write_json_atomic
 
+T = TypeVar("T")
 LAUNCH_SPEC_SCHEMA = 1
 STATE_SCHEMA = 1
 NETWORK_SCHEMA = 1
@@ -152,12 +154,12 @@ class ExitRecord:
 class HelperState:
     """One helper in state.json: running while `exited` is None; `exited` says how it ended (and when)."""
 
-    name: str
-    what: str
-    pid: int
-    start_time: float | None
-    cmdline: list[str]
-    log: str
+    name: str = ""
+    what: str = ""
+    pid: int = 0
+    start_time: float | None = None
+    cmdline: list[str] = field(default_factory=list)
+    log: str = ""
     exited: dict[str, Any] | None = None  # {"at": time, "exit_code" | "signal": ..., "why": "last log line"}
 
 
@@ -233,32 +235,26 @@ class StateView(InstanceState):
     uptime_s: float | None = None
 
 
-def helper_state(data: dict[str, Any]) -> HelperState:
-    """One entry of state.json's helpers (records the supervisor wrote), typed; missing fields read as empty."""
-    pid, start_time, cmdline, exited = (data.get(key) for key in ("pid", "start_time", "cmdline", "exited"))
-    return HelperState(name=str(data.get("name", "")), what=str(data.get("what", "")),
-                       pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
-                       start_time=float(start_time) if isinstance(start_time, (int, float)) else None,
-                       cmdline=[str(arg) for arg in cmdline] if isinstance(cmdline, list) else [],
-                       log=str(data.get("log", "")), exited=exited if isinstance(exited, dict) else None)
+@functools.cache
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-def exit_record(data: dict[str, Any]) -> ExitRecord:
-    """state.json's last_exit, typed; a field of the wrong type reads as its default."""
-    hints = typing.get_type_hints(ExitRecord)
-    fitting: dict[str, Any] = {key: value for key, value in data.items() if key in hints
-                               and isinstance(value, _allowed(hints[key]))
-                               and (hints[key] is bool) == isinstance(value, bool)}
-    return ExitRecord(**fitting)
+def fitting(cls: type[T], data: dict[str, Any]) -> T:
+    """`data` (a JSON object another process wrote) as record `cls`: unknown keys dropped, and a field of the
+    wrong type reads as its default, so a damaged entry is never a crash. `cls` has a default for every field."""
+    hints = _hints(cls)
+    return cls(**{key: value for key, value in data.items() if key in hints
+                  and isinstance(value, _allowed(hints[key])) and (hints[key] is bool) == isinstance(value, bool)})
 
 
 def state_view(data: dict[str, Any]) -> StateView:
     """A checked state.json record (state_problem is None) as a complete view: every field, defaults filled,
     unknown keys dropped."""
     known = {key: data[key] for key in _STATE_HINTS if data.get(key) is not None}
-    known["helpers"] = [helper_state(entry) for entry in known.get("helpers", []) if isinstance(entry, dict)]
+    known["helpers"] = [fitting(HelperState, entry) for entry in known.get("helpers", []) if isinstance(entry, dict)]
     if "last_exit" in known:
-        known["last_exit"] = exit_record(known["last_exit"])
+        known["last_exit"] = fitting(ExitRecord, known["last_exit"])
     return StateView(**{**known, "schema": STATE_SCHEMA})
 
 

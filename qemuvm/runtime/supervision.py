@@ -129,7 +129,7 @@ class Supervisor:
         """QEMU appends to serial.log (O_APPEND) for its whole life: past the cap, keep its newest half as
         serial.log.1 and truncate serial.log in place -- QEMU's next write lands at the new end."""
         limit = self.spec.serial_log_max
-        if self._serial_size() <= limit:
+        if serial_size(self.paths) <= limit:
             return
         with self.paths.serial_log.open("rb") as handle:
             handle.seek(-(limit // 2), os.SEEK_END)
@@ -164,7 +164,7 @@ class Supervisor:
         elif name == "RESET":
             # A new boot: `wait --serial` (and anything else reading serial_offset) starts from here, not from
             # the previous boot's output; `reboot` returns once this is recorded.
-            self.save(resets=self.state.resets + 1, serial_offset=self._serial_size())
+            self.save(resets=self.state.resets + 1, serial_offset=serial_size(self.paths))
             self.shutdown_reason = None  # a power-off before it (reboot's ACPI way, -no-shutdown) is over
         elif name == "SHUTDOWN" and not self.ending_poweroff:  # (the quit that ends a power-off is not news)
             self.shutdown_reason = record["data"].get("reason")
@@ -205,9 +205,6 @@ class Supervisor:
         self.save(state=STARTING, qemu_pid=self.qemu_pid, qemu_cmdline=argv, serial_offset=serial_offset,
                   qemu_start_time=start_time.create_time() if start_time else None, accel=None, qmp_status=None)
         log(f"started QEMU pid {self.qemu_pid}")
-
-    def _serial_size(self) -> int:
-        return serial_size(self.paths)
 
     async def connect(self, exited: asyncio.Future[None], deadline: float) -> QMPClient | None:
         """Connect to the supervisor monitor; None when QEMU exits first or the deadline passes."""

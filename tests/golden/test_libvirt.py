@@ -25,7 +25,7 @@ from qemuvm.profile.model import Profile
 from qemuvm.profile.validate import load_and_validate
 from qemuvm.qemu.compile import compile_options
 from qemuvm.runtime import imagecache
-from qemuvm.runtime.preflight import read_vnc_password
+from qemuvm.runtime.preflight import read_vnc_password, resolve_images
 
 REPO = GOLDEN.parents[1]
 EXAMPLES = sorted((REPO / "profiles").glob("*.yaml"))
@@ -76,7 +76,7 @@ def test_most_common_unsupported_elements() -> None:
 
 def _as_exported(profile: Profile) -> Profile:
     """As `export` reads a profile: a url or catalog image disk named by its path in the image cache."""
-    return imagecache.resolve_disks(profile, pull=False)
+    return resolve_images(profile, pull=False)
 
 
 def _export(path: Path) -> str:

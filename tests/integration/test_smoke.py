@@ -157,14 +157,9 @@ def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp, monkeyp
     folder = served.parent
     folder.mkdir(parents=True)
     served.symlink_to(debian_image.disk)
-    sha512 = hashlib.sha512()
     with open(debian_image.disk, "rb") as image:
-        while chunk := image.read(1 << 20):
-            sha512.update(chunk)
-    (folder / "SHA512SUMS").write_text(f"{'0' * 128}  debian-12-genericcloud-arm64.qcow2\n"
-                                       f"{sha512.hexdigest()}  {served.name}\n")
-    server = ImageServer(www).__enter__()
-    monkeypatch.setenv("QEMUVM_IMAGE_MIRROR", server.base)
+        sha512 = hashlib.file_digest(image, "sha512").hexdigest()
+    (folder / "SHA512SUMS").write_text(f"{'0' * 128}  debian-12-genericcloud-arm64.qcow2\n{sha512}  {served.name}\n")
     profile = short_tmp / "debian-smoke.yaml"
     profile.write_text(yaml.safe_dump(debian_image.profile(  # its disk: from the catalog, through the mirror
         "debian-smoke", disks=[{"image": "debian-12"}],
@@ -181,14 +176,13 @@ def test_smoke_on_the_debian_image(debian_image, qemuvm_home, short_tmp, monkeyp
             {"name": "kernel", "ssh": "uname -r", "expect": r"^6\."},
         ]})))
     before = debian_image.disk.stat().st_mtime_ns
-    try:
+    with ImageServer(www) as server:
+        monkeypatch.setenv("QEMUVM_IMAGE_MIRROR", server.base)
         for run in ("makes the template", "is a clone"):
             done = smoke(str(profile), "--warm", "--junit", "out.xml", cwd=short_tmp, timeout=900)
             assert done.returncode == 0, (run, done.stderr)
             assert list(report(short_tmp / "out.xml")) == ["boot", "ready", "login", "agent", "cloud-init",
                                                             "hostname", "runcmd", "kernel"]
-    finally:
-        server.__exit__()
     assert server.requests[f"/{served.relative_to(www)}"] == 1  # pulled once, verified; the clone used the cache
     assert debian_image.disk.stat().st_mtime_ns == before
     templates = [p for p in (qemuvm_home / ".templates").iterdir() if not p.name.startswith(".")]

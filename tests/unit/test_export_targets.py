@@ -55,9 +55,9 @@ def _export(target: str, path: Path, **options: Any) -> dict[str, Any]:
 
 def _profile(path: Path) -> Profile:
     """As the exports read it: a url or catalog disk named by its path in the image cache."""
-    from qemuvm.runtime import imagecache
+    from qemuvm.runtime.preflight import resolve_images
 
-    return imagecache.resolve_disks(load_and_validate(str(path)), pull=False)
+    return resolve_images(load_and_validate(str(path)), pull=False)
 
 
 def _strict_or_named(target: str, path: Path, name: str, **options: Any) -> None:

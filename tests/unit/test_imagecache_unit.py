@@ -120,3 +120,19 @@ def test_a_cache_folder_that_cannot_be_one_is_one_sentence(tmp_path, monkeypatch
         imagecache.list_cached()
     with pytest.raises(UsageError, match="set XDG_CACHE_HOME to a folder of your own"):
         imagecache.pull("http://127.0.0.1:9/x.img", Digest("sha256", H256))
+
+
+def test_an_unreadable_checksum_file_falls_back_to_the_image_pulled_before(monkeypatch) -> None:
+    earlier = imagecache.Cached(path="/cache/sha512-x", digest="sha512:x", size=1, url="http://m/a.qcow2")
+
+    def offline(*_args, **_kwargs):
+        raise imagecache.SumsUnreachable("could not read the checksum file http://m/SUMS: refused")
+
+    notes: list[str] = []
+    monkeypatch.setattr(imagecache, "pull", offline)
+    monkeypatch.setattr(imagecache, "_by_url", lambda url: earlier if url == "http://m/a.qcow2" else None)
+    assert imagecache._pull_for_disk("http://m/a.qcow2", None, "http://m/SUMS", None, notes.append) is earlier
+    assert notes == ["could not read the checksum file http://m/SUMS: refused; using /cache/sha512-x, pulled from "
+                     "it before"]
+    with pytest.raises(imagecache.SumsUnreachable):  # nothing pulled from it before: the sentence stands
+        imagecache._pull_for_disk("http://m/other.qcow2", None, "http://m/SUMS", None, notes.append)
