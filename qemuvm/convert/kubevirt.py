@@ -43,10 +43,10 @@ def export(profile: Profile, *, image: str | None = None, pvc: str | None = None
         domain["cpu"]["model"] = "host-passthrough"
     elif machine.cpu not in (None, "max"):
         domain["cpu"]["model"] = machine.cpu
-    if machine.type in ("q35",) or machine.type.startswith("pc-q35"):
+    if machine.type in ("q35", "virt") or machine.type.startswith(("pc-q35", "virt-")):
         domain["machine"] = {"type": machine.type}
     else:
-        mapping.drop("machine.type", f"{machine.type}: KubeVirt runs q35 machines on x86_64")
+        mapping.drop("machine.type", f"{machine.type}: KubeVirt runs q35 machines on x86_64 (virt on arm64)")
     if machine.accel == "tcg" and is_set(profile, "machine.accel"):
         mapping.drop("machine.accel", "tcg: software emulation is a cluster setting there (useEmulation)")
     if machine.hugepages:
@@ -62,6 +62,8 @@ def export(profile: Profile, *, image: str | None = None, pvc: str | None = None
     _display(profile, domain, mapping)
     spec: dict[str, Any] = {"domain": domain, "volumes": volumes,
                             "terminationGracePeriodSeconds": math.ceil(profile.shutdown.timeout)}
+    if machine.arch == "aarch64":  # KubeVirt names it as Go and Kubernetes nodes do; it schedules on arm64 nodes
+        spec["architecture"] = "arm64"
     if profile.network:
         spec["networks"] = [{"name": "default", "pod": {}}]
     if profile.cloud_init is not None:

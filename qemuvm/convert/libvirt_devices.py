@@ -9,6 +9,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from qemuvm.convert.xmlwalk import Node, tag_name
+from qemuvm.profile.model import ARCH_DEFAULTS
 
 if TYPE_CHECKING:
     from qemuvm.convert.libvirt_import import Imported
@@ -66,7 +67,8 @@ def convert(devices: Node, out: Imported, networks: frozenset[str]) -> None:
 
 
 def _emulator(node: Node, profile: dict[str, Any]) -> None:
-    binary = profile.get("qemu", {}).get("binary", "qemu-system-x86_64")
+    arch = profile.get("machine", {}).get("arch", "x86_64")
+    binary = profile.get("qemu", {}).get("binary", ARCH_DEFAULTS.get(arch, ARCH_DEFAULTS["x86_64"])["binary"])
     if node.text.rsplit("/", 1)[-1] == binary:
         node.implied(f"qemuvm runs {binary} from PATH")
     else:

@@ -69,7 +69,10 @@ def _memory_and_vcpus(d: _Domain) -> None:
 def _features_and_cpu(d: _Domain) -> None:
     features = SubElement(d.domain, "features")
     SubElement(features, "acpi")
-    SubElement(features, "apic")
+    if d.profile.machine.arch == "aarch64":
+        SubElement(features, "gic", {"version": "3"})  # what compile gives virt (no APIC on Arm)
+    else:
+        SubElement(features, "apic")
     cpu = d.profile.machine.cpu or ("host" if d.kvm else "max")
     if cpu == "host":
         SubElement(d.domain, "cpu", {"mode": "host-passthrough"})
@@ -91,7 +94,7 @@ def _emulator_and_disks(d: _Domain) -> None:
     SubElement(d.devices, "emulator").text = binary if os.path.isabs(binary) else f"/usr/bin/{binary}"
     counters: dict[str, int] = {}
     for index, disk in enumerate(d.profile.disks):
-        d.devices.append(_disk(disk, index, counters, d.lost))
+        d.devices.append(_disk(disk, index, counters, d.lost, d.profile.machine.arch))
     SubElement(d.devices, "controller", {"type": "usb", "model": "none"})  # qemuvm adds no USB by itself
 
 
@@ -203,7 +206,9 @@ def _memory_backing(profile: Profile) -> Element | None:
 def _os(domain: Element, profile: Profile, lost: list[str]) -> None:
     attrs = {"firmware": "efi"} if profile.machine.firmware == "uefi" else {}
     os_node = SubElement(domain, "os", attrs)
-    arch = profile.qemu.binary.rsplit("qemu-system-", 1)[-1]
+    # A binary named for its target (qemu-system-i386) says the arch; else (a path of one's own) machine.arch.
+    name = profile.qemu.binary.rsplit("/", 1)[-1]
+    arch = name.removeprefix("qemu-system-") if name.startswith("qemu-system-") else profile.machine.arch
     SubElement(os_node, "type", {"arch": {"i386": "i686"}.get(arch, arch), "machine": profile.machine.type}
                ).text = "hvm"
     boot = profile.boot
@@ -217,7 +222,7 @@ def _os(domain: Element, profile: Profile, lost: list[str]) -> None:
         lost.append(f"boot.once: libvirt boots by boot order only (put {boot.once} first and change it back)")
 
 
-def _disk(disk: Disk, index: int, counters: dict[str, int], lost: list[str]) -> Element:
+def _disk(disk: Disk, index: int, counters: dict[str, int], lost: list[str], arch: str) -> Element:
     block = disk.path.startswith("/dev/")
     element = Element("disk", {"type": "block" if block else "file", "device": disk.media})
     driver = {"name": "qemu", "type": disk.image_format, "cache": disk.cache}
@@ -225,9 +230,10 @@ def _disk(disk: Disk, index: int, counters: dict[str, int], lost: list[str]) -> 
         driver["discard"] = "unmap"
     SubElement(element, "driver", driver)
     SubElement(element, "source", {"dev" if block else "file": disk.path})
-    bus = "sata" if disk.interface == "nvme" else disk.interface
-    if disk.interface == "nvme":
-        lost.append(f"disks[{index}].interface: nvme becomes sata (this libvirt schema has no nvme bus)")
+    bus = disk.interface
+    if disk.interface == "nvme":  # Arm's virt has no AHCI: there it becomes scsi
+        bus = "scsi" if arch == "aarch64" else "sata"
+        lost.append(f"disks[{index}].interface: nvme becomes {bus} (this libvirt schema has no nvme bus)")
     prefix = _BUS_PREFIX[bus]
     number = counters.get(prefix, 0)
     counters[prefix] = number + 1

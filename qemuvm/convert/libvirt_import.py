@@ -272,7 +272,9 @@ def _os(root: Node, out: Imported, machines: tuple[str, ...] | frozenset[str]) -
         if arch not in _ARCHES:
             raise UsageError(f"{kind.path}@arch={arch}: not an architecture qemuvm runs "
                              f"(allowed: {', '.join(_ARCHES)})")
-        if arch != "x86_64":
+        if arch == "aarch64":  # machine.arch: qemu-system-aarch64, virt and UEFI are its defaults
+            machine["arch"] = "aarch64"
+        elif arch != "x86_64":
             out.profile["qemu"] = {"binary": f"qemu-system-{_ARCHES[arch]}"}
         given = kind.attr("machine")
         if given:
@@ -302,7 +304,7 @@ def _os(root: Node, out: Imported, machines: tuple[str, ...] | frozenset[str]) -
 def _machine_family(node: Node, given: str) -> str:
     """pc-q35-10.0 -> q35: a versioned machine type this host's QEMU lacks (it names what the QEMU that
     defined the domain had) becomes the family, whose newest version this host has."""
-    for prefix, family in (("pc-q35-", "q35"), ("pc-i440fx-", "pc")):
+    for prefix, family in (("pc-q35-", "q35"), ("pc-i440fx-", "pc"), ("virt-", "virt")):
         if given.startswith(prefix):
             node.unsupported(f"the versioned machine type becomes {family} (this host's newest of the family)",
                              "machine")

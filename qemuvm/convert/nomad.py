@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from qemuvm.convert.targets import Mapping, common_drops, user_forwards
+from qemuvm.errors import UsageError
 from qemuvm.profile.model import Profile
 
 TARGET = "Nomad's qemu driver"
@@ -33,8 +34,10 @@ def export(profile: Profile, compile_options: Callable[[Profile], Sequence[Any]]
     """compile_options(profile): qemuvm's compiled options of a profile; called on the profile as the driver
     runs it (what is dropped left out, disks plain: -snapshot stands for ephemeral)."""
     mapping = Mapping(TARGET)
-    common_drops(profile, mapping, mem_merge=False)  # -machine mem-merge=off goes into args
     machine = profile.machine
+    if machine.arch != "x86_64":  # not something --lossy can leave out: the guest would not run at all
+        raise UsageError(f"machine.arch: {machine.arch}: {TARGET} runs only qemu-system-x86_64")
+    common_drops(profile, mapping, mem_merge=False)  # -machine mem-merge=off goes into args
     accelerator = "tcg" if machine.accel == "tcg" else "kvm"
     if machine.accel == "auto":
         mapping.note("machine.accel", "auto becomes kvm (the driver has no fallback)")

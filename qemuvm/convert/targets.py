@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from qemuvm.errors import UsageError
-from qemuvm.profile.model import Profile
+from qemuvm.profile.model import ARCH_DEFAULTS, Profile
 
 
 def is_set(model: BaseModel, dotted: str) -> bool:
@@ -71,7 +71,7 @@ def common_drops(profile: Profile, mapping: Mapping, *, shares: bool = True, mem
                          f"{mapping.target}")
     if profile.qemu.extra_args:
         mapping.drop("qemu.extra_args", f"{mapping.target} builds the QEMU command line itself")
-    if is_set(profile, "qemu.binary"):
+    if is_set(profile, "qemu.binary") and profile.qemu.binary != ARCH_DEFAULTS[profile.machine.arch]["binary"]:
         mapping.drop("qemu.binary", f"{mapping.target} runs its own QEMU")
     if mem_merge and is_set(profile, "machine.mem_merge") and not profile.machine.mem_merge:
         mapping.drop("machine.mem_merge", "KSM is a host setting there")

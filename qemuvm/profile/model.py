@@ -24,6 +24,14 @@ SINGLE_VALUED_OPTIONS = frozenset({
 # Options that would break supervision outright.
 FORBIDDEN_OPTIONS = frozenset({"-daemonize"})
 
+# What `machine.arch` changes when the profile does not say otherwise: the QEMU binary, the machine type, the
+# firmware (an aarch64 guest has no BIOS: UEFI, AAVMF) and the accelerator (an aarch64 profile usually runs
+# on x86 hosts, where KVM cannot run it: auto uses KVM on an arm64 host and TCG elsewhere).
+ARCH_DEFAULTS: dict[str, dict[str, str]] = {
+    "x86_64": {"binary": "qemu-system-x86_64", "type": "q35", "firmware": "bios", "accel": "kvm"},
+    "aarch64": {"binary": "qemu-system-aarch64", "type": "virt", "firmware": "uefi", "accel": "auto"},
+}
+
 
 class Section(BaseModel):
     """Base of every profile section: unknown keys are errors, values are checked on assignment."""
@@ -32,20 +40,38 @@ class Section(BaseModel):
 
 
 class Machine(Section):
-    type: SafeStr = Field("q35", description="q35 (default) | pc | microvm | any machine name QEMU lists")
+    arch: Literal["x86_64", "aarch64"] = Field(
+        "x86_64", description="The guest's CPU architecture: x86_64 (default; qemu-system-x86_64) | aarch64 "
+        "(qemu-system-aarch64, machine virt, UEFI firmware; under TCG on an x86_64 host). It sets the defaults of "
+        "qemu.binary, machine.type, machine.firmware and machine.accel")
+    type: SafeStr = Field("q35", description="q35 (default on x86_64) | pc | microvm | virt (default and the "
+                          "only family on aarch64) | any machine name QEMU lists")
     accel: Literal["kvm", "tcg", "auto"] = Field(
         "kvm",
-        description="kvm (-enable-kvm; an error if /dev/kvm is unusable) | tcg | auto (kvm where the host's "
-        "KVM is hardware-assisted and usable, else tcg with a notice)",
+        description="kvm (-enable-kvm; an error if /dev/kvm is unusable, or for a guest of another architecture "
+        "than the host's) | tcg | auto (kvm where the host's KVM is hardware-assisted, usable and of the guest's "
+        "architecture, else tcg with a notice). Default kvm on x86_64, auto on aarch64",
     )
-    cpu: SafeStr | None = Field(None, description="CPU model; default host under kvm, max under tcg")
+    cpu: SafeStr | None = Field(None, description="CPU model; default host under kvm, max under tcg (aarch64: "
+                                "max,pauth-impdef=on, whose cheaper pointer authentication boots faster)")
     cpus: int = Field(1, ge=1, le=288, description="Number of vCPUs (-smp)")
     memory: MemoryMiB = Field(512, description="Guest RAM; a bare integer means MiB, as in QEMU's -m")
     hugepages: bool = Field(False, description="Back guest RAM with hugetlbfs (/dev/hugepages)")
     mem_merge: bool = Field(True, description="KSM page merging (-machine mem-merge=on|off)")
     firmware: Literal["bios", "uefi"] = Field(
-        "bios", description="bios (SeaBIOS) | uefi (OVMF; the variables file is copied per instance)"
+        "bios", description="bios (SeaBIOS; default on x86_64) | uefi (OVMF, AAVMF on aarch64, where it is the "
+        "default and the only firmware; the variables file is copied per instance)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_defaults(cls, data: Any) -> Any:
+        """Another arch's defaults for the fields the profile leaves out (ARCH_DEFAULTS)."""
+        arch = data.get("arch") if isinstance(data, dict) else None
+        if isinstance(arch, str) and arch in ARCH_DEFAULTS and arch != "x86_64":
+            defaults = ARCH_DEFAULTS[arch]
+            return {**{key: defaults[key] for key in ("type", "firmware", "accel")}, **data}
+        return data
 
 
 BootDevice = Literal["disk", "cdrom", "network"]
@@ -314,7 +340,9 @@ class Vnc(Section):
 
 
 class Display(Section):
-    vga: Literal["std", "virtio", "none"] = Field("std", description="The display device")
+    vga: Literal["std", "virtio", "none"] = Field(
+        "std", description="The display device: std (VGA; ramfb on aarch64) | virtio (virtio-vga; virtio-gpu-pci "
+        "on aarch64) | none")
     vnc: Vnc | None = Field(None, description="A VNC server; absent: no remote display")
 
 
@@ -393,7 +421,8 @@ class Smoke(Section):
 
 
 class Qemu(Section):
-    binary: SafeStr = "qemu-system-x86_64"
+    binary: SafeStr = Field("qemu-system-x86_64", description="The QEMU to run; default qemu-system-ARCH for "
+                            "machine.arch")
     extra_args: list[SafeStr] = Field(
         default_factory=list,
         description="Appended last, verbatim; repeating a single-valued option qemuvm generates is an error, "
@@ -437,6 +466,19 @@ class Profile(Section):
     # The files it was read from (the profile, then its extends chain): not a field. A repeat start of the same
     # files, unchanged, reuses the last start's records (runtime/reuse.py).
     _sources: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_binary(cls, data: Any) -> Any:
+        """machine.arch's QEMU binary when qemu.binary is left out (ARCH_DEFAULTS)."""
+        if not isinstance(data, dict) or not isinstance(data.get("machine"), dict):
+            return data
+        arch = data["machine"].get("arch")
+        qemu = data.get("qemu", {})
+        if isinstance(arch, str) and arch in ARCH_DEFAULTS and arch != "x86_64" and isinstance(qemu, dict) \
+                and "binary" not in qemu:
+            return {**data, "qemu": {**qemu, "binary": ARCH_DEFAULTS[arch]["binary"]}}
+        return data
 
     def __eq__(self, other: object) -> bool:
         """Equal fields make equal profiles, wherever each was read from."""

@@ -197,6 +197,7 @@ def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
                 problems.append((("network", index, "model"), "a microvm has only virtio devices: use model virtio"))
         if profile.display and profile.display.vnc:
             problems.append((("display", "vnc"), "a microvm has no display device for VNC to show"))
+    problems.extend(_arch_checks(profile))
     if profile.boot.once and profile.machine.firmware == "uefi":
         problems.append((("boot", "once"), "needs firmware bios: OVMF follows only boot.order"))
     if profile.ready is not None and profile.ready.agent and not profile.guest_agent:
@@ -211,6 +212,26 @@ def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
             problems.append((("shares", index, "mount"), f"{share.mount} is the mount point of an earlier share"))
         if share.mount is not None:
             mounts.add(share.mount.rstrip("/"))
+    return problems
+
+
+def _arch_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
+    """What Arm's virt machine lacks, and machines of the other architecture."""
+    machine = profile.machine
+    is_virt = machine.type == "virt" or machine.type.startswith("virt-")
+    if machine.arch == "x86_64":
+        return [(("machine", "type"), "virt is an Arm machine: set machine.arch: aarch64 (or use q35, pc or "
+                 "microvm)")] if is_virt else []
+    problems: list[tuple[FieldPath, str]] = []
+    if not is_virt:
+        problems.append((("machine", "type"), f"{machine.type!r} is not an aarch64 machine: an aarch64 guest runs "
+                         "on virt (or a versioned virt-N.M)"))
+    if machine.firmware != "uefi":
+        problems.append((("machine", "firmware"), "an aarch64 guest has no BIOS: use firmware: uefi (AAVMF)"))
+    for index, disk in enumerate(profile.disks):
+        if disk.interface in ("ide", "sata"):
+            problems.append((("disks", index, "interface"), f"Arm's virt machine has no IDE or AHCI controller: "
+                             f"use virtio, scsi or nvme{' (scsi for a cdrom)' if disk.is_cdrom else ''}"))
     return problems
 
 

@@ -12,6 +12,8 @@ Choices worth knowing:
   OVMF ignores `-boot` and follows only bootindex. So firmware bios -> `-boot` letters and no bootindex,
   firmware uefi -> bootindex per device from `boot.order`, and `boot.once` is refused under UEFI.
 - `-S` is added only with `start_paused=True`: the launcher uses it to connect QMP before the guest runs.
+- `machine.arch` picks a row of qemu/arch.py: on aarch64 the virt machine (GICv3 under TCG, the host's GIC
+  under KVM), AAVMF as the pflash pair, ramfb or virtio-gpu-pci for a display, pvpanic-pci.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Disk, Nic, Profile
 from qemuvm.qemu import natnet, passt, segment
 from qemuvm.qemu import shares as shares_
+from qemuvm.qemu.arch import ARCHES
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.options import derive_mac, escape, keyvals
 
@@ -65,17 +68,22 @@ _SANDBOX = {"obsolete": "deny", "elevateprivileges": "deny", "spawn": "deny", "r
 
 def effective_accel(profile: Profile, host: HostFacts) -> str:
     """kvm or tcg: `auto` means kvm only where KVM is usable *and* hardware-assisted (a software KVM
-    such as kvm_pvm runs guests far slower than TCG and fails on common CPU models)."""
+    such as kvm_pvm runs guests far slower than TCG and fails on common CPU models) *and* the guest is of
+    the host's architecture."""
     if profile.machine.accel != "auto":
         return profile.machine.accel
-    return "kvm" if host.kvm_usable and host.kvm_hardware else "tcg"
+    native = profile.machine.arch == host.arch
+    return "kvm" if native and host.kvm_usable and host.kvm_hardware else "tcg"
 
 
 def accel_notice(profile: Profile, host: HostFacts) -> str | None:
     """The notice the runtime prints when `accel: auto` falls back to TCG (None otherwise)."""
     if profile.machine.accel != "auto" or effective_accel(profile, host) == "kvm":
         return None
-    why = "KVM is software-only on this host" if host.kvm_usable else "/dev/kvm is not usable"
+    if profile.machine.arch != host.arch:
+        why = f"an {profile.machine.arch} guest on an {host.arch} host"
+    else:
+        why = "KVM is software-only on this host" if host.kvm_usable else "/dev/kvm is not usable"
     return f"machine.accel auto: using TCG ({why})"
 
 
@@ -86,13 +94,18 @@ def effective_cpu(profile: Profile, host: HostFacts) -> str:
     if profile.machine.cpu:
         return profile.machine.cpu
     if effective_accel(profile, host) == "tcg":
-        return "max"
-    return "host" if host.kvm_hardware else "host,arch-capabilities=off"
+        return ARCHES[profile.machine.arch].tcg_cpu
+    return "host" if host.kvm_hardware or profile.machine.arch != "x86_64" else "host,arch-capabilities=off"
 
 
 def kvm_problem(profile: Profile, host: HostFacts) -> str | None:
     """Why the profile cannot run here under KVM (for the launcher; `render` still shows the argv)."""
-    if effective_accel(profile, host) == "kvm" and not host.kvm_usable:
+    if effective_accel(profile, host) != "kvm":
+        return None
+    if profile.machine.arch != host.arch:
+        return (f"machine.accel is kvm, but KVM runs only {host.arch} guests on this {host.arch} host and this "
+                f"guest is {profile.machine.arch}: use accel: tcg or auto")
+    if not host.kvm_usable:
         return "machine.accel is kvm but /dev/kvm is not usable here: use accel: tcg or auto"
     return None
 
@@ -108,6 +121,8 @@ class _Compiler:
         self.microvm = kind == "microvm"
         self.q35 = kind == "q35" or kind.startswith("pc-q35")
         self.uefi = profile.machine.firmware == "uefi"
+        self.arch = ARCHES[profile.machine.arch]
+        self.virt = profile.machine.arch == "aarch64"
         self.bootindex = self._bootindex_plan()
         self.scsi_controller = False
         self.ide_slots: list[str] = []  # buses already taken on the machine's IDE/AHCI
@@ -130,6 +145,10 @@ class _Compiler:
         if m.hugepages or self.virtiofs:
             props["memory-backend"] = "mem0"
             fields.append("machine.hugepages" if m.hugepages else "shares")
+        if self.virt:
+            # GICv3 lets a TCG guest have more than 8 vCPUs; under KVM the interrupt controller is the host's.
+            props["gic-version"] = "host" if effective_accel(self.p, self.host) == "kvm" else 3
+            fields.append("machine.arch")
         if self.uefi:
             props.update({"pflash0": "pflash0", "pflash1": "pflash1"})
             fields.append("machine.firmware")
@@ -154,7 +173,8 @@ class _Compiler:
 
     def firmware(self) -> None:
         if not self.host.ovmf_code:
-            raise UsageError("machine.firmware: uefi needs OVMF (apt-get install ovmf)")
+            firmware = "AAVMF" if self.virt else "OVMF"
+            raise UsageError(f"machine.firmware: uefi needs {firmware} (apt-get install {self.arch.firmware_package})")
         for node, path, readonly in (("pflash0", self.host.ovmf_code, True),
                                      ("pflash1", str(self.paths.uefi_vars), False)):
             self.add("machine.firmware", "-blockdev", keyvals(None, {
@@ -398,8 +418,9 @@ class _Compiler:
             "bus": "vserial0.0", "chardev": "qga0", "name": "org.qemu.guest_agent.0"}))
 
     def panic(self) -> None:
-        # An ISA device; microvm has an ISA bus too (checked with QEMU 7.2). Gives GUEST_PANICKED events.
-        self.add("(qemuvm: guest panic events)", "-device", "pvpanic")
+        # An ISA device; microvm has an ISA bus too (checked with QEMU 7.2); virt has none: pvpanic-pci.
+        # Gives GUEST_PANICKED events.
+        self.add("(qemuvm: guest panic events)", "-device", self.arch.panic_device)
 
     # -- display -----------------------------------------------------------------------------------------
     def display(self) -> None:
@@ -413,7 +434,7 @@ class _Compiler:
             vga = "std"  # VNC needs a console to show (and screendump one to capture)
         if vga != "none":
             fields = ("display.vga",) if display.vga != "none" else ("display.vga", "display.vnc")
-            self.add(fields, "-device", keyvals("VGA" if vga == "std" else "virtio-vga", {"id": "video0"}))
+            self.add(fields, "-device", keyvals(self.arch.vga[vga], {"id": "video0"}))
         if display.vnc is not None:
             self.vnc()
 

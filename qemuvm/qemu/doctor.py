@@ -10,9 +10,9 @@ from typing import Literal
 
 from qemuvm.paths import MAX_SOCKET_PATH, InstancePaths, state_home
 from qemuvm.qemu import probe as host
+from qemuvm.qemu.arch import ARCHES, arch_of_binary
 
 Status = Literal["ok", "warn", "missing", "info"]
-APT_QEMU = "apt-get install qemu-system-x86 qemu-utils"
 
 
 @dataclass
@@ -46,17 +46,39 @@ def memory_checks() -> list[Check]:
     return checks
 
 
-def run_checks(binary: str = "qemu-system-x86_64") -> list[Check]:
+def qemu_checks(binary: str) -> list[Check]:
+    """The QEMU of each architecture (machine.arch) and its UEFI firmware, with the package that provides each.
+    `binary` (the x86_64 one unless told) is required; another arch's is information: that arch is unavailable."""
     checks: list[Check] = []
-    qemu = host.probe_binary(binary)
-    if qemu:
+    rows = [(arch, arch.binary) for arch in ARCHES.values() if arch.binary != binary]
+    rows.insert(0, (arch_of_binary(binary) or ARCHES["x86_64"], binary))
+    for index, (arch, path) in enumerate(rows):
+        required = index == 0
+        label = "QEMU" if required else f"QEMU {arch.name}"
+        qemu = host.probe_binary(path)
+        if qemu is None:
+            checks.append(Check(label, "missing" if required else "info", f"{path} not on PATH"
+                                + ("" if required else f": machine.arch {arch.name} is unavailable"),
+                                f"apt-get install {arch.qemu_package}", required=required))
+            continue
         version = ".".join(map(str, qemu.version))
-        checks.append(Check("QEMU", "ok", f"{qemu.path} {version}", required=True))
-        checks.append(Check("accelerators", "ok", ", ".join(qemu.accelerators)))
-        checks.append(Check("machine types", "info", f"{len(qemu.machines)} (q35, pc, microvm: "
-                            f"{'yes' if {'q35', 'pc', 'microvm'} <= set(qemu.machines) else 'not all'})"))
-    else:
-        checks.append(Check("QEMU", "missing", f"{binary} not on PATH", APT_QEMU, required=True))
+        checks.append(Check(label, "ok", f"{qemu.path} {version}", required=required))
+        if required:
+            checks.append(Check("accelerators", "ok", ", ".join(qemu.accelerators)))
+        families = ("q35", "pc", "microvm") if arch.name == "x86_64" else ("virt",)
+        checks.append(Check("machine types" if required else f"machine types {arch.name}", "info",
+                            f"{len(qemu.machines)} ({', '.join(families)}: "
+                            f"{'yes' if set(families) <= set(qemu.machines) else 'not all'})"))
+        code, _vars = host.find_ovmf(arch.name)
+        firmware = "OVMF (UEFI)" if arch.name == "x86_64" else f"AAVMF ({arch.name} UEFI)"
+        why = "firmware uefi unavailable" if arch.name == "x86_64" else f"machine.arch {arch.name} cannot boot"
+        checks.append(Check(firmware, "ok", code) if code
+                      else Check(firmware, "warn", f"not found: {why}", f"apt-get install {arch.firmware_package}"))
+    return checks
+
+
+def run_checks(binary: str = "qemu-system-x86_64") -> list[Check]:
+    checks = qemu_checks(binary)
     img = shutil.which("qemu-img")
     checks.append(Check("qemu-img", "ok", img, required=True) if img
                   else Check("qemu-img", "missing", "not on PATH", "apt-get install qemu-utils", required=True))
@@ -73,9 +95,6 @@ def run_checks(binary: str = "qemu-system-x86_64") -> list[Check]:
         hardware = host.kvm_hardware()
         checks.append(Check("KVM backend", "ok" if hardware else "warn",
                             f"{module} ({'hardware-assisted' if hardware else 'software: accel auto picks tcg'})"))
-    code, _vars = host.find_ovmf()
-    checks.append(Check("OVMF (UEFI)", "ok", code) if code
-                  else Check("OVMF (UEFI)", "warn", "not found: firmware uefi unavailable", "apt-get install ovmf"))
     helper = next((h for h in host.BRIDGE_HELPERS if os.path.exists(h)), None)
     checks.append(Check("bridge helper", "ok" if helper else "info", helper or "absent: network mode bridge "
                         "unavailable", None if helper else "apt-get install qemu-system-common"))

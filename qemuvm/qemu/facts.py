@@ -11,8 +11,10 @@ class HostFacts:
     """What compile may depend on. The QEMU version is not among them: nothing compile emits depends on it
     yet (7.2 is the floor, QEMU-FACTS.md); add it back with the first version-dependent option."""
 
+    arch: str = "x86_64"  # the host's CPU (qemu/arch.py's names): KVM runs only guests of this architecture
     kvm_usable: bool = True  # /dev/kvm exists and we can open it read-write
-    kvm_hardware: bool = True  # kvm_intel/kvm_amd loaded (not a software KVM such as kvm_pvm)
+    kvm_hardware: bool = True  # kvm_intel/kvm_amd (or an arm64 host's KVM) loaded, not a software KVM (kvm_pvm)
+    # The UEFI firmware of the probed binary's architecture: OVMF for x86_64, AAVMF for aarch64.
     ovmf_code: str | None = "/usr/share/OVMF/OVMF_CODE_4M.fd"
     ovmf_vars: str | None = "/usr/share/OVMF/OVMF_VARS_4M.fd"
     bridge_helper: str | None = "/usr/lib/qemu/qemu-bridge-helper"

@@ -10,19 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qemuvm.qemu.arch import ARCHES, arch_of_binary
 from qemuvm.qemu.facts import HostFacts
 
-OVMF_CANDIDATES = (
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-)
+OVMF_CANDIDATES = ARCHES["x86_64"].uefi_pairs
 BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper")
 VIRTIOFSD = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 
@@ -88,12 +86,24 @@ def probe_binary(binary: str = "qemu-system-x86_64") -> QemuBinary | None:
     return found
 
 
+# platform.machine() spellings of the architectures machine.arch names.
+_HOST_ARCH_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def host_arch() -> str:
+    """This host's CPU architecture as machine.arch names it (KVM runs only guests of this one)."""
+    machine = platform.machine().lower()
+    return _HOST_ARCH_NAMES.get(machine, machine)
+
+
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
 def kvm_hardware() -> bool:
     """True when the host's KVM is hardware-assisted; a software KVM (kvm_pvm) runs guests far too slowly."""
+    if host_arch() == "aarch64":  # an arm64 host's KVM is built on the CPU's virtualisation extensions
+        return Path("/sys/module/kvm").exists()
     return any(Path("/sys/module", module).exists() for module in ("kvm_intel", "kvm_amd"))
 
 
@@ -105,8 +115,9 @@ def kvm_module() -> str | None:
     return "kvm" if Path("/sys/module/kvm").exists() else None
 
 
-def find_ovmf() -> tuple[str | None, str | None]:
-    for code, variables in OVMF_CANDIDATES:
+def find_ovmf(arch: str = "x86_64") -> tuple[str | None, str | None]:
+    """The UEFI firmware (code, variables template) of `arch`: OVMF on x86_64, AAVMF on aarch64."""
+    for code, variables in ARCHES[arch].uefi_pairs:
         if os.path.exists(code) and os.path.exists(variables):
             return code, variables
     return None, None
@@ -120,8 +131,10 @@ def probe(binary: str = "qemu-system-x86_64") -> HostFacts:
 def probe_with_binary(binary: str = "qemu-system-x86_64") -> tuple[HostFacts, QemuBinary | None]:
     """`probe`'s facts and the binary they were read from (None: not installed), looked up once."""
     qemu = probe_binary(binary)
-    code, variables = find_ovmf()
+    arch = arch_of_binary(binary)
+    code, variables = find_ovmf(arch.name if arch else "x86_64")
     return HostFacts(
+        arch=host_arch(),
         kvm_usable=kvm_usable(),
         kvm_hardware=kvm_hardware(),
         ovmf_code=code,

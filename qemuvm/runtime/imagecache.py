@@ -418,7 +418,7 @@ def resolve_disks(profile: Profile, *, pull: bool = True, progress: Progress | N
             continue
         url, sums, image_format = disk.url, disk.sums, disk.format
         if disk.image is not None:
-            entry = catalog.find(disk.image)
+            entry = catalog.find(disk.image, profile.machine.arch)
             url, sums, image_format = entry.url, entry.sums, image_format or entry.format
         assert url is not None  # the model allows no disk without file, url or image
         digest = Digest.parse(disk.digest) if disk.digest else None

@@ -116,8 +116,12 @@ def check_host(profile: Profile, paths: InstancePaths) -> tuple[HostFacts, str |
         raise UsageError(f"the socket path {too_long} is longer than 107 bytes; set QEMUVM_HOME to a shorter "
                          "folder")
     if shutil.which(profile.qemu.binary) is None:
+        from qemuvm.qemu.arch import arch_of_binary
+
+        arch = arch_of_binary(profile.qemu.binary)
+        package = arch.qemu_package if arch else "qemu-system-x86"
         raise UsageError(f"qemu.binary: {profile.qemu.binary} is not an executable QEMU on PATH; install it "
-                         "(Debian: apt-get install qemu-system-x86) or name the right binary")
+                         f"(Debian: apt-get install {package}) or name the right binary")
     total_mib = psutil.virtual_memory().total >> 20
     if profile.machine.memory > total_mib:
         raise UsageError(f"machine.memory: {profile.machine.memory} MiB is more than this host has "

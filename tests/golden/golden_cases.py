@@ -41,6 +41,16 @@ HOSTS = {
     "not-root": replace(HARDWARE_KVM, root=False),
 }
 
+# What the probe reads from qemu-system-aarch64 instead (qemuvm/qemu/probe.py: facts are per binary): its machine
+# types and the aarch64 UEFI firmware, on the same (x86_64) host.
+AARCH64_BINARY = {"ovmf_code": "/usr/share/AAVMF/AAVMF_CODE.fd", "ovmf_vars": "/usr/share/AAVMF/AAVMF_VARS.fd",
+                  "machines": ("virt", "virt-7.2", "sbsa-ref", "none")}
+
+
+def facts_for(profile: Profile, host: HostFacts) -> HostFacts:
+    """`host` as probed through the profile's binary."""
+    return replace(host, **AARCH64_BINARY) if profile.machine.arch == "aarch64" else host
+
 
 @dataclass(frozen=True)
 class Case:
@@ -79,7 +89,7 @@ def render(case: Case) -> tuple[str, str]:
     except UsageError as exc:  # load and validation (ProfileError is a UsageError): FILE:LINE: field: message
         return "error", f"{exc}\n".replace(str(GOLDEN), "@GOLDEN@")
     try:
-        options = compile_options(profile, paths_for(profile), case.host, case.ports)
+        options = compile_options(profile, paths_for(profile), facts_for(profile, case.host), case.ports)
     except UsageError as exc:  # a valid profile this host cannot run (no OVMF, no bridge helper, ...)
         return "compile-error", f"{exc}\n".replace(str(GOLDEN), "@GOLDEN@")
     return "argv", (format_command(profile.qemu.binary, options) + "\n").replace(str(GOLDEN), "@GOLDEN@")

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from golden_cases import GOLDEN, HARDWARE_KVM, PROFILES, paths_for
+from golden_cases import GOLDEN, HARDWARE_KVM, PROFILES, facts_for, paths_for
 from libvirt_cases import DOMAINS, EXPORTED, IMPORTED, REGEN, import_case, imported_profile
 
 from qemuvm.convert import libvirt_export, libvirt_import
@@ -54,7 +54,8 @@ def test_import_golden(path: Path) -> None:
 @pytest.mark.parametrize("path", DOMAINS, ids=[p.stem for p in DOMAINS])
 def test_imported_profile_is_valid_and_compiles(path: Path) -> None:
     profile = imported_profile(path)
-    argv = [arg for option in compile_options(profile, paths_for(profile), HARDWARE_KVM) for arg in option.args]
+    host = facts_for(profile, HARDWARE_KVM)
+    argv = [arg for option in compile_options(profile, paths_for(profile), host) for arg in option.args]
     for disk in profile.disks:
         assert any(disk.file in arg for arg in argv)
     assert ("-m" in argv) and str(profile.machine.memory) in argv[argv.index("-m") + 1]
@@ -140,7 +141,9 @@ def _shared_fields(profile: Profile) -> dict[str, object]:
         "cpus": machine.cpus, "memory": machine.memory, "hugepages": machine.hugepages,
         "mem_merge": machine.mem_merge, "firmware": machine.firmware,
         "boot": (profile.boot.kernel, profile.boot.initrd, profile.boot.cmdline, profile.boot.order),
-        "disks": [(d.file, d.image_format, "sata" if d.interface == "nvme" else d.interface, d.media,
+        "arch": machine.arch,
+        "disks": [(d.file, d.image_format, d.interface if d.interface != "nvme" else
+                   "scsi" if machine.arch == "aarch64" else "sata", d.media,
                    d.readonly or d.media == "cdrom", d.cache, d.discard, d.ephemeral, d.serial)
                   for d in profile.disks],
         "network": [(n.mode if n.mode != "user" or not n.forwards else "passt",

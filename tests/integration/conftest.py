@@ -123,6 +123,12 @@ def test_guest_9p() -> TestGuest:
 
 
 @pytest.fixture(scope="session")
+def test_guest_arm64() -> TestGuest:
+    """The same guest from Debian's arm64 packages (qemu-system-aarch64, UEFI; no guest.iso)."""
+    return _guest(*_build("build-test-guest", "QEMUVM_TEST_GUEST_ARM64_DIR", "guest-arm64", "--arch", "arm64"))
+
+
+@pytest.fixture(scope="session")
 def debian_image() -> DebianImage:
     out, manifest = _build("build-debian-image", "QEMUVM_DEBIAN_IMAGE_DIR", "debian")
     return DebianImage(outdir=out, disk=out / "debian.qcow2", vmlinuz=out / "vmlinuz", initrd=out / "initrd.img",

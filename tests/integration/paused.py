@@ -30,13 +30,16 @@ from qemu.qmp import QMPClient
 from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
 from qemuvm.qemu import passt, segment, shares
+from qemuvm.qemu.arch import ARCHES
 from qemuvm.qemu.compile import PortPlan, compile_argv
 from qemuvm.qemu.facts import HostFacts
 from qemuvm.qemu.probe import probe
 from qemuvm.runtime import helpers, records, spawn
 
 REPO = Path(__file__).resolve().parents[2]
-GUEST = Path(os.environ.get("QEMUVM_TEST_GUEST_DIR") or REPO / "build" / "guest")
+# The test guest of each architecture (its kernel stands in for a profile's; conftest.py builds them).
+GUESTS = {"x86_64": Path(os.environ.get("QEMUVM_TEST_GUEST_DIR") or REPO / "build" / "guest"),
+          "aarch64": Path(os.environ.get("QEMUVM_TEST_GUEST_ARM64_DIR") or REPO / "build" / "guest-arm64")}
 START_DEADLINE = 10.0
 
 
@@ -47,10 +50,10 @@ def skip_reason(profile: Profile) -> str | None:
         return f"network mode {'/'.join(sorted(modes))} needs root (for a namespace with its taps and bridges)"
     if profile.machine.hugepages:
         return "hugepages need a mounted hugetlbfs with reserved pages"
-    if profile.boot.kernel and not (GUEST / "vmlinuz").exists():
+    if profile.boot.kernel and not (GUESTS[profile.machine.arch] / "vmlinuz").exists():
         return "direct kernel boot needs the test guest (scripts/build-test-guest)"
-    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
-        return "QEMU is not installed"
+    if shutil.which(ARCHES[profile.machine.arch].binary) is None or shutil.which("qemu-img") is None:
+        return f"{ARCHES[profile.machine.arch].binary} is not installed"
     return None
 
 
@@ -83,9 +86,10 @@ def runnable(profile: Profile, scratch: Path, paths: InstancePaths, cleanup: con
             _img("-f", "qcow2", "-b", file, "-F", disk.image_format, str(paths.overlay(index)))
         disks.append(disk.model_copy(update={"file": file}))
     boot = profile.boot
+    guest, binary = GUESTS[profile.machine.arch], ARCHES[profile.machine.arch].binary
     if boot.kernel:
         boot = boot.model_copy(update={
-            "kernel": str(GUEST / "vmlinuz"), "initrd": str(GUEST / "initrd.gz") if boot.initrd else None})
+            "kernel": str(guest / "vmlinuz"), "initrd": str(guest / "initrd.gz") if boot.initrd else None})
     shares = []
     for index, share in enumerate(profile.shares):
         folder = scratch / f"s{index}"
@@ -96,9 +100,9 @@ def runnable(profile: Profile, scratch: Path, paths: InstancePaths, cleanup: con
     if profile.cloud_init is not None:
         _img("-f", "raw", str(paths.seed_iso), "1M")  # compile only names the seed; any readable file does
     if profile.machine.firmware == "uefi":
-        shutil.copyfile(probe().ovmf_vars or "/usr/share/OVMF/OVMF_VARS_4M.fd", paths.uefi_vars)
+        shutil.copyfile(probe(binary).ovmf_vars or "/usr/share/OVMF/OVMF_VARS_4M.fd", paths.uefi_vars)
     display = profile.display
-    qemu = profile.qemu.model_copy(update={"binary": "qemu-system-x86_64"})
+    qemu = profile.qemu.model_copy(update={"binary": binary})
     return profile.model_copy(update={"machine": machine, "disks": disks, "boot": boot, "shares": shares,
                                       "network": network, "display": display, "qemu": qemu})
 
