@@ -56,7 +56,8 @@ class DebianImage:
 
     def profile(self, name: str, **sections: Any) -> dict[str, Any]:
         """A profile of this image (TCG, 1 GiB, its own kernel and command line), plus `sections`."""
-        return {"name": name, "machine": {"accel": "tcg", "memory": "1G"},
+        arch = {"arch": "aarch64"} if self.manifest.get("arch") == "arm64" else {}
+        return {"name": name, "machine": {"accel": "tcg", "memory": "1G", **arch},
                 "boot": {"kernel": str(self.vmlinuz), "initrd": str(self.initrd), "cmdline": self.cmdline},
                 "disks": [{"file": str(self.disk)}], **sections}
 
@@ -78,6 +79,11 @@ def _build(script: str, env: str, default: str, *options: str, output: Any = Non
 
 
 _PREBUILDS: list[threading.Thread] = []
+# fixture -> scripts/build-debian-image's (environment variable, default folder, options)
+DEBIAN_IMAGES: dict[str, tuple[str, str, str]] = {
+    "debian_image": ("QEMUVM_DEBIAN_IMAGE_DIR", "debian", "--arch=amd64"),
+    "debian_image_arm64": ("QEMUVM_DEBIAN_IMAGE_ARM64_DIR", "debian-arm64", "--arch=arm64"),
+}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -86,14 +92,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     when its first such test comes. The fixture then waits on the same build lock and finds it done."""
     if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
         return
-    if not any("debian_image" in getattr(item, "fixturenames", ()) for item in session.items):
+    wanted = [image for image in DEBIAN_IMAGES
+              if any(image in getattr(item, "fixturenames", ()) for item in session.items)]
+    if not wanted:
         return
     log = REPO / "build" / "debian-image-build.log"
 
-    def build() -> None:
+    def build() -> None:  # one after the other: each keeps both cores busy
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:  # never into a test's captured output
-            _build("build-debian-image", "QEMUVM_DEBIAN_IMAGE_DIR", "debian", output=out, check=False)
+            for image in wanted:
+                _build("build-debian-image", *DEBIAN_IMAGES[image], output=out, check=False)
 
     thread = threading.Thread(target=build, name="debian-image-build", daemon=True)
     thread.start()
@@ -128,11 +137,21 @@ def test_guest_arm64() -> TestGuest:
     return _guest(*_build("build-test-guest", "QEMUVM_TEST_GUEST_ARM64_DIR", "guest-arm64", "--arch", "arm64"))
 
 
-@pytest.fixture(scope="session")
-def debian_image() -> DebianImage:
-    out, manifest = _build("build-debian-image", "QEMUVM_DEBIAN_IMAGE_DIR", "debian")
+def _debian_image(fixture: str) -> DebianImage:
+    out, manifest = _build("build-debian-image", *DEBIAN_IMAGES[fixture])
     return DebianImage(outdir=out, disk=out / "debian.qcow2", vmlinuz=out / "vmlinuz", initrd=out / "initrd.img",
                        manifest=manifest)
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> DebianImage:
+    return _debian_image("debian_image")
+
+
+@pytest.fixture(scope="session")
+def debian_image_arm64() -> DebianImage:
+    """The same image from Debian's arm64 packages (debootstrap's second stage under qemu-user-static)."""
+    return _debian_image("debian_image_arm64")
 
 
 @pytest.fixture

@@ -78,6 +78,50 @@ def test_accel_and_cpu(accel: str, host: HostFacts, expected: str, cpu: str) -> 
     assert (accel_notice(p, host) is not None) == (accel == "auto" and expected == "tcg")
 
 
+ARM_HOST = HostFacts(arch="aarch64", kvm_usable=True, kvm_hardware=True,
+                     ovmf_code="/usr/share/AAVMF/AAVMF_CODE.fd", ovmf_vars="/usr/share/AAVMF/AAVMF_VARS.fd",
+                     machines=("virt",))
+X86_RUNNING_ARM = HostFacts(kvm_usable=True, kvm_hardware=True, ovmf_code="/usr/share/AAVMF/AAVMF_CODE.fd",
+                            machines=("virt",))
+
+
+@pytest.mark.parametrize(("accel", "host", "expected", "cpu", "gic", "problem"), [
+    # An aarch64 guest: KVM only on an arm64 host; TCG's default CPU has the cheap pointer authentication.
+    (None, X86_RUNNING_ARM, "tcg", "max,pauth-impdef=on", "3", False),  # the default accel is auto
+    ("auto", ARM_HOST, "kvm", "host", "host", False),
+    ("tcg", ARM_HOST, "tcg", "max,pauth-impdef=on", "3", False),
+    ("kvm", X86_RUNNING_ARM, "kvm", "host", "host", True),  # refused by the launcher, shown by render
+    ("kvm", ARM_HOST, "kvm", "host", "host", False),
+])
+def test_aarch64_accel_cpu_and_gic(accel: str | None, host: HostFacts, expected: str, cpu: str, gic: str,
+                                   problem: bool) -> None:
+    p = profile(machine={"arch": "aarch64", **({"accel": accel} if accel else {})})
+    assert (p.qemu.binary, p.machine.type, p.machine.firmware) == ("qemu-system-aarch64", "virt", "uefi")
+    assert effective_accel(p, host) == expected
+    assert values(p, "-cpu", host) == [cpu]
+    assert f"gic-version={gic}" in values(p, "-machine", host)[0]
+    assert (kvm_problem(p, host) is not None) == problem
+    if accel is None:
+        assert accel_notice(p, host) == "machine.accel auto: using TCG (an aarch64 guest on an x86_64 host)"
+    assert ("-device", "pvpanic-pci") in options(p, host)
+
+
+def test_aarch64_display_devices_and_firmware() -> None:
+    std = profile(machine={"arch": "aarch64"}, display={"vga": "std"})
+    virtio = profile(machine={"arch": "aarch64"}, display={"vga": "virtio"})
+    assert "ramfb,id=video0" in values(std, "-device", X86_RUNNING_ARM)
+    assert "virtio-gpu-pci,id=video0" in values(virtio, "-device", X86_RUNNING_ARM)
+    no_aavmf = HostFacts(ovmf_code=None, ovmf_vars=None, machines=("virt",))
+    with pytest.raises(UsageError, match=r"needs AAVMF \(apt-get install qemu-efi-aarch64\)"):
+        compile_options(std, PATHS, no_aavmf)
+
+
+def test_an_explicit_binary_is_kept_for_aarch64() -> None:
+    p = profile(machine={"arch": "aarch64"}, qemu={"binary": "/opt/qemu/bin/qemu-system-aarch64"})
+    assert p.qemu.binary == "/opt/qemu/bin/qemu-system-aarch64"
+    assert profile().qemu.binary == "qemu-system-x86_64"
+
+
 def test_explicit_cpu_wins_and_kvm_problem() -> None:
     assert effective_cpu(profile(machine={"cpu": "Skylake-Client,+vmx"}), SOFT) == "Skylake-Client,+vmx"
     assert kvm_problem(profile(), NOKVM) is not None

@@ -32,3 +32,24 @@ def test_machines_and_accelerators() -> None:
     assert parse_machines(MACHINES) == ("microvm", "pc", "pc-i440fx-7.2", "q35", "pc-q35-7.2", "isapc", "none")
     assert parse_accelerators(ACCELS) == ("tcg", "kvm")
     assert parse_machines("") == () and parse_accelerators("Accelerators supported in QEMU binary:\n") == ()
+
+
+def test_doctor_names_each_arch_qemu_and_firmware_with_its_package(monkeypatch) -> None:
+    """Without qemu-system-aarch64 and AAVMF, doctor says that machine.arch aarch64 is unavailable and which
+    packages bring it; a missing x86_64 QEMU is required (doctor exits 1)."""
+    from qemuvm.qemu import doctor, probe
+
+    x86 = probe.QemuBinary("/usr/bin/qemu-system-x86_64", (7, 2, 0), ("q35", "pc", "microvm"), ("tcg", "kvm"))
+    monkeypatch.setattr(probe, "probe_binary", lambda binary: x86 if binary == "qemu-system-x86_64" else None)
+    monkeypatch.setattr(probe, "find_ovmf", lambda arch="x86_64": ("/c.fd", "/v.fd") if arch == "x86_64"
+                        else (None, None))
+    checks = {check.name: check for check in doctor.qemu_checks("qemu-system-x86_64")}
+    assert (checks["QEMU"].status, checks["QEMU"].required) == ("ok", True)
+    arm = checks["QEMU aarch64"]
+    assert (arm.status, arm.required, arm.fix) == ("info", False, "apt-get install qemu-system-arm")
+    assert arm.detail == "qemu-system-aarch64 not on PATH: machine.arch aarch64 is unavailable"
+    assert "AAVMF (aarch64 UEFI)" not in checks  # no firmware row for a QEMU that is not there
+
+    monkeypatch.setattr(probe, "probe_binary", lambda binary: None)
+    missing = {check.name: check for check in doctor.qemu_checks("qemu-system-x86_64")}["QEMU"]
+    assert (missing.status, missing.required, missing.fix) == ("missing", True, "apt-get install qemu-system-x86")

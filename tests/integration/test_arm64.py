@@ -1,0 +1,163 @@
+"""aarch64 guests on this x86_64 host (TCG): the arm64 test guest (scripts/build-test-guest --arch arm64) through
+smoke with a JUnit report, the pytest plugin's `vm`, ssh, the screen, top, snapshots, an ACPI power-off through
+virt's GED device, warm clones, and the refusals (KVM for a foreign guest)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import REPO, cli, guest_overrides, guest_sets, read_png, screenshot_until_not_blank
+
+from qemuvm.testing import VM, vm
+
+pytestmark = pytest.mark.integration
+
+CI_SMOKE_ARM64 = REPO / "profiles" / "ci-smoke-arm64.yaml"
+
+
+@pytest.fixture(scope="module")
+def arm(test_guest_arm64) -> Iterator[VM]:
+    """One arm64 VM for the tests of this module that leave it running, with a screen (ramfb, the kernel's
+    console on it too) in a private short QEMUVM_HOME; started by the pytest plugin's `vm`."""
+    home = tempfile.mkdtemp(prefix="qv", dir="/tmp")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QEMUVM_HOME", home)
+        overrides = {**guest_overrides(test_guest_arm64), "boot.cmdline": "console=tty0 console=ttyAMA0",
+                     "display": {"vga": "std", "vnc": {"port": "unix"}}}
+        with vm(CI_SMOKE_ARM64, **overrides) as running:
+            yield running
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_smoke_passes_on_the_arm64_guest(test_guest_arm64, qemuvm_home: Path, short_tmp: Path) -> None:
+    done = cli("smoke", str(CI_SMOKE_ARM64), *guest_sets(test_guest_arm64), "--junit", "out.xml",
+               "--timeout", "400", cwd=short_tmp, timeout=500)
+    assert done.returncode == 0, done.stderr
+    cases = {case.get("name"): case for case in ET.parse(short_tmp / "out.xml").getroot().iter("testcase")}
+    assert list(cases) == ["boot", "ready", "firmware", "arch", "data-disk", "agent"]
+    assert not [c for c in cases.values() if c.find("failure") is not None or c.find("skipped") is not None]
+    assert [p.name for p in qemuvm_home.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_the_guest_is_aarch64_under_tcg(arm: VM) -> None:
+    done = cli("ssh", arm.name, "--", "uname -m; cat /mnt/data/marker.txt")
+    assert (done.returncode, done.stdout) == (0, "aarch64\nQEMUVM_DATA_MARKER\n"), done.stderr
+    status = json.loads(cli("status", arm.name, "--json").stdout)
+    assert (status["state"], status["accel"]) == ("running", "tcg")
+    assert "QEMUVM_GUEST_FIRMWARE=uefi" in arm.serial_tail(200)
+
+
+def test_screenshot_of_the_ramfb_console(arm: VM, short_tmp: Path) -> None:
+    summary = screenshot_until_not_blank(arm.name, short_tmp / "screen.png", timeout=120)
+    assert (summary.width, summary.height) == (800, 600)  # AAVMF's ramfb mode, which efifb keeps
+    assert summary.colours > 1
+
+
+def test_top_shows_the_arm64_vm(arm: VM) -> None:
+    done = cli("top", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert rows[arm.name]["state"] == "running" and rows[arm.name]["rss_bytes"] > 0
+
+
+def test_snapshot_save_and_load(arm: VM) -> None:
+    assert cli("ssh", arm.name, "--", "echo before > /tmp/mark").returncode == 0
+    saved = cli("snapshot", "save", arm.name, "s1", timeout=300)
+    assert saved.returncode == 0, saved.stderr
+    assert cli("ssh", arm.name, "--", "echo after > /tmp/mark").returncode == 0
+    loaded = cli("snapshot", "load", arm.name, "s1", timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    assert cli("ssh", arm.name, "--", "cat /tmp/mark").stdout == "before\n"
+    assert "s1" in cli("snapshot", "list", arm.name).stdout
+
+
+def test_down_powers_off_through_acpi(test_guest_arm64, qemuvm_home: Path) -> None:
+    """virt's power button is an ACPI GED event (the guest booted through AAVMF, so with ACPI); the guest's
+    acpid sees it as KEY_POWER and powers off through PSCI, and QEMU exits."""
+    with vm(CI_SMOKE_ARM64, **guest_overrides(test_guest_arm64)) as guest:
+        done = cli("down", guest.name, timeout=200)
+        assert done.returncode == 0, done.stderr
+        assert "powered off (ACPI)" in done.stdout
+        assert "QEMUVM_GUEST_POWEROFF" in guest.serial_tail(50)
+        status = json.loads(cli("status", guest.name, "--json").stdout)
+        assert (status["state"], status["last_exit"]["failure"]) == ("stopped", False)
+
+
+def test_warm_clones_restore_the_arm64_template(test_guest_arm64, qemuvm_home: Path) -> None:
+    overrides = guest_overrides(test_guest_arm64)
+    with vm(CI_SMOKE_ARM64, warm=True, **overrides) as first, vm(CI_SMOKE_ARM64, warm=True, **overrides) as second:
+        for guest in (first, second):
+            done = cli("ssh", guest.name, "--", "uname -m")
+            assert (done.returncode, done.stdout) == (0, "aarch64\n"), done.stderr
+    templates = json.loads(cli("template", "ls", "--json").stdout)
+    assert len(templates) == 1 and templates[0]["hits"] == 2
+    assert cli("template", "rm", templates[0]["fingerprint"]).returncode == 0
+
+
+def test_kvm_for_an_aarch64_guest_is_refused_here(test_guest_arm64, qemuvm_home: Path) -> None:
+    done = cli("up", str(CI_SMOKE_ARM64), *guest_sets(test_guest_arm64), "--set", "machine.accel=kvm", "--no-wait")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("qemuvm: machine.accel is kvm, but KVM runs only x86_64 guests on this x86_64 "
+                                   "host and this guest is aarch64: use accel: tcg or auto")
+    assert [p.name for p in qemuvm_home.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_the_screen_png_is_a_real_image(arm: VM, short_tmp: Path) -> None:
+    out = short_tmp / "again.png"
+    assert cli("screenshot", arm.name, str(out)).returncode == 0
+    assert read_png(out).width == 800
+
+
+@pytest.mark.slow
+def test_smoke_on_the_debian_arm64_image(debian_image_arm64, qemuvm_home: Path, short_tmp: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real arm64 distribution image end to end: Debian 12 arm64 (systemd, OpenSSH, cloud-init; built here by
+    scripts/build-debian-image --arch arm64) served from loopback as the catalog's aarch64 `image: debian-12`
+    (QEMUVM_IMAGE_MIRROR, with a SHA512SUMS as Debian publishes one), booted under AAVMF with a NoCloud seed to
+    SSH with the key qemuvm injected. `--warm`, twice: the second run is a clone of the aarch64 template, which
+    restores in a fraction of the long TCG boot; one download in all."""
+    import hashlib
+    import urllib.parse
+
+    import yaml
+    from imageserver import ImageServer
+
+    from qemuvm.runtime import catalog
+
+    entry = catalog.find("debian-12", "aarch64", mirror="")
+    www = short_tmp / "www"
+    served = www / urllib.parse.urlsplit(entry.url).path.lstrip("/")
+    served.parent.mkdir(parents=True)
+    served.symlink_to(debian_image_arm64.disk)
+    with open(debian_image_arm64.disk, "rb") as image:
+        sha512 = hashlib.file_digest(image, "sha512").hexdigest()
+    (served.parent / "SHA512SUMS").write_text(f"{'0' * 128}  debian-12-genericcloud-amd64.qcow2\n"
+                                              f"{sha512}  {served.name}\n")
+    profile = short_tmp / "debian-arm64.yaml"
+    profile.write_text(yaml.safe_dump(debian_image_arm64.profile(
+        "debian-arm64", disks=[{"image": "debian-12"}],
+        cloud_init={"user_data": {"hostname": "armed"}},
+        ready={"ssh": True, "timeout": "600s"},
+        smoke={"timeout": "900s", "checks": [
+            {"name": "cloud-init", "ssh": "cloud-init status --wait", "expect": "status: done"},
+            {"name": "hostname", "ssh": "hostname", "expect": "^armed$"},
+            {"name": "arch", "ssh": "uname -m", "expect": "^aarch64$"},
+            {"name": "uefi", "ssh": "test -d /sys/firmware/efi && echo uefi", "expect": "^uefi$"},
+        ]})))
+    with ImageServer(www) as server:
+        monkeypatch.setenv("QEMUVM_IMAGE_MIRROR", server.base)
+        for run in ("makes the template", "is a clone"):
+            done = cli("smoke", str(profile), "--warm", "--junit", "out.xml", cwd=short_tmp, timeout=1200)
+            assert done.returncode == 0, (run, done.stderr)
+            cases = [c.get("name") for c in ET.parse(short_tmp / "out.xml").getroot().iter("testcase")]
+            assert cases == ["boot", "ready", "cloud-init", "hostname", "arch", "uefi"]
+    assert server.requests[f"/{served.relative_to(www)}"] == 1
+    templates = json.loads(cli("template", "ls", "--json").stdout)
+    assert len(templates) == 1 and templates[0]["hits"] == 2
+    assert [p.name for p in qemuvm_home.iterdir() if not p.name.startswith(".")] == []
