@@ -47,6 +47,7 @@ class InstancePaths:
     supervisor_socket = property(lambda self: self.root / "supervisor.sock")
     serial_socket = property(lambda self: self.root / "serial.sock")
     serial_log = property(lambda self: self.root / "serial.log")
+    console_lock = property(lambda self: self.root / "console.lock")  # one interactive console at a time
     qemu_log = property(lambda self: self.root / "qemu.log")
     supervisor_log = property(lambda self: self.root / "supervisor.log")
     events = property(lambda self: self.root / "events.jsonl")

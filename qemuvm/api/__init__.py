@@ -480,7 +480,8 @@ def console(name: str, *, home: Path | None = None) -> str:
 
     paths = instance_paths(name, home)
     status(name, home=home)  # a clear error for an unknown instance
-    return consoles.attach(paths.serial_socket)
+    with consoles.exclusive(paths.console_lock, name):
+        return consoles.attach(paths.serial_socket)
 
 
 def log_path(name: str, kind: str = "serial", home: Path | None = None) -> Path:

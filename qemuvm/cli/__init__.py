@@ -15,7 +15,8 @@ import sys
 from qemuvm.errors import QemuvmError
 
 # The command modules, in the order of `--help`.
-MODULES = ("profile_cmds", "lifecycle", "images", "workflow", "agent_cmds", "monitor", "network_cmds", "convert_cmds")
+MODULES = ("profile_cmds", "lifecycle", "images", "workflow", "agent_cmds", "monitor", "web_cmds", "network_cmds",
+           "convert_cmds")
 # Which module registers each top-level command (tests/unit/test_cli_lazy.py derives it from the modules).
 COMMANDS = {
     **dict.fromkeys(("render", "validate", "schema", "doctor", "define", "dumpprofile"), "profile_cmds"),
@@ -24,7 +25,8 @@ COMMANDS = {
     **dict.fromkeys(("screenshot", "image", "snapshot", "template"), "images"),
     **dict.fromkeys(("ssh", "smoke"), "workflow"),
     **dict.fromkeys(("exec", "cp", "send", "sendkey"), "agent_cmds"),
-    "top": "monitor", "network": "network_cmds", "import": "convert_cmds", "export": "convert_cmds",
+    "top": "monitor", "web": "web_cmds", "metrics": "web_cmds", "network": "network_cmds",
+    "import": "convert_cmds", "export": "convert_cmds",
 }
 
 

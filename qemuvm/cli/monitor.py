@@ -85,7 +85,7 @@ def top(
     interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between samples (CPU % window)."),
 ) -> None:
     """A live table of every instance: CPU (per vCPU too), RSS, disk and network I/O, uptime, restarts."""
-    from qemuvm.top import Sampler, sample_once
+    from qemuvm.api.monitoring import Sampler, sample_once
 
     if once:
         rows = sample_once(interval=interval)

@@ -14,6 +14,7 @@ import sys
 import termios
 import time
 import tty
+from collections.abc import Iterator
 from pathlib import Path
 
 from qemuvm.errors import OperationError
@@ -31,6 +32,20 @@ def connect(path: Path, timeout: float = 5.0) -> socket.socket:
         raise OperationError(f"cannot connect to the serial console {path}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, name: str) -> Iterator[None]:
+    """Hold the console lock of an instance: one interactive console at a time (`qemuvm console` or a `qemuvm
+    web` serial pane), since QEMU's serial socket serves a single client and would leave a second one hanging."""
+    from qemuvm.runtime.instance import LockTimeout, locked
+
+    try:
+        with locked(lock, timeout=None):
+            yield
+    except LockTimeout:
+        raise OperationError(f"the serial console of {name} is in use (another `qemuvm console`, or a `qemuvm web` "
+                             "page); detach that one first") from None
 
 
 def _write_all(fd: int, data: bytes) -> None:

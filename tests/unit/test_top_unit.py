@@ -9,9 +9,9 @@ from typing import Any
 import psutil
 import pytest
 
-from qemuvm import top
 from qemuvm.cli.monitor import row_cells
-from qemuvm.top import ProcessSample, Sampler, argv_facts, cpu_percent, disk_stats, vcpu_threads
+from qemuvm.control import top
+from qemuvm.control.top import ProcessSample, Sampler, argv_facts, cpu_percent, disk_stats, vcpu_threads
 
 
 def test_cpu_percent_is_cpu_seconds_over_wall_seconds() -> None:

@@ -267,6 +267,7 @@ class Sampler:
             return  # exited between the listing and now
         before, memory.process = memory.process, now
         row["rss_bytes"] = now.rss
+        row["cpu_seconds"] = now.cpu  # user + system of the QEMU process since it started (a counter)
         if answer is not None:
             memory.qmp, memory.qmp_time = answer, time.time()
             row["qmp"] = "ok"
