@@ -59,6 +59,8 @@ class InstancePaths:
     operation_lock = property(lambda self: self.root / "operation.lock")  # one save or down at a time (intent.py)
     seed_iso = property(lambda self: self.root / "seed.iso")
     uefi_vars = property(lambda self: self.root / "OVMF_VARS.fd")
+    tpm_state = property(lambda self: self.root / "tpm")  # machine.tpm: swtpm's state folder (0700)
+    tpm_socket = property(lambda self: self.root / "swtpm.sock")  # swtpm's control socket, QEMU's chardev
     vnc_socket = property(lambda self: self.root / "vnc.sock")
     vnc_password = property(lambda self: self.root / "vnc.password")  # generated (display.vnc.password: auto)
     guest_agent_socket = property(lambda self: self.root / "qga.sock")

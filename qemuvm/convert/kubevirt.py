@@ -52,7 +52,13 @@ def export(profile: Profile, *, image: str | None = None, pvc: str | None = None
     if machine.hugepages:
         domain["memory"]["hugepages"] = {"pageSize": "2Mi"}
     if machine.firmware == "uefi":
-        domain["firmware"] = {"bootloader": {"efi": {"secureBoot": False, "persistent": True}}}
+        domain["firmware"] = {"bootloader": {"efi": {"secureBoot": machine.secure_boot, "persistent": True}}}
+    if machine.secure_boot:  # KubeVirt requires SMM for Secure Boot, as qemuvm turns it on
+        domain["features"] = {"smm": {"enabled": True}}
+    if machine.uefi_vars:
+        mapping.drop("machine.uefi_vars", "KubeVirt starts from its own variables template")
+    if machine.tpm:  # KubeVirt's vTPM is swtpm too; persistent keeps its state across restarts, as qemuvm does
+        domain["devices"]["tpm"] = {"persistent": True}
     if profile.boot.kernel:
         mapping.drop("boot.kernel", "KubeVirt boots a kernel only from a container image (kernelBoot.container)")
     if profile.boot.order:

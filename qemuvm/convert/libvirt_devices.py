@@ -26,7 +26,7 @@ _EXTRA = {"rng": ["-device", "virtio-rng-pci"], "balloon": ["-device", "virtio-b
           "tablet": ["-usb", "-device", "usb-tablet"]}
 _UNSUPPORTED = {
     "hostdev": "no PCI/USB host device passthrough", "redirdev": "no USB redirection",
-    "sound": "no sound device", "watchdog": "no watchdog device", "tpm": "no TPM", "smartcard": "no smartcard",
+    "sound": "no sound device", "watchdog": "no watchdog device", "smartcard": "no smartcard",
     "hub": "no USB hub", "panic": "no pvpanic device", "shmem": "no shared memory device", "lease": "no leases",
     "iommu": "no vIOMMU", "vsock": "no vsock device", "crypto": "no virtio-crypto", "memory": "no memory hotplug",
     "parallel": "no parallel port", "pstore": "no pstore device",
@@ -57,6 +57,8 @@ def convert(devices: Node, out: Imported, networks: frozenset[str]) -> None:
             _video(node, out)
         elif tag in ("serial", "console", "channel"):
             _console(node, tag, out)
+        elif tag == "tpm":
+            _tpm(node, out)
         elif tag == "controller":
             _controller(node)
         elif tag in ("input", "memballoon", "rng", "audio"):
@@ -360,6 +362,30 @@ def _controller(node: Node) -> None:
         node.unsupported(f"scsi disks sit on virtio-scsi, not {model}")
     else:
         node.implied("qemuvm adds the controllers its devices need")
+
+
+def _tpm(node: Node, out: Imported) -> None:
+    """<tpm model='tpm-crb|tpm-tis'><backend type='emulator' version='2.0'/></tpm> -> machine.tpm."""
+    backend = node.child("backend")
+    if backend is None or backend.attr("type") != "emulator" or (backend.attr("version") or "2.0") != "2.0":
+        node.unsupported("qemuvm's TPM is a TPM 2.0 that swtpm emulates (backend type emulator, version 2.0)")
+        return
+    out.profile.setdefault("machine", {})["tpm"] = True
+    for child, why in (("encryption", "swtpm's state is not encrypted (it lives in the 0700 instance folder)"),
+                       ("active_pcr_banks", "swtpm_setup activates its default PCR bank (sha256)"),
+                       ("source", "the TPM's state lives in the instance folder"),
+                       ("profile", "swtpm's default profile")):
+        found = backend.child(child)
+        if found is not None:
+            found.unsupported(why)
+            found.consume()
+    if backend.attr("debug"):
+        backend.unsupported("swtpm logs at level 1 to swtpm.log in the instance folder", "debug")
+    if node.attr("model") not in (None, "tpm-crb"):
+        node.implied("qemuvm's TPM device is tpm-crb (tpm-tis-device on aarch64)", "model")
+    node.implied("machine.tpm: swtpm's TPM 2.0, its state in the instance folder")
+    for attribute in ("type", "version"):
+        backend.attr(attribute)
 
 
 def _small_device(node: Node, tag: str, out: Imported) -> None:

@@ -73,6 +73,8 @@ def _features_and_cpu(d: _Domain) -> None:
         SubElement(features, "gic", {"version": "3"})  # what compile gives virt (no APIC on Arm)
     else:
         SubElement(features, "apic")
+    if d.profile.machine.secure_boot:
+        SubElement(features, "smm", {"state": "on"})
     cpu = d.profile.machine.cpu or ("host" if d.kvm else "max")
     if cpu == "host":
         SubElement(d.domain, "cpu", {"mode": "host-passthrough"})
@@ -141,6 +143,9 @@ def _input_balloon_rng(d: _Domain) -> None:
     if _take(d.extra, "-device", 1, "virtio-rng-pci") is not None:
         rng = SubElement(d.devices, "rng", {"model": "virtio"})
         SubElement(rng, "backend", {"model": "random"}).text = "/dev/urandom"
+    if d.profile.machine.tpm:  # swtpm as libvirt runs it too (its state under /var/lib/libvirt/swtpm)
+        tpm = SubElement(d.devices, "tpm", {"model": "tpm-tis" if d.profile.machine.arch == "aarch64" else "tpm-crb"})
+        SubElement(tpm, "backend", {"type": "emulator", "version": "2.0"})
 
 
 def _commandline(d: _Domain) -> None:
@@ -166,7 +171,7 @@ SECTIONS: tuple[tuple[str, Callable[[_Domain], None]], ...] = (
     ("filesystems", _filesystems),
     ("serial, console, agent channel", _consoles),
     ("graphics, video", lambda d: _display(d.devices, d.profile, d.vnc_password, d.lost)),
-    ("input, memballoon, rng", _input_balloon_rng),
+    ("input, memballoon, rng, tpm", _input_balloon_rng),
     ("qemu:commandline, fields libvirt cannot say", _commandline),
 )
 
@@ -211,6 +216,13 @@ def _os(domain: Element, profile: Profile, lost: list[str]) -> None:
     arch = name.removeprefix("qemu-system-") if name.startswith("qemu-system-") else profile.machine.arch
     SubElement(os_node, "type", {"arch": {"i386": "i686"}.get(arch, arch), "machine": profile.machine.type}
                ).text = "hvm"
+    if profile.machine.secure_boot:  # libvirt picks the firmware build with these features (its JSON descriptors)
+        firmware = SubElement(os_node, "firmware")
+        SubElement(firmware, "feature", {"enabled": "yes", "name": "enrolled-keys"})
+        SubElement(firmware, "feature", {"enabled": "yes", "name": "secure-boot"})
+    if profile.machine.uefi_vars:
+        lost.append(f"machine.uefi_vars: libvirt starts from its own variables template (copy "
+                    f"{profile.machine.uefi_vars} over the domain's nvram file)")
     boot = profile.boot
     for key in ("kernel", "initrd", "cmdline"):
         value = getattr(boot, key)

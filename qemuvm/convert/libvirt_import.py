@@ -333,8 +333,23 @@ def _firmware(os_node: Node, machine: dict[str, Any]) -> None:
                           "over the instance's OVMF_VARS.fd (after `qemuvm define`) to keep its boot entries")
     firmware = os_node.child("firmware")
     if firmware is not None:
-        for feature in firmware.children("feature"):
-            feature.unsupported("qemuvm's OVMF build has no Secure Boot or enrolled keys")
+        features = {feature.attr("name"): feature for feature in firmware.children("feature")}
+        for name, feature in features.items():
+            enabled = feature.attr("enabled") == "yes"
+            if name == "secure-boot":
+                machine["secure_boot"] = enabled
+                feature.implied("machine.secure_boot: OVMF's Secure Boot build, SMM on" if enabled else
+                                "machine.secure_boot off (the default)")
+            elif name == "enrolled-keys" and enabled:
+                feature.implied("the Secure Boot variables have Microsoft's keys enrolled (OVMF_VARS_4M.ms.fd)")
+            elif name == "enrolled-keys":
+                feature.unsupported("qemuvm's Secure Boot variables have Microsoft's keys enrolled; name others "
+                                    "with machine.uefi_vars")
+            else:
+                feature.unsupported(f"no firmware feature {name}")
+            feature.consume()
+    if loader is not None and loader.element.get("secure") == "yes":
+        machine["secure_boot"] = True
 
 
 def _lifecycle(root: Node, out: Imported) -> None:

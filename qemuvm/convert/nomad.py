@@ -49,6 +49,10 @@ def export(profile: Profile, compile_options: Callable[[Profile], Sequence[Any]]
                      "so the machine is pc or q35")
     if machine.firmware == "uefi":
         mapping.drop("machine.firmware", "uefi: its variables file would live in a qemuvm instance folder")
+    if machine.tpm:
+        mapping.drop("machine.tpm", "the driver runs no swtpm beside QEMU")
+    if machine.secure_boot:
+        mapping.drop("machine.secure_boot", "Secure Boot needs the UEFI firmware the driver does not run")
     if profile.cloud_init is not None:
         mapping.drop("cloud_init", "the driver builds no seed (a prestart task with cloud-localds can)")
     disks = [disk for disk in profile.disks if disk.media == "disk"]

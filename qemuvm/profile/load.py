@@ -29,6 +29,7 @@ PATH_FIELDS: tuple[FieldPath, ...] = (
     ("cloud_init", "network_config"),
     ("shares", "*", "source"),
     ("display", "vnc", "password_file"),
+    ("machine", "uefi_vars"),
     ("ssh", "identity"),
 )
 

@@ -63,6 +63,15 @@ class Machine(Section):
         "default and the only firmware; the variables file is copied per instance)"
     )
 
+    tpm: bool = Field(False, description="A TPM 2.0 (swtpm, run beside QEMU; tpm-crb, tpm-tis-device on aarch64). "
+                      "Its state lives in the instance folder: it lasts across down/start and save/start, and "
+                      "warm clones start from a copy of their template's (sharing its identity)")
+    secure_boot: bool = Field(False, description="UEFI Secure Boot: OVMF's Secure Boot build with Microsoft's keys "
+                              "enrolled (or uefi_vars), SMM on. Needs firmware: uefi and a q35 machine (x86_64)")
+    uefi_vars: SafeStr | None = Field(None, description="The UEFI variables file each instance starts from (copied "
+                                      "once, at its first start): e.g. one with your own Secure Boot keys enrolled. "
+                                      "Default: OVMF's (with Microsoft's keys under secure_boot)")
+
     @model_validator(mode="before")
     @classmethod
     def _arch_defaults(cls, data: Any) -> Any:

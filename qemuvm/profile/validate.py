@@ -219,10 +219,23 @@ def _arch_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
     """What Arm's virt machine lacks, and machines of the other architecture."""
     machine = profile.machine
     is_virt = machine.type == "virt" or machine.type.startswith("virt-")
-    if machine.arch == "x86_64":
-        return [(("machine", "type"), "virt is an Arm machine: set machine.arch: aarch64 (or use q35, pc or "
-                 "microvm)")] if is_virt else []
     problems: list[tuple[FieldPath, str]] = []
+    if machine.secure_boot:
+        q35 = machine.type == "q35" or machine.type.startswith("pc-q35")
+        if machine.firmware != "uefi":
+            problems.append((("machine", "secure_boot"), "Secure Boot is UEFI's: set machine.firmware: uefi"))
+        if machine.arch != "x86_64":
+            problems.append((("machine", "secure_boot"), "qemuvm runs Secure Boot on x86_64 q35 machines only"))
+        elif not q35:
+            problems.append((("machine", "secure_boot"), f"Secure Boot needs SMM, which qemuvm enables on q35 "
+                             f"machines: use machine.type q35, not {machine.type!r}"))
+    if machine.uefi_vars and machine.firmware != "uefi":
+        problems.append((("machine", "uefi_vars"), "a UEFI variables file needs firmware: uefi"))
+    if machine.arch == "x86_64":
+        if is_virt:
+            problems.append((("machine", "type"), "virt is an Arm machine: set machine.arch: aarch64 (or use q35, "
+                             "pc or microvm)"))
+        return problems
     if not is_virt:
         problems.append((("machine", "type"), f"{machine.type!r} is not an aarch64 machine: an aarch64 guest runs "
                          "on virt (or a versioned virt-N.M)"))

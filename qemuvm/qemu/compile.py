@@ -12,6 +12,9 @@ Choices worth knowing:
   OVMF ignores `-boot` and follows only bootindex. So firmware bios -> `-boot` letters and no bootindex,
   firmware uefi -> bootindex per device from `boot.order`, and `boot.once` is refused under UEFI.
 - `-S` is added only with `start_paused=True`: the launcher uses it to connect QMP before the guest runs.
+- machine.secure_boot: OVMF's Secure Boot build (its variables: Microsoft's keys, or machine.uefi_vars), SMM on
+  and the flash's secure property set, so only SMM code can write the variables; machine.tpm: swtpm's socket
+  (qemu/tpm.py) as a tpm-crb (tpm-tis-device on aarch64).
 - `machine.arch` picks a row of qemu/arch.py: on aarch64 the virt machine (GICv3 under TCG, the host's GIC
   under KVM), AAVMF as the pflash pair, ramfb or virtio-gpu-pci for a display, pvpanic-pci.
 """
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from qemuvm.errors import UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Disk, Nic, Profile
-from qemuvm.qemu import natnet, passt, segment
+from qemuvm.qemu import natnet, passt, segment, tpm
 from qemuvm.qemu import shares as shares_
 from qemuvm.qemu.arch import ARCHES
 from qemuvm.qemu.facts import HostFacts
@@ -152,6 +155,9 @@ class _Compiler:
         if self.uefi:
             props.update({"pflash0": "pflash0", "pflash1": "pflash1"})
             fields.append("machine.firmware")
+        if m.secure_boot:
+            props["smm"] = True  # the variable store is written from SMM only: the OS cannot turn Secure Boot off
+            fields.append("machine.secure_boot")
         self.add(tuple(fields), "-machine", keyvals(m.type, props))
         self.add("machine.accel", "-accel", effective_accel(self.p, self.host))
         cpu_fields = ("machine.cpu",) if m.cpu else ("machine.cpu", "machine.accel")
@@ -175,7 +181,14 @@ class _Compiler:
         if not self.host.ovmf_code:
             firmware = "AAVMF" if self.virt else "OVMF"
             raise UsageError(f"machine.firmware: uefi needs {firmware} (apt-get install {self.arch.firmware_package})")
-        for node, path, readonly in (("pflash0", self.host.ovmf_code, True),
+        code = self.host.ovmf_code
+        if self.p.machine.secure_boot:
+            if not self.host.ovmf_secboot_code:
+                raise UsageError("machine.secure_boot needs OVMF's Secure Boot build (OVMF_CODE_4M.secboot.fd; "
+                                 "apt-get install ovmf)")
+            code = self.host.ovmf_secboot_code
+            self.add("machine.secure_boot", "-global", "driver=cfi.pflash01,property=secure,value=on")
+        for node, path, readonly in (("pflash0", code, True),
                                      ("pflash1", str(self.paths.uefi_vars), False)):
             self.add("machine.firmware", "-blockdev", keyvals(None, {
                 "driver": "file", "node-name": f"{node}-file", "filename": path, "read-only": readonly or None}))
@@ -408,6 +421,16 @@ class _Compiler:
             self.add(f"{at}.tag", "-device", keyvals(driver, {
                 "fsdev": f"fs{index}", "mount_tag": share.tag, "id": f"fs{index}-dev"}))
 
+    def tpm(self) -> None:
+        if not self.p.machine.tpm:
+            return
+        if not self.host.swtpm:
+            raise UsageError("machine.tpm needs swtpm (apt-get install swtpm swtpm-tools)")
+        self.add("machine.tpm", "-chardev", keyvals("socket", {"id": "tpm0-ctrl", "path": str(self.paths.tpm_socket)}))
+        self.add("machine.tpm", "-tpmdev", keyvals("emulator", {"id": "tpm0", "chardev": "tpm0-ctrl"}))
+        self.add("machine.tpm", "-device", keyvals(tpm.DEVICES[self.p.machine.arch],
+                                                   {"tpmdev": "tpm0", "id": "tpm0-dev"}))
+
     def guest_agent(self) -> None:
         if not self.p.guest_agent:
             return
@@ -497,6 +520,7 @@ def compile_options(
     c.disks()
     c.network()
     c.shares()
+    c.tpm()
     c.guest_agent()
     c.panic()
     c.display()

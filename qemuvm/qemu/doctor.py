@@ -77,8 +77,20 @@ def qemu_checks(binary: str) -> list[Check]:
     return checks
 
 
+def tpm_and_secure_boot_checks() -> list[Check]:
+    """machine.tpm (swtpm, swtpm_setup) and machine.secure_boot (OVMF's Secure Boot build and its variables)."""
+    swtpm, setup = shutil.which("swtpm"), shutil.which("swtpm_setup")
+    checks = [Check("swtpm (TPM)", "ok", f"{swtpm}, {setup}") if swtpm and setup else
+              Check("swtpm (TPM)", "info", "absent: machine.tpm is unavailable", "apt-get install swtpm swtpm-tools")]
+    code = next((c for c, v in host.SECBOOT_CANDIDATES if os.path.exists(c) and os.path.exists(v)), None)
+    checks.append(Check("OVMF Secure Boot", "ok", code) if code else Check(
+        "OVMF Secure Boot", "info", "absent: machine.secure_boot is unavailable", "apt-get install ovmf"))
+    return checks
+
+
 def run_checks(binary: str = "qemu-system-x86_64") -> list[Check]:
     checks = qemu_checks(binary)
+    checks.extend(tpm_and_secure_boot_checks())
     img = shutil.which("qemu-img")
     checks.append(Check("qemu-img", "ok", img, required=True) if img
                   else Check("qemu-img", "missing", "not on PATH", "apt-get install qemu-utils", required=True))

@@ -17,6 +17,10 @@ class HostFacts:
     # The UEFI firmware of the probed binary's architecture: OVMF for x86_64, AAVMF for aarch64.
     ovmf_code: str | None = "/usr/share/OVMF/OVMF_CODE_4M.fd"
     ovmf_vars: str | None = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    # machine.secure_boot (x86_64): OVMF's Secure Boot build (SMM) and the variables with Microsoft's keys.
+    ovmf_secboot_code: str | None = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+    ovmf_ms_vars: str | None = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+    swtpm: str | None = "/usr/bin/swtpm"  # machine.tpm (Debian: swtpm), else None
     bridge_helper: str | None = "/usr/lib/qemu/qemu-bridge-helper"
     machines: tuple[str, ...] = field(default=("pc", "q35", "microvm"))
     virtiofsd: str | None = "/usr/lib/qemu/virtiofsd"  # installed (Debian: qemu-system-common), else None

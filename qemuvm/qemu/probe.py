@@ -21,6 +21,10 @@ from qemuvm.qemu.arch import ARCHES, arch_of_binary
 from qemuvm.qemu.facts import HostFacts
 
 OVMF_CANDIDATES = ARCHES["x86_64"].uefi_pairs
+# OVMF's Secure Boot build (with SMM) and the variables template with Microsoft's keys enrolled.
+SECBOOT_CANDIDATES = (("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+                      ("/usr/share/OVMF/OVMF_CODE.secboot.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"),
+                      ("/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd", "/usr/share/edk2/ovmf/OVMF_VARS.secboot.fd"))
 BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper")
 VIRTIOFSD = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 
@@ -143,5 +147,8 @@ def probe_with_binary(binary: str = "qemu-system-x86_64") -> tuple[HostFacts, Qe
         machines=qemu.machines if qemu else HostFacts().machines,
         virtiofsd=next((path for path in VIRTIOFSD if os.access(path, os.X_OK)), None),
         root=os.geteuid() == 0,
+        ovmf_secboot_code=next((c for c, _v in SECBOOT_CANDIDATES if os.path.exists(c)), None),
+        ovmf_ms_vars=next((v for _c, v in SECBOOT_CANDIDATES if os.path.exists(v)), None),
+        swtpm=shutil.which("swtpm") or next((p for p in ("/usr/bin/swtpm",) if os.access(p, os.X_OK)), None),
         passt=shutil.which("passt") or next((p for p in ("/usr/bin/passt",) if os.access(p, os.X_OK)), None),
     ), qemu

@@ -205,7 +205,7 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
     """Ports (under one home-wide lock, recorded in supervisor.json before it is let go: a parallel `up` sees
     them as reserved and never picks the same one), the argv, the launch records, then disks and seed; for a
     clone, its overlays on the template and a LaunchSpec that restores the template's state."""
-    from qemuvm.qemu import passt, segment, shares
+    from qemuvm.qemu import passt, segment, shares, tpm
     from qemuvm.qemu.compile import compile_argv
     from qemuvm.runtime import nics, restore, template
     from qemuvm.runtime.prepare import prepare, prepare_clone, write_launch_files
@@ -232,7 +232,8 @@ def _plan_and_prepare(profile: Profile, paths: InstancePaths, host: HostFacts, h
                            helpers=[records.Helper(**helper) for helper in (
                                *shares.helpers(profile, paths, host),
                                *passt.helpers(profile, paths, host, plan.forwards, plan.ssh_host_port),
-                               *segment.helpers(profile, paths, sys.executable))],
+                               *segment.helpers(profile, paths, sys.executable),
+                               *tpm.helpers(profile, paths, host))],
                            taps=nics.taps(profile) if any(nic.network for nic in profile.network) else [])
         if clone_of is not None:
             folder, record = clone_of

@@ -12,11 +12,12 @@ import secrets
 import shlex
 import shutil
 import string
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from qemuvm.errors import UsageError
+from qemuvm.errors import OperationError, UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Disk, Profile
 from qemuvm.qemu import img, memory
@@ -75,7 +76,9 @@ def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:
     if profile.cloud_init is not None:
         cloudinit.write_seed(profile, paths)
     if profile.machine.firmware == "uefi":
-        _prepare_uefi_vars(paths, host)
+        _prepare_uefi_vars(profile, paths, host)
+    if profile.machine.tpm:
+        _prepare_tpm(paths, host)
     _vnc_password(profile, paths)
 
 
@@ -104,6 +107,13 @@ def prepare_clone(profile: Profile, paths: InstancePaths, template: Path, disks:
         if source.is_file() and not (name == "serial.log" and target.exists()):
             _create_atomically(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
             os.chmod(target, 0o600)
+    tpm_state = template / "tpm2-00.permall"  # machine.tpm: the template's TPM, a copy per clone
+    if profile.machine.tpm and tpm_state.is_file():
+        paths.tpm_state.mkdir(mode=0o700, exist_ok=True)
+        target = paths.tpm_state / tpm_state.name
+        target.unlink(missing_ok=True)  # a clone's TPM starts from the template's, like its disks
+        _create_atomically(target, lambda tmp: shutil.copyfile(tpm_state, tmp))
+        os.chmod(target, 0o600)
     _vnc_password(profile, paths)
 
 
@@ -153,15 +163,42 @@ def _prepare_disk(index: int, disk: Disk, paths: InstancePaths) -> None:
     _create_atomically(path, lambda tmp: img.create(tmp, disk.size, disk.image_format))
 
 
-def _prepare_uefi_vars(paths: InstancePaths, host: HostFacts) -> None:
-    """A private copy of the OVMF variables store, kept across restarts (boot entries, Secure Boot keys)."""
+def _prepare_uefi_vars(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:
+    """A private copy of the UEFI variables store, kept across restarts (boot entries, Secure Boot keys): from
+    machine.uefi_vars, else OVMF's template (the one with Microsoft's keys enrolled under secure_boot)."""
     if paths.uefi_vars.exists():
         return
-    if not host.ovmf_vars or not Path(host.ovmf_vars).exists():
-        raise UsageError("machine.firmware: uefi needs OVMF (OVMF_VARS_4M.fd not found); install it with: "
+    template = profile.machine.uefi_vars or (host.ovmf_ms_vars if profile.machine.secure_boot else host.ovmf_vars)
+    if profile.machine.uefi_vars:
+        if not Path(template).is_file():
+            raise UsageError(f"machine.uefi_vars: {template} is not a file")
+    elif not template or not Path(template).exists():
+        raise UsageError("machine.firmware: uefi needs OVMF (its variables template is missing); install it with: "
                          "apt-get install ovmf")
-    _create_atomically(paths.uefi_vars, lambda tmp: shutil.copyfile(host.ovmf_vars, tmp))
+    _create_atomically(paths.uefi_vars, lambda tmp: shutil.copyfile(template, tmp))
     os.chmod(paths.uefi_vars, 0o600)
+
+
+def _prepare_tpm(paths: InstancePaths, host: HostFacts) -> None:
+    """swtpm's state folder, manufactured once as libvirt does (swtpm_setup: an EK with its certificate, a
+    platform certificate, the PCR banks); later starts keep it, so the guest's sealed secrets stay sealed."""
+    if (paths.tpm_state / "tpm2-00.permall").exists():
+        return
+    setup = shutil.which("swtpm_setup")
+    if host.swtpm is None or setup is None:
+        raise UsageError("machine.tpm needs swtpm and swtpm_setup (apt-get install swtpm swtpm-tools)")
+    paths.tpm_state.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(paths.tpm_state, 0o700)
+    if os.geteuid() != 0:  # a user's own swtpm_setup.conf and local CA (~/.config), made once, as libvirt does
+        subprocess.run([setup, "--create-config-files", "skip-if-exist"], capture_output=True, check=False)
+    argv = [setup, "--tpm2", "--tpmstate", str(paths.tpm_state), "--create-ek-cert", "--create-platform-cert",
+            "--lock-nvram", "--not-overwrite", "--vmid", paths.name, "--logfile", str(paths.root / "swtpm.log")]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, preexec_fn=lambda: os.umask(0o077))
+    if done.returncode != 0 or not (paths.tpm_state / "tpm2-00.permall").exists():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["see swtpm.log in the instance folder"]
+        raise OperationError(f"machine.tpm: swtpm_setup could not make the TPM's state: {tail[0]}")
+    for file in paths.tpm_state.iterdir():
+        os.chmod(file, 0o600)
 
 
 def remove_ephemeral(paths: InstancePaths) -> list[Path]:

@@ -39,6 +39,7 @@ HOSTS = {
     "no-bridge-helper": replace(HARDWARE_KVM, bridge_helper=None),
     "no-virtiofsd": replace(HARDWARE_KVM, virtiofsd=None),
     "not-root": replace(HARDWARE_KVM, root=False),
+    "no-swtpm": replace(HARDWARE_KVM, swtpm=None),
 }
 
 # What the probe reads from qemu-system-aarch64 instead (qemuvm/qemu/probe.py: facts are per binary): its machine

@@ -29,7 +29,7 @@ from qemu.qmp import QMPClient
 
 from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
-from qemuvm.qemu import passt, segment, shares
+from qemuvm.qemu import passt, segment, shares, tpm
 from qemuvm.qemu.arch import ARCHES
 from qemuvm.qemu.compile import PortPlan, compile_argv
 from qemuvm.qemu.facts import HostFacts
@@ -99,6 +99,8 @@ def runnable(profile: Profile, scratch: Path, paths: InstancePaths, cleanup: con
                for nic in profile.network]
     if profile.cloud_init is not None:
         _img("-f", "raw", str(paths.seed_iso), "1M")  # compile only names the seed; any readable file does
+    if profile.machine.tpm:  # swtpm needs its state folder; an empty one is a new TPM
+        paths.tpm_state.mkdir(mode=0o700)
     if profile.machine.firmware == "uefi":
         shutil.copyfile(probe(binary).ovmf_vars or "/usr/share/OVMF/OVMF_VARS_4M.fd", paths.uefi_vars)
     display = profile.display
@@ -162,7 +164,8 @@ def start_paused(profile: Profile, host: HostFacts, ports: PortPlan | None, scra
         started = [helpers.start(records.Helper(**helper)) for helper in (
             *shares.helpers(ready, paths, host),
             *passt.helpers(ready, paths, host, plan.forwards, plan.ssh_host_port),
-            *segment.helpers(ready, paths, sys.executable))]
+            *segment.helpers(ready, paths, sys.executable),
+            *tpm.helpers(ready, paths, host))]
         stderr = scratch / "qemu.err"
         taps = [nic.ifname for nic in profile.network if nic.mode == "tap" and nic.ifname]
         bridges = sorted({nic.bridge or "br0" for nic in profile.network if nic.mode == "bridge" and not nic.network})

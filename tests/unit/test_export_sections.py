@@ -12,7 +12,8 @@ from qemuvm.profile.model import Profile
 
 # A profile every section has something to say about (a UUID, a balloon and rng through extra_args too).
 PROFILE = Profile.model_validate({
-    "name": "full", "description": "all sections", "machine": {"memory": 512, "cpus": 2, "accel": "tcg"},
+    "name": "full", "description": "all sections",
+    "machine": {"memory": 512, "cpus": 2, "accel": "tcg", "tpm": True},
     "disks": [{"file": "/images/root.qcow2"}], "network": [{"mode": "user"}],
     "shares": [{"source": "/srv", "tag": "srv", "type": "9p"}], "guest_agent": True,
     "display": {"vga": "std", "vnc": {"listen": "127.0.0.1", "port": 5901}},
@@ -30,7 +31,7 @@ MADE_BY = {
     "filesystems": ["devices/filesystem"],
     "serial, console, agent channel": ["devices/serial", "devices/console", "devices/channel"],
     "graphics, video": ["devices/graphics", "devices/video"],
-    "input, memballoon, rng": ["devices/memballoon", "devices/rng"],
+    "input, memballoon, rng, tpm": ["devices/memballoon", "devices/rng", "devices/tpm"],
     "qemu:commandline, fields libvirt cannot say": [f"{{{libvirt_export.QEMU_NS}}}commandline"],
 }
 
