@@ -115,7 +115,8 @@ def _ports(profile: Profile, mapping: Mapping) -> list[tuple[str, int, int]]:
 
 def _as_run(profile: Profile, pc_family: bool) -> Profile:
     """The profile without what the driver cannot run (the drops) and with plain disks."""
-    machine = profile.machine.model_copy(update={"firmware": "bios", **({} if pc_family else {"type": "pc"})})
+    machine = profile.machine.model_copy(update={"firmware": "bios", "tpm": False, "secure_boot": False,
+                                                  "uefi_vars": None, **({} if pc_family else {"type": "pc"})})
     display = profile.display.model_copy(update={"vnc": None}) if profile.display else None
     return profile.model_copy(update={
         "machine": machine, "display": display, "cloud_init": None, "shares": [],

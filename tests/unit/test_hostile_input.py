@@ -145,8 +145,8 @@ def _commands() -> dict[str, list[str]]:
 COMMANDS = _commands()
 # Interactive or open-ended commands get bounded forms (a fuzzer must not wait on a console or an editor);
 # `network create` as root would make a real bridge, nftables table and dnsmasq in the host's own namespace
-# (test_nat_network.py runs it in namespaces of its own).
-_NEVER = {"console", "edit", "network create"}
+# (test_nat_network.py runs it in namespaces of its own); `web` serves until it is stopped (test_web.py runs it).
+_NEVER = {"console", "edit", "network create", "web"}
 WORDS = st.sampled_from(["x", "demo", "-1", "0", "1", "99999999999", "", "--", "a,b", "é", "../..", "/dev/zero",
                          "tcp:0:1", "1G", "-5G", "serial:(", "port:0", "{}", "[", "--json", "--help", "-h"])
 
