@@ -226,7 +226,10 @@ def share_failure(found: re.Match[str]) -> str:
 
 
 def _serial_tail(paths: InstancePaths) -> str:
-    text = instance.tail(paths.serial_log, 15)
+    # The last 15 lines with something in them: firmware and boot loaders end lines with \n\r and redraw with
+    # blank lines, which would push the line that says why (grub's "bad shim signature") out of a plain tail.
+    lines = [line.rstrip("\r") for line in instance.tail(paths.serial_log, 100).splitlines()]
+    text = "\n".join([line for line in lines if line.strip()][-15:])
     return f"\nlast serial lines ({paths.serial_log}):\n{text}" if text else ""
 
 

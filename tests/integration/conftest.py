@@ -96,17 +96,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
               if any(image in getattr(item, "fixturenames", ()) for item in session.items)]
     if not wanted:
         return
-    log = REPO / "build" / "debian-image-build.log"
-
-    def build() -> None:  # one after the other: each keeps both cores busy
+    def build(image: str) -> None:
+        log = REPO / "build" / f"{DEBIAN_IMAGES[image][1]}-image-build.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:  # never into a test's captured output
-            for image in wanted:
-                _build("build-debian-image", *DEBIAN_IMAGES[image], output=out, check=False)
+            _build("build-debian-image", *DEBIAN_IMAGES[image], output=out, check=False)
 
-    thread = threading.Thread(target=build, name="debian-image-build", daemon=True)
-    thread.start()
-    _PREBUILDS.append(thread)
+    # Side by side: the arm64 one runs its second stage under emulation on one core for minutes; after the amd64
+    # one it would be the last thing the run waits for.
+    for image in wanted:
+        thread = threading.Thread(target=build, args=(image,), name=f"{image}-build", daemon=True)
+        thread.start()
+        _PREBUILDS.append(thread)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
