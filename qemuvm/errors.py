@@ -18,6 +18,10 @@ class UsageError(QemuvmError):
     exit_code = 2
 
 
+class NoSuchInstance(UsageError):
+    """A name that no instance has (`qemuvm web` answers it with 404)."""
+
+
 class ProfileError(UsageError):
     """An invalid profile: one line per problem, each `FILE:LINE: field.path: message`."""
 

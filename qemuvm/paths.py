@@ -60,6 +60,8 @@ class InstancePaths:
     seed_iso = property(lambda self: self.root / "seed.iso")
     uefi_vars = property(lambda self: self.root / "OVMF_VARS.fd")
     tpm_state = property(lambda self: self.root / "tpm")  # machine.tpm: swtpm's state folder (0700)
+    # swtpm's permanent TPM 2.0 state in that folder: made once by swtpm_setup, what a warm clone copies.
+    tpm_state_file = property(lambda self: self.tpm_state / "tpm2-00.permall")
     tpm_socket = property(lambda self: self.root / "swtpm.sock")  # swtpm's control socket, QEMU's chardev
     vnc_socket = property(lambda self: self.root / "vnc.sock")
     vnc_password = property(lambda self: self.root / "vnc.password")  # generated (display.vnc.password: auto)

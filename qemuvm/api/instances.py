@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qemuvm.errors import OperationError, UsageError
+from qemuvm.errors import NoSuchInstance, OperationError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import instance, launch
 from qemuvm.runtime.records import StateView
@@ -15,7 +15,7 @@ def instance_paths(name: str, home: Path | None = None) -> InstancePaths:
     """The folder of an existing instance, or a UsageError naming `ls`."""
     paths = InstancePaths.for_name(name, home)
     if not (paths.state.exists() or paths.profile.exists()):
-        raise UsageError(f"no instance named {name} (see `qemuvm ls`)")
+        raise NoSuchInstance(f"no instance named {name} (see `qemuvm ls`)")
     return paths
 
 

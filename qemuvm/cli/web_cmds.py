@@ -47,5 +47,5 @@ def metrics(
     from qemuvm.web.metrics import OPENMETRICS, exposition
 
     rows = Sampler().sample()
-    body, _type = exposition(lambda: rows, OPENMETRICS if openmetrics else "")
+    body, _type = exposition(rows, OPENMETRICS if openmetrics else "")
     sys.stdout.write(body.decode())

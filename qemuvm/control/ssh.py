@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qemuvm.errors import OperationError, UsageError
+from qemuvm.errors import NoSuchInstance, OperationError, UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.runtime import ports
 from qemuvm.runtime.instance import tail
@@ -147,7 +147,7 @@ def resolve(name: str, home: Path | None = None) -> SshTarget:
     paths = InstancePaths.for_name(name, home)
     state = instance.read_state(paths)
     if state is None:
-        raise UsageError(f"no instance named {name} (see `qemuvm ls`)")
+        raise NoSuchInstance(f"no instance named {name} (see `qemuvm ls`)")
     status = instance.effective_state(state).state
     if status == instance.PAUSED:
         raise OperationError(f"instance {name} is paused; resume it first: qemuvm resume {name}")

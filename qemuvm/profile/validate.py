@@ -197,6 +197,7 @@ def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
                 problems.append((("network", index, "model"), "a microvm has only virtio devices: use model virtio"))
         if profile.display and profile.display.vnc:
             problems.append((("display", "vnc"), "a microvm has no display device for VNC to show"))
+    problems.extend(_firmware_checks(profile))
     problems.extend(_arch_checks(profile))
     if profile.boot.once and profile.machine.firmware == "uefi":
         problems.append((("boot", "once"), "needs firmware bios: OVMF follows only boot.order"))
@@ -215,10 +216,9 @@ def _cross_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
     return problems
 
 
-def _arch_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
-    """What Arm's virt machine lacks, and machines of the other architecture."""
+def _firmware_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
+    """Secure Boot is UEFI's, with SMM on q35; a variables template is UEFI's too."""
     machine = profile.machine
-    is_virt = machine.type == "virt" or machine.type.startswith("virt-")
     problems: list[tuple[FieldPath, str]] = []
     if machine.secure_boot:
         q35 = machine.type == "q35" or machine.type.startswith("pc-q35")
@@ -231,11 +231,17 @@ def _arch_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
                              f"machines: use machine.type q35, not {machine.type!r}"))
     if machine.uefi_vars and machine.firmware != "uefi":
         problems.append((("machine", "uefi_vars"), "a UEFI variables file needs firmware: uefi"))
+    return problems
+
+
+def _arch_checks(profile: Profile) -> list[tuple[FieldPath, str]]:
+    """What Arm's virt machine lacks, and machines of the other architecture."""
+    machine = profile.machine
+    is_virt = machine.type == "virt" or machine.type.startswith("virt-")
     if machine.arch == "x86_64":
-        if is_virt:
-            problems.append((("machine", "type"), "virt is an Arm machine: set machine.arch: aarch64 (or use q35, "
-                             "pc or microvm)"))
-        return problems
+        return [(("machine", "type"), "virt is an Arm machine: set machine.arch: aarch64 (or use q35, pc or "
+                 "microvm)")] if is_virt else []
+    problems: list[tuple[FieldPath, str]] = []
     if not is_virt:
         problems.append((("machine", "type"), f"{machine.type!r} is not an aarch64 machine: an aarch64 guest runs "
                          "on virt (or a versioned virt-N.M)"))

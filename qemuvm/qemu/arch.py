@@ -12,35 +12,34 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Arch:
     name: str  # machine.arch: QEMU's name for it
-    debian: str  # Debian's name (packages, scripts/build-test-guest --arch)
     binary: str
     qemu_package: str  # the apt package that provides `binary`
     firmware_package: str  # ... and its UEFI firmware
     uefi_pairs: tuple[tuple[str, str], ...]  # (code, variables template) candidates, best first
-    console: str  # the kernel's name for the first serial port
     panic_device: str  # gives QEMU's GUEST_PANICKED event
     vga: dict[str, str]  # display.vga -> the display device
     tcg_cpu: str  # -cpu under TCG when the profile names none
-    ide: bool  # the machine has an IDE/AHCI controller (display and disks on it)
+    tpm_device: str  # machine.tpm's device: CRB on the PC, the TIS sysbus device on virt
 
 
 ARCHES: dict[str, Arch] = {
     "x86_64": Arch(
-        "x86_64", "amd64", "qemu-system-x86_64", "qemu-system-x86", "ovmf",
+        "x86_64", "qemu-system-x86_64", "qemu-system-x86", "ovmf",
         (("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
          ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
          ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd")),
-        "ttyS0", "pvpanic", {"std": "VGA", "virtio": "virtio-vga"}, "max", True),
-    # Arm's virt machine: PL011 serial (ttyAMA0), no ISA bus (pvpanic-pci), no legacy VGA that AAVMF drives
-    # (ramfb: a plain framebuffer the firmware and Linux's efifb show; virtio-gpu-pci), no IDE/AHCI on board.
+        "pvpanic", {"std": "VGA", "virtio": "virtio-vga"}, "max", "tpm-crb"),
+    # Arm's virt machine: no ISA bus (pvpanic-pci), no legacy VGA that AAVMF drives (ramfb: a plain framebuffer
+    # the firmware and Linux's efifb show; virtio-gpu-pci), no CRB TPM interface (tpm-tis-device).
     # max,pauth-impdef=on: QEMU's own pointer-authentication algorithm, far cheaper under TCG than the
     # architected QARMA (a TCG boot of the test guest to READY ~1.5x faster, QEMU-FACTS.md / scripts/bench).
     "aarch64": Arch(
-        "aarch64", "arm64", "qemu-system-aarch64", "qemu-system-arm", "qemu-efi-aarch64",
+        "aarch64", "qemu-system-aarch64", "qemu-system-arm", "qemu-efi-aarch64",
         (("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
          ("/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw", "/usr/share/edk2/aarch64/vars-template-pflash.raw")),
-        "ttyAMA0", "pvpanic-pci", {"std": "ramfb", "virtio": "virtio-gpu-pci"}, "max,pauth-impdef=on", False),
+        "pvpanic-pci", {"std": "ramfb", "virtio": "virtio-gpu-pci"}, "max,pauth-impdef=on", "tpm-tis-device"),
 }
+
 
 def arch_of_binary(binary: str) -> Arch | None:
     """The row whose QEMU `binary` is (by name: qemu-system-aarch64 -> aarch64); None for another."""

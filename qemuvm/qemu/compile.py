@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from qemuvm.errors import UsageError
 from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Disk, Nic, Profile
-from qemuvm.qemu import natnet, passt, segment, tpm
+from qemuvm.qemu import natnet, passt, segment
 from qemuvm.qemu import shares as shares_
 from qemuvm.qemu.arch import ARCHES
 from qemuvm.qemu.facts import HostFacts
@@ -428,8 +428,7 @@ class _Compiler:
             raise UsageError("machine.tpm needs swtpm (apt-get install swtpm swtpm-tools)")
         self.add("machine.tpm", "-chardev", keyvals("socket", {"id": "tpm0-ctrl", "path": str(self.paths.tpm_socket)}))
         self.add("machine.tpm", "-tpmdev", keyvals("emulator", {"id": "tpm0", "chardev": "tpm0-ctrl"}))
-        self.add("machine.tpm", "-device", keyvals(tpm.DEVICES[self.p.machine.arch],
-                                                   {"tpmdev": "tpm0", "id": "tpm0-dev"}))
+        self.add("machine.tpm", "-device", keyvals(self.arch.tpm_device, {"tpmdev": "tpm0", "id": "tpm0-dev"}))
 
     def guest_agent(self) -> None:
         if not self.p.guest_agent:

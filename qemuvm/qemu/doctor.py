@@ -82,7 +82,7 @@ def tpm_and_secure_boot_checks() -> list[Check]:
     swtpm, setup = shutil.which("swtpm"), shutil.which("swtpm_setup")
     checks = [Check("swtpm (TPM)", "ok", f"{swtpm}, {setup}") if swtpm and setup else
               Check("swtpm (TPM)", "info", "absent: machine.tpm is unavailable", "apt-get install swtpm swtpm-tools")]
-    code = next((c for c, v in host.SECBOOT_CANDIDATES if os.path.exists(c) and os.path.exists(v)), None)
+    code, _vars = host.find_secboot()
     checks.append(Check("OVMF Secure Boot", "ok", code) if code else Check(
         "OVMF Secure Boot", "info", "absent: machine.secure_boot is unavailable", "apt-get install ovmf"))
     return checks

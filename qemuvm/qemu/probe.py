@@ -119,6 +119,19 @@ def kvm_module() -> str | None:
     return "kvm" if Path("/sys/module/kvm").exists() else None
 
 
+def find_secboot() -> tuple[str | None, str | None]:
+    """OVMF's Secure Boot build and the variables template with Microsoft's keys, as a pair (x86_64)."""
+    for code, variables in SECBOOT_CANDIDATES:
+        if os.path.exists(code) and os.path.exists(variables):
+            return code, variables
+    return None, None
+
+
+def _program(name: str) -> str | None:
+    """An installed helper program: on PATH, or in /usr/bin when PATH is a user's narrow one."""
+    return shutil.which(name) or next((p for p in (f"/usr/bin/{name}",) if os.access(p, os.X_OK)), None)
+
+
 def find_ovmf(arch: str = "x86_64") -> tuple[str | None, str | None]:
     """The UEFI firmware (code, variables template) of `arch`: OVMF on x86_64, AAVMF on aarch64."""
     for code, variables in ARCHES[arch].uefi_pairs:
@@ -137,6 +150,7 @@ def probe_with_binary(binary: str = "qemu-system-x86_64") -> tuple[HostFacts, Qe
     qemu = probe_binary(binary)
     arch = arch_of_binary(binary)
     code, variables = find_ovmf(arch.name if arch else "x86_64")
+    secboot_code, ms_vars = find_secboot()
     return HostFacts(
         arch=host_arch(),
         kvm_usable=kvm_usable(),
@@ -147,8 +161,8 @@ def probe_with_binary(binary: str = "qemu-system-x86_64") -> tuple[HostFacts, Qe
         machines=qemu.machines if qemu else HostFacts().machines,
         virtiofsd=next((path for path in VIRTIOFSD if os.access(path, os.X_OK)), None),
         root=os.geteuid() == 0,
-        ovmf_secboot_code=next((c for c, _v in SECBOOT_CANDIDATES if os.path.exists(c)), None),
-        ovmf_ms_vars=next((v for _c, v in SECBOOT_CANDIDATES if os.path.exists(v)), None),
-        swtpm=shutil.which("swtpm") or next((p for p in ("/usr/bin/swtpm",) if os.access(p, os.X_OK)), None),
-        passt=shutil.which("passt") or next((p for p in ("/usr/bin/passt",) if os.access(p, os.X_OK)), None),
+        ovmf_secboot_code=secboot_code,
+        ovmf_ms_vars=ms_vars,
+        swtpm=_program("swtpm"),
+        passt=_program("passt"),
     ), qemu

@@ -14,9 +14,6 @@ from qemuvm.paths import InstancePaths
 from qemuvm.profile.model import Profile
 from qemuvm.qemu.facts import HostFacts
 
-# The TPM device each machine family has: CRB on the PC, the TIS sysbus device on Arm's virt.
-DEVICES = {"x86_64": "tpm-crb", "aarch64": "tpm-tis-device"}
-
 
 def argv(paths: InstancePaths, host: HostFacts) -> list[str]:
     assert host.swtpm is not None

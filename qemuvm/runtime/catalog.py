@@ -9,11 +9,11 @@ reaches its own mirror, and the tests, which serve these paths from loopback. Pu
 from __future__ import annotations
 
 import os
-import platform
 import urllib.parse
 from dataclasses import asdict, dataclass
 
 from qemuvm.errors import UsageError
+from qemuvm.qemu.probe import host_arch
 
 MIRROR_ENV = "QEMUVM_IMAGE_MIRROR"
 ARCHES = ("x86_64", "aarch64")
@@ -64,11 +64,6 @@ def _entries() -> list[Entry]:
 CATALOG: tuple[Entry, ...] = tuple(_entries())
 
 
-def host_arch() -> str:
-    machine = platform.machine()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-
-
 def mirrored(url: str, mirror: str | None) -> str:
     """`url` with its scheme and host replaced by `mirror` (a base URL, maybe with a path prefix)."""
     if not mirror:
@@ -90,7 +85,7 @@ def entries(mirror: str | None = None) -> list[Entry]:
 
 def find(name: str, arch: str | None = None, mirror: str | None = None) -> Entry:
     """The entry `name` for `arch` (default: this host's); UsageError listing the names otherwise."""
-    arch = arch or host_arch()
+    arch = arch or host_arch()  # what KVM could run here (the probe's name for this CPU)
     if arch not in ARCHES:
         raise UsageError(f"arch {arch!r}: the catalog has {' and '.join(ARCHES)}")
     for entry in entries(mirror):

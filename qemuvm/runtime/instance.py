@@ -27,6 +27,7 @@ STARTING, RUNNING, PAUSED, SHUTDOWN = "starting", "running", "paused", "shutdown
 CRASHED, STOPPED, SAVED = "crashed", "stopped", "saved"  # saved: QEMU exited after `save`; `start` restores
 UNKNOWN = "unknown"  # state.json unreadable, or a QEMU found through its pidfile before any record said so
 ALIVE_STATES = frozenset({STARTING, RUNNING, PAUSED, SHUTDOWN})
+ALL_STATES = (STARTING, RUNNING, PAUSED, SHUTDOWN, CRASHED, STOPPED, SAVED, UNKNOWN)
 # Two process start times of the same process read through psutil agree to the clock tick (10 ms).
 _START_TIME_SLACK = 0.05
 

@@ -78,7 +78,7 @@ def prepare(profile: Profile, paths: InstancePaths, host: HostFacts) -> None:
     if profile.machine.firmware == "uefi":
         _prepare_uefi_vars(profile, paths, host)
     if profile.machine.tpm:
-        _prepare_tpm(paths, host)
+        _prepare_tpm(paths)
     _vnc_password(profile, paths)
 
 
@@ -107,13 +107,12 @@ def prepare_clone(profile: Profile, paths: InstancePaths, template: Path, disks:
         if source.is_file() and not (name == "serial.log" and target.exists()):
             _create_atomically(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
             os.chmod(target, 0o600)
-    tpm_state = template / "tpm2-00.permall"  # machine.tpm: the template's TPM, a copy per clone
+    tpm_state = template / paths.tpm_state_file.name  # machine.tpm: the template's TPM, a copy per clone
     if profile.machine.tpm and tpm_state.is_file():
         paths.tpm_state.mkdir(mode=0o700, exist_ok=True)
-        target = paths.tpm_state / tpm_state.name
-        target.unlink(missing_ok=True)  # a clone's TPM starts from the template's, like its disks
-        _create_atomically(target, lambda tmp: shutil.copyfile(tpm_state, tmp))
-        os.chmod(target, 0o600)
+        paths.tpm_state_file.unlink(missing_ok=True)  # a clone's TPM starts from the template's, like its disks
+        _create_atomically(paths.tpm_state_file, lambda tmp: shutil.copyfile(tpm_state, tmp))
+        os.chmod(paths.tpm_state_file, 0o600)
     _vnc_password(profile, paths)
 
 
@@ -179,14 +178,15 @@ def _prepare_uefi_vars(profile: Profile, paths: InstancePaths, host: HostFacts) 
     os.chmod(paths.uefi_vars, 0o600)
 
 
-def _prepare_tpm(paths: InstancePaths, host: HostFacts) -> None:
+def _prepare_tpm(paths: InstancePaths) -> None:
     """swtpm's state folder, manufactured once as libvirt does (swtpm_setup: an EK with its certificate, a
-    platform certificate, the PCR banks); later starts keep it, so the guest's sealed secrets stay sealed."""
-    if (paths.tpm_state / "tpm2-00.permall").exists():
+    platform certificate, the PCR banks); later starts keep it, so the guest's sealed secrets stay sealed.
+    (compile has already refused a host without swtpm.)"""
+    if paths.tpm_state_file.exists():
         return
     setup = shutil.which("swtpm_setup")
-    if host.swtpm is None or setup is None:
-        raise UsageError("machine.tpm needs swtpm and swtpm_setup (apt-get install swtpm swtpm-tools)")
+    if setup is None:
+        raise UsageError("machine.tpm needs swtpm_setup (apt-get install swtpm-tools)")
     paths.tpm_state.mkdir(mode=0o700, exist_ok=True)
     os.chmod(paths.tpm_state, 0o700)
     if os.geteuid() != 0:  # a user's own swtpm_setup.conf and local CA (~/.config), made once, as libvirt does
@@ -194,7 +194,7 @@ def _prepare_tpm(paths: InstancePaths, host: HostFacts) -> None:
     argv = [setup, "--tpm2", "--tpmstate", str(paths.tpm_state), "--create-ek-cert", "--create-platform-cert",
             "--lock-nvram", "--not-overwrite", "--vmid", paths.name, "--logfile", str(paths.root / "swtpm.log")]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, preexec_fn=lambda: os.umask(0o077))
-    if done.returncode != 0 or not (paths.tpm_state / "tpm2-00.permall").exists():
+    if done.returncode != 0 or not paths.tpm_state_file.exists():
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["see swtpm.log in the instance folder"]
         raise OperationError(f"machine.tpm: swtpm_setup could not make the TPM's state: {tail[0]}")
     for file in paths.tpm_state.iterdir():

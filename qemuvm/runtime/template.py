@@ -47,7 +47,6 @@ _HOST_SIDE = {"description": True, "restart": True, "shutdown": True, "smoke": T
 HITS = "hits"  # beside template.json: how many clones the template has served (`template ls`)
 # Files a clone gets a copy of; serial.log so that a clone's console history starts with its boot.
 CLONED_FILES = ("seed.iso", "OVMF_VARS.fd", "id_ed25519", "id_ed25519.pub", "known_hosts", "serial.log")
-TPM_STATE = "tpm2-00.permall"  # swtpm's permanent state (machine.tpm), kept in the template beside those
 
 
 def templates_dir(home_dir: Path) -> Path:
@@ -169,8 +168,8 @@ def freeze(paths: InstancePaths, profile: Profile, key: str, inputs: list[record
         for name in CLONED_FILES:
             if (paths.root / name).is_file():
                 shutil.copyfile(paths.root / name, build / name)
-        if (paths.tpm_state / TPM_STATE).is_file():  # machine.tpm: every clone starts from this TPM (its identity)
-            shutil.copyfile(paths.tpm_state / TPM_STATE, build / TPM_STATE)
+        if paths.tpm_state_file.is_file():  # machine.tpm: every clone starts from this TPM (its identity)
+            shutil.copyfile(paths.tpm_state_file, build / paths.tpm_state_file.name)
         for file in build.iterdir():
             os.chmod(file, 0o400)
         macs = [derive_mac(profile.name, i) if nic.mac == "auto" else nic.mac for i, nic in enumerate(profile.network)]

@@ -3,5 +3,5 @@ console through xterm.js) and `/metrics` for Prometheus; `qemuvm metrics` prints
 
 Layers: auth.py decides who may do what (pure), rfb.py does the VNC handshake the proxy answers for the browser,
 metrics.py collects per-VM figures, server.py is the aiohttp application. Nothing here is imported unless the
-command is `web` or `metrics` (tests/unit/test_cli_lazy.py).
+command is `web` or `metrics` (tests/unit/test_web_unit.py checks that `up` loads none of it).
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,21 +18,19 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from qemuvm.runtime import instance
 
-# Every state a record can hold (runtime/instance.py), so a state series exists (0 or 1) for each.
-STATES = (instance.STARTING, instance.RUNNING, instance.PAUSED, instance.SHUTDOWN, instance.CRASHED,
-          instance.STOPPED, instance.SAVED, instance.UNKNOWN)
+STATES = instance.ALL_STATES  # a state series (0 or 1) for each state a record can hold
 UP_STATES = (instance.RUNNING, instance.PAUSED, instance.SHUTDOWN)
 OPENMETRICS = "application/openmetrics-text"
 
 
 class InstanceCollector(Collector):
-    """One scrape = one sample of every instance (`sample()` returns top's rows)."""
+    """One scrape: the families of one sample of every instance (top's rows)."""
 
-    def __init__(self, sample: Callable[[], list[dict[str, Any]]]) -> None:
-        self.sample = sample
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
 
     def collect(self) -> Iterator[Metric]:
-        return iter(families(self.sample()))
+        return iter(families(self.rows))
 
 
 def families(rows: list[dict[str, Any]]) -> list[Metric]:
@@ -99,10 +97,10 @@ def _device(entry: dict[str, Any]) -> str:
     return match[1].removesuffix("-dev") if match else entry["name"]
 
 
-def exposition(rows_or_sample: Callable[[], list[dict[str, Any]]], accept: str = "") -> tuple[bytes, str]:
+def exposition(rows: list[dict[str, Any]], accept: str = "") -> tuple[bytes, str]:
     """(body, content type) of one scrape: OpenMetrics when `accept` asks for it, else the text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(InstanceCollector(rows_or_sample))
+    registry.register(InstanceCollector(rows))
     if OPENMETRICS in accept:
         from prometheus_client.openmetrics import exposition as om
 

@@ -27,7 +27,7 @@ from aiohttp import WSMsgType, web
 
 from qemuvm import api
 from qemuvm.api import consoles
-from qemuvm.errors import OperationError, UsageError
+from qemuvm.errors import NoSuchInstance, OperationError, QemuvmError, UsageError
 from qemuvm.web import auth, metrics, rfb
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -40,17 +40,16 @@ HOME: web.AppKey[Path | None] = web.AppKey("home", Path)
 SAMPLER: web.AppKey[Any] = web.AppKey("sampler", object)
 
 
-def _actions(home: Path | None) -> dict[str, Callable[[str], Any]]:
-    """ACTION -> the API call behind it (the CLI's verbs, with the CLI's defaults)."""
-    return {
-        "start": lambda name: api.start(name, wait=False, home=home),
-        "down": lambda name: api.down(name, home=home),
-        "pause": lambda name: api.pause(name, home=home),
-        "resume": lambda name: api.resume(name, home=home),
-        "reboot": lambda name: api.reboot(name, home=home),
-        "reset": lambda name: api.reset(name, home=home),
-        "rm": lambda name: api.rm(name, home=home),
-    }
+# ACTION -> the API call behind it (the CLI's verbs, with the CLI's defaults); screenshot answers with the PNG.
+ACTIONS: dict[str, Callable[[str, Path | None], Any]] = {
+    "start": lambda name, home: api.start(name, wait=False, home=home),
+    "down": lambda name, home: api.down(name, home=home),
+    "pause": lambda name, home: api.pause(name, home=home),
+    "resume": lambda name, home: api.resume(name, home=home),
+    "reboot": lambda name, home: api.reboot(name, home=home),
+    "reset": lambda name, home: api.reset(name, home=home),
+    "rm": lambda name, home: api.rm(name, home=home),
+}
 
 
 def make_app(token: str, *, home: Path | None = None, tls: bool = False) -> web.Application:
@@ -77,7 +76,7 @@ def _guard(token: str, tls: bool) -> Any:
             token, method=request.method, authorization=request.headers.get("Authorization"),
             cookie=request.cookies.get(auth.COOKIE), query_token=request.query.get("token"),
             origin=request.headers.get("Origin"), own_origin=f"{request.scheme}://{request.host}",
-            websocket=request.headers.get("Upgrade", "").lower() == "websocket")
+            websocket=_is_websocket(request))
         if not decision.allowed:
             return web.Response(status=401, text="401: qemuvm web needs its access token (the URL it printed)\n",
                                 headers={"WWW-Authenticate": "Bearer", **HEADERS})
@@ -95,6 +94,10 @@ def _guard(token: str, tls: bool) -> Any:
     return guard
 
 
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 def _page(file: str) -> Any:
     async def page(_request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / file, headers={"Cache-Control": "no-store"})
@@ -102,8 +105,8 @@ def _page(file: str) -> Any:
     return page
 
 
-def _error(exc: Exception) -> web.Response:
-    status = 404 if "no instance named" in str(exc) else 400 if isinstance(exc, UsageError) else 409
+def _error(exc: QemuvmError) -> web.Response:
+    status = 404 if isinstance(exc, NoSuchInstance) else 400 if isinstance(exc, UsageError) else 409
     return web.json_response({"error": str(exc)}, status=status)
 
 
@@ -119,12 +122,12 @@ async def _act(request: web.Request) -> web.StreamResponse:
     try:
         if action == "screenshot":
             return web.Response(body=await asyncio.to_thread(_screenshot, name, home), content_type="image/png")
-        call = _actions(home).get(action)
+        call = ACTIONS.get(action)
         if call is None:
             return web.json_response({"error": f"unknown action {action!r}; allowed: "
-                                      f"{', '.join([*_actions(home), 'screenshot'])}"}, status=404)
-        result = await asyncio.to_thread(call, name)
-    except (UsageError, OperationError) as exc:
+                                      f"{', '.join([*ACTIONS, 'screenshot'])}"}, status=404)
+        result = await asyncio.to_thread(call, name, home)
+    except QemuvmError as exc:
         return _error(exc)
     return web.Response(text=json.dumps({"name": name, "action": action, "result": result}, default=str),
                         content_type="application/json")
@@ -138,7 +141,7 @@ def _screenshot(name: str, home: Path | None) -> bytes:
 async def _metrics(request: web.Request) -> web.Response:
     sampler = request.app[SAMPLER]
     rows = await asyncio.to_thread(sampler.sample)  # asyncio.run inside: off the event loop
-    body, content_type = metrics.exposition(lambda: rows, request.headers.get("Accept", ""))
+    body, content_type = metrics.exposition(rows, request.headers.get("Accept", ""))
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
@@ -150,7 +153,7 @@ async def _vnc(request: web.Request) -> web.StreamResponse:
     try:
         access = await asyncio.to_thread(consoles.vnc_access, name, home=request.app[HOME])
         reader, writer = await rfb.open_vnc(access.endpoint)
-    except (UsageError, OperationError) as exc:
+    except QemuvmError as exc:
         return _error(exc)
     try:
         await rfb.login(reader, writer, access.password)
@@ -163,7 +166,7 @@ async def _vnc(request: web.Request) -> web.StreamResponse:
     try:
         await rfb.greet_browser(client, ws.send_bytes)
         writer.write(client.rest())
-        await _relay(ws, reader, writer, first=None)
+        await _relay(ws, reader, writer)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
@@ -181,11 +184,8 @@ async def _next_bytes(ws: web.WebSocketResponse) -> bytes | None:
     return None
 
 
-async def _relay(ws: web.WebSocketResponse, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 first: bytes | None) -> None:
+async def _relay(ws: web.WebSocketResponse, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Bytes both ways until either side closes."""
-    if first:
-        writer.write(first)
 
     async def upstream() -> None:
         while (data := await _next_bytes(ws)) is not None:
@@ -207,7 +207,7 @@ async def _relay(ws: web.WebSocketResponse, reader: asyncio.StreamReader, writer
 
 async def _serial(request: web.Request) -> web.StreamResponse:
     """The xterm.js page, or (as a websocket) the serial console under the console lock."""
-    if request.headers.get("Upgrade", "").lower() != "websocket":
+    if not _is_websocket(request):
         return await _page("serial.html")(request)
     name = request.match_info["name"]
     with contextlib.ExitStack() as hold:
@@ -217,12 +217,14 @@ async def _serial(request: web.Request) -> web.StreamResponse:
 
             hold.enter_context(exclusive(access.lock, name))  # non-blocking: busy is an error at once
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(access.socket)), 10)
-        except (UsageError, OperationError, OSError, TimeoutError) as exc:
-            return _error(exc if isinstance(exc, UsageError | OperationError) else OperationError(str(exc)))
+        except QemuvmError as exc:
+            return _error(exc)
+        except (OSError, TimeoutError) as exc:
+            return _error(OperationError(f"cannot connect to the serial console of {name}: {exc}"))
         ws = web.WebSocketResponse(max_msg_size=1 << 16)
         await ws.prepare(request)
         try:
-            await _relay(ws, reader, writer, first=None)
+            await _relay(ws, reader, writer)
         finally:
             writer.close()
             await ws.close()

@@ -151,7 +151,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metric_families_parse_back() -> None:
-    body, content_type = metrics.exposition(lambda: ROWS)
+    body, content_type = metrics.exposition(ROWS)
     assert content_type.startswith("text/plain")
     got = _samples(body.decode())
     assert got[("qemuvm_instance_up", (("name", "web1"),))] == 1.0
@@ -168,7 +168,7 @@ def test_metric_families_parse_back() -> None:
 
 
 def test_openmetrics_when_asked() -> None:
-    body, content_type = metrics.exposition(lambda: ROWS, "application/openmetrics-text; version=1.0.0")
+    body, content_type = metrics.exposition(ROWS, "application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert body.decode().rstrip().endswith("# EOF")
 
