@@ -60,10 +60,14 @@ def serve(listen: str, folder: str, member: str) -> int:
     port = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     port.bind(mine)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Listening before the path appears: the supervisor (helpers.start) treats the socket's existence as "up" and
+    # QEMU connects right then; bound under a short private name, listening, then renamed into place.
+    staging = os.path.join(os.path.dirname(listen), f".s{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(listen)
-    server.bind(listen)
+        os.unlink(staging)
+    server.bind(staging)
     server.listen(1)
+    os.replace(staging, listen)
 
     def leave(*_: object) -> None:
         with contextlib.suppress(FileNotFoundError):
