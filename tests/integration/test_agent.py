@@ -49,7 +49,7 @@ def test_exec_cp_and_status_through_the_agent(home: Path, test_guest: Any, tmp_p
 
     # cp both ways: byte-exact, with the mode.
     blob = tmp_path / "blob.bin"
-    blob.write_bytes(os.urandom(32 << 20))
+    blob.write_bytes(os.urandom((4 << 20) + 12345))  # four whole 1 MiB chunks and a partial one
     blob.chmod(0o751)
     assert cli("cp", str(blob), "ga:/tmp/blob.bin", timeout=600).returncode == 0
     inside = api.exec_("ga", ["sh", "-c", "sha256sum /tmp/blob.bin; stat -c %a /tmp/blob.bin"]).stdout.split()

@@ -192,6 +192,9 @@ def test_a_vm_defined_elsewhere_starts_from_the_page_and_rm_asks_first(test_gues
     click(browser, "webnew", "start")
     wait_for(browser, lambda d: row_state(d, "webnew") == "running")
     assert json.loads(cli("status", "webnew", "--json").stdout)["state"] == "running"
+    # The page's start does not wait for the guest: an ACPI request before its init listens is ignored, and down
+    # would then wait out its 60 s before forcing.
+    assert cli("wait", "webnew", "--serial", "QEMUVM_GUEST_READY").returncode == 0
     click(browser, "webnew", "down")
     wait_for(browser, lambda d: row_state(d, "webnew") == "stopped", timeout=120)
     click(browser, "webnew", "rm")
