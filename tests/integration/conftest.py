@@ -68,7 +68,7 @@ def _build(script: str, env: str, default: str, *options: str, output: Any = Non
     another -- and return the folder and its manifest. `first`: ahead of the tests' own processes (root only)."""
     outdir = Path(os.environ.get(env) or REPO / "build" / default)
     outdir.parent.mkdir(parents=True, exist_ok=True)
-    ahead = ["nice", "-n", "-10"] if first and os.geteuid() == 0 else []
+    ahead = ["nice", "-n", "-5"] if first and os.geteuid() == 0 else []
     # One build at a time: parallel workers (pytest-xdist) each ask for the guest at their start.
     with open(outdir.parent / f".{outdir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -92,7 +92,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     (or the only process) starts that build at once, in the background, instead of a worker idling through it
     when its first such test comes. The fixture then waits on the same build lock and finds it done.
 
-    The builds run ahead of the tests' guests (nice -10): on a loaded machine the arm64 build, every package
+    The builds run ahead of the tests' guests (nice -5): on a loaded machine the arm64 build, every package
     configured under emulation, was the run's critical path (it and then its test ended the run, minutes after
     the other workers had little left)."""
     if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
