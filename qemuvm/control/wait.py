@@ -323,17 +323,16 @@ def await_record(paths: InstancePaths, what: str, holds: Callable[[records.State
         state = instance.read_state(paths) or records.StateView()
         if holds(state):
             return state
-        if instance.live_supervisor(state) is None:
-            # It may have written the record and exited since the read above (a save's supervisor does just
-            # that, at once): the record decides, read again.
+        gone = instance.live_supervisor(state) is None
+        if gone or time.monotonic() > deadline:
+            # The supervisor may have written the record and exited since the read above (a save's supervisor does
+            # just that, at once): the record decides, read once more.
             state = instance.read_state(paths) or records.StateView()
             if holds(state):
                 return state
-            raise OperationError(f"{paths.name}: QEMU did it, but its supervisor ended without recording {what}; "
-                                 f"see {paths.supervisor_log}")
-        if time.monotonic() > deadline:
-            raise OperationError(f"{paths.name}: QEMU did it, but its supervisor has not recorded {what} "
-                                 f"within {timeout:g} s; see {paths.supervisor_log}")
+            why = "ended without recording" if gone else "has not recorded"
+            raise OperationError(f"{paths.name}: QEMU did it, but its supervisor {why} {what}"
+                                 f"{'' if gone else f' within {timeout:g} s'}; see {paths.supervisor_log}")
         time.sleep(0.005)
 
 
